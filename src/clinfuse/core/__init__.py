@@ -1,0 +1,1 @@
+"""The small shared core: configs, registries, run directories, the training loop, seeding, errors."""

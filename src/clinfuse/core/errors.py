@@ -1,0 +1,76 @@
+"""Errors a user can cause, each saying what was expected, what was found, and how to fix it."""
+
+from __future__ import annotations
+
+
+class ClinfuseError(Exception):
+    """Base class of every error clinfuse raises on bad input.
+
+    Example:
+        >>> str(ClinfuseError("bad split", expected="train|valid|test", found="dev", fix="rename it"))
+        'bad split\\n  expected: train|valid|test\\n  found:    dev\\n  fix:      rename it'
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        expected: object | None = None,
+        found: object | None = None,
+        fix: str | None = None,
+    ) -> None:
+        self.message = message
+        self.expected = expected
+        self.found = found
+        self.fix = fix
+        lines = [message]
+        if expected is not None:
+            lines.append(f"  expected: {expected}")
+        if found is not None:
+            lines.append(f"  found:    {found}")
+        if fix is not None:
+            lines.append(f"  fix:      {fix}")
+        super().__init__("\n".join(lines))
+
+
+class ConfigError(ClinfuseError):
+    """A config file, preset or ``--set`` override is wrong (unknown key, bad type or value)."""
+
+
+class DataError(ClinfuseError):
+    """A data file is missing, truncated, unsafe, or does not match the expected schema."""
+
+
+class UnknownNameError(ClinfuseError, KeyError):
+    """A registry lookup failed; the message lists close matches and the known names."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return Exception.__str__(self)
+
+
+class RunDirError(ClinfuseError):
+    """A path given as ``--run`` is not a clinfuse run directory, or is a run of another method."""
+
+
+class MissingExtraError(ClinfuseError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+def require(module: str, extra: str):
+    """Import an optional dependency or fail with the extra that provides it.
+
+    Example:
+        >>> require("math", "dev").sqrt(4.0)
+        2.0
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise MissingExtraError(
+            f"optional dependency {module!r} is not installed",
+            expected=f"the [{extra}] extra",
+            found=f"ImportError: {exc}",
+            fix=f"pip install 'clinfuse[{extra}]'",
+        ) from exc
