@@ -1,1 +1,1 @@
-"""The small shared core: configs, registries, run directories, the training loop, seeding, errors."""
+"""The shared core: configs, registries, run directories, the training loop, seeding, errors."""

@@ -7,8 +7,9 @@ class ClinfuseError(Exception):
     """Base class of every error clinfuse raises on bad input.
 
     Example:
-        >>> str(ClinfuseError("bad split", expected="train|valid|test", found="dev", fix="rename it"))
-        'bad split\\n  expected: train|valid|test\\n  found:    dev\\n  fix:      rename it'
+        >>> e = ClinfuseError("bad split", expected="train|valid", found="dev", fix="rename it")
+        >>> str(e)
+        'bad split\\n  expected: train|valid\\n  found:    dev\\n  fix:      rename it'
     """
 
     def __init__(

@@ -50,7 +50,7 @@ class Registry(Generic[T]):
             return self._items[name]
         except KeyError:
             close = difflib.get_close_matches(name, list(self._items), n=3, cutoff=0.5)
-            fix = f"did you mean: {', '.join(close)}?" if close else "run `clinfuse ls` to list them"
+            fix = f"did you mean: {', '.join(close)}?" if close else "`clinfuse ls` lists them"
             raise UnknownNameError(
                 f"unknown {self.kind} {name!r}",
                 expected=f"one of: {', '.join(sorted(self._items)) or '(none registered)'}",

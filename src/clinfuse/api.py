@@ -1,0 +1,128 @@
+"""One-call entry points: ``clinfuse.run(name, ...)``, ``load``, ``evaluate``, ``predict``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from clinfuse.core.config import config_from_dict, config_to_dict, load_config, parse_overrides
+from clinfuse.core.learner import METHODS, Learner
+from clinfuse.core.loop import is_distributed_launch
+from clinfuse.core.runs import RunDir
+
+log = logging.getLogger(__name__)
+
+
+def get_method(name: str) -> type[Learner]:
+    from clinfuse.methods import load_all
+
+    load_all()
+    return METHODS.get(name)
+
+
+def _main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _agree_on_path(out: Path) -> Path:
+    """Under a distributed launch, every rank uses the main process's run path."""
+    if not is_distributed_launch():
+        return out
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    PartialState()
+    box = [str(out)]
+    broadcast_object_list(box, from_process=0)
+    return Path(box[0])
+
+
+def make_config(
+    name: str,
+    config: Any = None,
+    *,
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: Sequence[str] | Mapping[str, Any] = (),
+) -> Any:
+    """A validated config of method ``name``: a config object, or preset/file/overrides."""
+    cls = get_method(name)
+    if config is not None:
+        if overrides:
+            base = config_to_dict(config)
+            base.update(
+                parse_overrides(overrides) if not isinstance(overrides, Mapping) else overrides
+            )
+            return config_from_dict(cls.config_cls, base)
+        return config
+    if preset is None and config_file is None:
+        preset = cls.demo_preset
+    return load_config(
+        cls.config_cls, method=name, preset=preset, path=config_file, overrides=overrides
+    )
+
+
+def run(
+    name: str,
+    config: Any = None,
+    *,
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: Sequence[str] | Mapping[str, Any] = (),
+    data: str | Path | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
+) -> tuple[Learner, RunDir]:
+    """Fit method ``name`` and evaluate it; return the learner and its run directory.
+
+    With ``resume=True``, ``out`` must be an existing run: its saved config is reused (overrides
+    such as ``epochs=...`` apply on top) and training continues from ``checkpoints/last.pt``.
+    """
+    cls = get_method(name)
+    if resume:
+        if out is None:
+            from clinfuse.core.errors import RunDirError
+
+            raise RunDirError(
+                "--resume needs the run to continue",
+                expected="--out <run directory>",
+                found="no --out",
+                fix="clinfuse fit NAME --out runs/... --resume",
+            )
+        rd = RunDir.open(out, method=name)
+        cfg = make_config(
+            name, config_from_dict(cls.config_cls, rd.config_dict()), overrides=overrides
+        )
+    else:
+        cfg = make_config(name, config, preset=preset, config_file=config_file, overrides=overrides)
+        if out is None:
+            import time
+
+            out = (
+                Path("runs")
+                / name
+                / f"{time.strftime('%Y%m%d-%H%M%S')}-{getattr(cfg, 'preset', '') or 'custom'}"
+            )
+        out = _agree_on_path(Path(out))
+        rd = RunDir.create(
+            out,
+            name,
+            config_to_dict(cfg),
+            seed=getattr(cfg, "seed", None),
+            device=getattr(cfg, "device", None),
+            write=_main_process(),
+        )
+    learner = cls(cfg)
+    dataset = learner.load_data(str(data) if data is not None else None)
+    learner.fit(dataset, rd, resume=resume)
+    return learner, rd
+
+
+def load(run_dir: str | Path, name: str | None = None, checkpoint: str = "best") -> Learner:
+    """The learner saved in ``run_dir`` (best checkpoint by default)."""
+    rd = RunDir.open(run_dir, method=name)
+    cls = get_method(rd.method)
+    return cls.from_run(rd, checkpoint)

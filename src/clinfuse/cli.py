@@ -1,0 +1,201 @@
+"""`clinfuse ls | fit | evaluate | predict | sweep | demo`: a thin layer over clinfuse.api."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from collections.abc import Sequence
+
+from clinfuse.core.errors import ClinfuseError
+
+log = logging.getLogger("clinfuse")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "clean"
+
+
+def _fmt_metrics(metrics: dict) -> str:
+    return "\n".join(
+        f"  {k:<24} {v:.4f}" if isinstance(v, float) else f"  {k:<24} {v}"
+        for k, v in metrics.items()
+    )
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from clinfuse.api import get_method
+    from clinfuse.core.config import describe, preset_names
+    from clinfuse.core.learner import METHODS
+    from clinfuse.methods import load_all
+
+    load_all()
+    if args.name is None:
+        print("methods:")
+        for name, cls in METHODS.items():
+            print(f"  {name:<12} {cls.description}  [presets: {', '.join(preset_names(name))}]")
+        print("\n`clinfuse ls NAME` lists a method's config fields (for --set key=value).")
+        return 0
+    cls = get_method(args.name)
+    print(f"{args.name}: {cls.description}\npaper: {cls.paper}")
+    print(f"presets: {', '.join(preset_names(args.name))}\nconfig fields (--set key=value):")
+    for fname, tname, default, doc in describe(cls.config_cls):
+        print(f"  {fname} = {default!r}  ({tname})\n      {doc}")
+    return 0
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from clinfuse.api import run
+
+    learner, rd = run(
+        args.name,
+        preset=args.preset,
+        config_file=args.config,
+        overrides=args.set or [],
+        data=args.data,
+        out=args.out,
+        resume=args.resume,
+    )
+    metrics = rd.read_metrics()
+    shown = {k: v for k, v in metrics.items() if k.startswith("test_")}
+    if shown:
+        print(f"test metrics:\n{_fmt_metrics(shown)}")
+    print(f"results written to {rd.path}")
+    return 0
+
+
+def _load(args: argparse.Namespace):
+    from clinfuse.api import load
+
+    learner = load(args.run, args.name)
+    data = learner.load_data(args.data)
+    return learner, data
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from clinfuse.core.runs import RunDir, atomic_write_json
+
+    learner, data = _load(args)
+    metrics = learner.evaluate(data, args.split, corrupt=args.corrupt)
+    out = (
+        RunDir(args.run).path
+        / "evaluations"
+        / f"{args.split}-{_slug(args.corrupt or 'clean')}.json"
+    )
+    atomic_write_json(out, {"split": args.split, "corrupt": args.corrupt, "metrics": metrics})
+    print(f"{args.name} on {args.split} ({args.corrupt or 'clean'}):\n{_fmt_metrics(metrics)}")
+    print(f"results written to {out}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from clinfuse.core.runs import RunDir
+
+    learner, data = _load(args)
+    df = learner.predict(data, args.split)
+    path = RunDir(args.run).write_predictions(df, name=f"predictions-{args.split}")
+    print(f"{len(df)} predictions written to {path}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from clinfuse.core.runs import RunDir
+    from clinfuse.robustness.sweep import severity_sweep, write_sweep
+
+    learner, data = _load(args)
+    kind, _, mods = args.corrupt.partition(":")
+
+    def evaluate(severity: float | None) -> dict[str, float]:
+        spec = None if severity is None else f"{kind}:{mods}:{severity}"
+        return learner.evaluate(data, args.split, corrupt=spec)
+
+    df = severity_sweep(evaluate, args.severities)
+    paths = write_sweep(
+        df,
+        RunDir(args.run).path / "sweeps",
+        _slug(f"{args.split}-{args.corrupt}"),
+        title=f"{args.name}: {args.corrupt} ({args.split})",
+    )
+    piv = df.pivot(index="metric", columns="severity", values="delta")
+    print(f"clean minus corrupted, per metric and severity:\n{piv.to_string(float_format='%.4f')}")
+    print("results written to " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from clinfuse.report.demo import run_demo
+
+    report = run_demo(args.names or None, out=args.out, progress=not args.quiet)
+    print(f"demo report written to {report}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="clinfuse", description="clinfuse: multimodal clinical AI methods, one toolkit."
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("ls", help="list methods, or one method's config fields")
+    s.add_argument("name", nargs="?")
+    s.set_defaults(func=cmd_ls)
+
+    s = sub.add_parser("fit", help="train a method; writes a run directory")
+    s.add_argument("name")
+    s.add_argument("--preset", help="a preset of configs/NAME (default: quick)")
+    s.add_argument("--config", help="a TOML file (flat key = value; may set base = PRESET)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
+    s.add_argument("--data", help="data path (else the config's `data`, e.g. a synthetic preset)")
+    s.add_argument("--out", help="run directory (default runs/NAME/<time>-<preset>)")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out")
+    s.set_defaults(func=cmd_fit)
+
+    for cmd, helptext, func in (
+        ("evaluate", "evaluate a trained run, optionally under a corruption", cmd_evaluate),
+        ("predict", "write predictions of a trained run", cmd_predict),
+        ("sweep", "evaluate a run under a corruption at several severities", cmd_sweep),
+    ):
+        s = sub.add_parser(cmd, help=helptext)
+        s.add_argument("name")
+        s.add_argument("--run", required=True, help="a run directory written by `clinfuse fit`")
+        s.add_argument("--data", help="data path (default: the data the run was trained on)")
+        s.add_argument("--split", default="test")
+        if cmd == "evaluate":
+            s.add_argument("--corrupt", help="e.g. gaussian:audio,vision:0.5 or drop:vision")
+        if cmd == "sweep":
+            s.add_argument(
+                "--corrupt", required=True, help="KIND:MODALITIES, e.g. gaussian:audio,vision"
+            )
+            s.add_argument(
+                "--severities", type=float, nargs="+", default=[0.1, 0.25, 0.5, 1.0, 2.0]
+            )
+        s.set_defaults(func=func)
+
+    s = sub.add_parser("demo", help="run every system's quick preset and write one report")
+    s.add_argument("names", nargs="*", help="systems to run (default: all)")
+    s.add_argument("--out", default=None, help="report directory (default runs/demo/<time>)")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if args.quiet:
+        import os
+
+        os.environ["TQDM_DISABLE"] = "1"
+    try:
+        return int(args.func(args) or 0)
+    except ClinfuseError as exc:
+        print(f"clinfuse: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

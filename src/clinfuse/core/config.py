@@ -1,0 +1,346 @@
+"""Frozen-dataclass configs: TOML presets, ``--set key=value`` overrides, typed validation.
+
+A config class is a flat ``@dataclass(frozen=True)`` whose fields are ``int``, ``float``, ``bool``,
+``str``, ``Literal[...]``, ``X | None`` or ``tuple[X, ...]``; each field is followed by a one-line
+docstring that becomes its help text. TOML has no null: ``"none"`` sets an optional field to None.
+A preset may name another preset as ``base = "quick"``; the base is applied first.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import inspect
+import json
+import textwrap
+import tomllib
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+from clinfuse.core.errors import ConfigError
+
+C = TypeVar("C")
+
+_NONE_WORDS = {"none", "null", "~"}
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+BASE_KEY = "base"
+
+
+def package_config_dirs() -> list[Path]:
+    """Where presets are looked up: ``configs/`` of a source checkout, then the installed copy."""
+    here = Path(__file__).resolve()
+    candidates = [here.parents[3] / "configs", here.parents[1] / "configs"]
+    return [c for c in candidates if c.is_dir()]
+
+
+def preset_names(method: str) -> list[str]:
+    """The preset names available for ``method`` (TOML file stems)."""
+    names: set[str] = set()
+    for d in package_config_dirs():
+        names.update(p.stem for p in (d / method).glob("*.toml"))
+    return sorted(names)
+
+
+def preset_path(method: str, preset: str) -> Path:
+    """The TOML file of a named preset, or a ConfigError listing the known presets."""
+    for d in package_config_dirs():
+        p = d / method / f"{preset}.toml"
+        if p.is_file():
+            return p
+    known = preset_names(method)
+    close = difflib.get_close_matches(preset, known, n=3, cutoff=0.5)
+    raise ConfigError(
+        f"unknown preset {preset!r} for {method}",
+        expected=f"one of: {', '.join(known) or '(none)'}",
+        found=repr(preset),
+        fix=f"did you mean: {', '.join(close)}?" if close else "pass a TOML file with --config",
+    )
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring line under each dataclass field, read from the class source."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            src = textwrap.dedent(inspect.getsource(klass))
+        except (OSError, TypeError):
+            continue
+        body = ast.parse(src).body[0].body  # type: ignore[attr-defined]
+        for node, nxt in zip(body, body[1:], strict=False):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if origin is tuple:
+        return f"tuple[{_type_name(get_args(tp)[0])}, ...]"
+    if tp is type(None):
+        return "none"
+    return getattr(tp, "__name__", str(tp))
+
+
+def coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert ``value`` (a TOML value or a ``--set`` string) to type ``tp`` or raise ConfigError.
+
+    Example:
+        >>> coerce("3", int, "epochs"), coerce("none", int | None, "rank")
+        (3, None)
+        >>> coerce("a,b", tuple[str, ...], "modalities")
+        ('a', 'b')
+    """
+
+    def fail(why: str = "") -> ConfigError:
+        return ConfigError(
+            f"config key {key!r} has a value of the wrong type{': ' + why if why else ''}",
+            expected=_type_name(tp),
+            found=f"{value!r} ({type(value).__name__})",
+            fix=f"--set {key}=<{_type_name(tp)}>",
+        )
+
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None or (isinstance(value, str) and value.strip().lower() in _NONE_WORDS):
+            if type(None) in args:
+                return None
+            raise fail()
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise fail()
+    if origin is Literal:
+        choices = get_args(tp)
+        if value in choices:
+            return value
+        if isinstance(value, str):
+            for c in choices:
+                if str(c) == value.strip():
+                    return c
+        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=3, cutoff=0.4)
+        raise ConfigError(
+            f"config key {key!r} must be one of {list(choices)}",
+            expected=" | ".join(repr(c) for c in choices),
+            found=repr(value),
+            fix=f"did you mean {close[0]!r}?" if close else f"--set {key}={choices[0]}",
+        )
+    if origin is tuple:
+        (inner, *_rest) = get_args(tp)
+        if isinstance(value, str):
+            items = [v.strip() for v in value.strip("()[] ").split(",") if v.strip()]
+        elif isinstance(value, list | tuple):
+            items = list(value)
+        else:
+            raise fail()
+        return tuple(coerce(v, inner, key) for v in items)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise fail()
+    if tp is int:
+        if isinstance(value, bool):
+            raise fail()
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                try:
+                    f = float(value)
+                except ValueError:
+                    raise fail() from None
+                if f.is_integer():
+                    return int(f)
+        raise fail()
+    if tp is float:
+        if isinstance(value, bool):
+            raise fail()
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                raise fail() from None
+        raise fail()
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise fail()
+    raise ConfigError(f"config key {key!r} has an unsupported annotation {tp!r}")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _check_keys(cls: type, keys: Iterable[str], source: str) -> None:
+    fields = [f.name for f in dataclasses.fields(cls)]
+    for key in keys:
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=3, cutoff=0.5)
+            raise ConfigError(
+                f"unknown config key {key!r} in {source}",
+                expected=f"a field of {cls.__name__}",
+                found=repr(key),
+                fix=(
+                    f"did you mean: {', '.join(close)}?"
+                    if close
+                    else f"`clinfuse ls` lists the fields; known: {', '.join(fields)}"
+                ),
+            )
+
+
+def read_toml(path: str | Path, method: str | None = None, _seen: tuple[Path, ...] = ()) -> dict:
+    """A TOML preset as a flat dict, with its ``base`` chain resolved (base first)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"config file {str(path)!r} does not exist",
+            expected="a TOML file",
+            found="no such file",
+            fix="check the path, or use --preset NAME",
+        )
+    if path.resolve() in _seen:
+        raise ConfigError(f"preset {path} names itself as a base (cycle)")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"config file {str(path)!r} is not valid TOML",
+            expected="key = value lines",
+            found=str(exc),
+            fix="fix the syntax on that line",
+        ) from None
+    nested = [k for k, v in data.items() if isinstance(v, dict)]
+    if nested:
+        raise ConfigError(
+            f"config file {str(path)!r} has tables; configs are flat",
+            expected="key = value at the top level",
+            found=f"table(s) {nested}",
+            fix="move the keys to the top level",
+        )
+    base = data.pop(BASE_KEY, None)
+    if base is None:
+        return data
+    if method is None:
+        method = path.parent.name
+    sibling = path.parent / f"{base}.toml"
+    base_path = sibling if sibling.is_file() else preset_path(method, base)
+    merged = read_toml(base_path, method, (*_seen, path.resolve()))
+    merged.update(data)
+    return merged
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, str]:
+    """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}``, refusing items without ``=``."""
+    out: dict[str, str] = {}
+    for item in pairs:
+        key, sep, val = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(
+                f"bad override {item!r}",
+                expected="key=value",
+                found=repr(item),
+                fix="write --set epochs=10",
+            )
+        out[key.strip()] = val.strip()
+    return out
+
+
+def build_config(cls: type[C], values: Mapping[str, Any], source: str = "config") -> C:
+    """Build and validate ``cls`` from raw values (TOML types or strings)."""
+    _check_keys(cls, values, source)
+    hints = _hints(cls)
+    kwargs = {k: coerce(v, hints[k], k) for k, v in values.items()}
+    try:
+        cfg = cls(**kwargs)
+    except TypeError as exc:  # pragma: no cover - a required field without default
+        raise ConfigError(f"cannot build {cls.__name__}: {exc}") from None
+    validate = getattr(cfg, "validate", None)
+    if callable(validate):
+        validate()
+    return cfg
+
+
+def load_config(
+    cls: type[C],
+    *,
+    method: str | None = None,
+    preset: str | None = None,
+    path: str | Path | None = None,
+    overrides: Sequence[str] | Mapping[str, Any] = (),
+) -> C:
+    """Defaults <- preset <- TOML file <- ``--set`` overrides, typed and validated.
+
+    Example:
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class Cfg:
+        ...     epochs: int = 3
+        ...     '''Passes over the data.'''
+        >>> load_config(Cfg, overrides=["epochs=5"]).epochs
+        5
+    """
+    values: dict[str, Any] = {}
+    if preset is not None:
+        if method is None:
+            raise ConfigError("a preset needs the method name")
+        values.update(read_toml(preset_path(method, preset), method))
+        if "preset" in {f.name for f in dataclasses.fields(cls)}:  # type: ignore[arg-type]
+            values.setdefault("preset", preset)
+    if path is not None:
+        file_values = read_toml(path, method)
+        _check_keys(cls, file_values, str(path))
+        values.update(file_values)
+    over = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
+    _check_keys(cls, over, "--set")
+    values.update(over)
+    return build_config(cls, values, source=str(path) if path else "config")
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def config_from_dict(cls: type[C], d: Mapping[str, Any]) -> C:
+    """Rebuild a config saved by :func:`config_to_dict` (e.g. from a run's config.json)."""
+    return build_config(cls, d, source="config.json")
+
+
+def describe(cls: type) -> list[tuple[str, str, Any, str]]:
+    """(name, type, default, help) for every field: the source of CLI help."""
+    docs = field_docs(cls)
+    hints = _hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else None
+        rows.append((f.name, _type_name(hints[f.name]), default, docs.get(f.name, "")))
+    return rows

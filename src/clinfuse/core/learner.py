@@ -1,0 +1,85 @@
+"""The learner shape every method follows, and the registry that ``clinfuse ls`` reads."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from clinfuse.core.config import config_from_dict
+from clinfuse.core.registry import Registry
+from clinfuse.core.runs import RunDir
+
+METHODS: Registry[type[Learner]] = Registry("method")
+
+
+@dataclass
+class DemoResult:
+    """One row of the demo report: a system's main metric next to its baseline, and its plots."""
+
+    system: str
+    data: str
+    metric: str
+    value: float
+    baseline: str
+    baseline_value: float
+    higher_is_better: bool = True
+    extra: dict[str, float] = field(default_factory=dict)
+    plots: list[Path] = field(default_factory=list)
+    notes: str = ""
+
+
+class Learner(abc.ABC):
+    """Base of the methods: ``fit(data, run) -> self``, ``evaluate``, ``predict``, ``state_dict``.
+
+    Subclasses set ``name``, ``config_cls``, ``description`` and implement the methods below.
+    ``corrupt`` is a corruption spec string (see :mod:`clinfuse.robustness`).
+    """
+
+    name: ClassVar[str]
+    config_cls: ClassVar[type]
+    description: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    demo_preset: ClassVar[str] = "quick"
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    # -- to implement --------------------------------------------------------------------
+    @abc.abstractmethod
+    def load_data(self, path: str | None = None) -> Any:
+        """The data named by ``path`` (a file/directory) or, when None, by the config."""
+
+    @abc.abstractmethod
+    def fit(self, data: Any, run: RunDir, *, resume: bool = False) -> Learner:
+        ...
+
+    @abc.abstractmethod
+    def evaluate(self, data: Any, split: str = "test", corrupt: str | None = None) -> dict:
+        ...
+
+    @abc.abstractmethod
+    def predict(self, data: Any, split: str = "test") -> Any:
+        ...
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        ...
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        ...
+
+    @abc.abstractmethod
+    def demo(self, data: Any, run: RunDir) -> DemoResult:
+        """Run after ``fit`` on the quick preset: the row and plots of the demo report."""
+
+    # -- shared --------------------------------------------------------------------------
+    @classmethod
+    def from_run(cls, run: RunDir, checkpoint: str = "best") -> Learner:
+        """Rebuild the learner saved in ``run`` from its config.json and checkpoint."""
+        config = config_from_dict(cls.config_cls, run.config_dict())
+        learner = cls(config)
+        learner.load_state_dict(run.load_checkpoint(checkpoint))
+        return learner

@@ -1,0 +1,321 @@
+"""Run directories: config, environment, metrics, predictions, plots, checkpoints; atomic writes.
+
+Layout::
+
+    <run>/config.json        {"clinfuse_run": 1, "method": name, "config": {...}}
+    <run>/env.json           versions, git sha, seed, device, time
+    <run>/metrics.json       final metrics (merged by later evaluate calls)
+    <run>/metrics.csv        one row per epoch
+    <run>/predictions.parquet (or .csv)
+    <run>/plots/*.png
+    <run>/checkpoints/{last,best}.pt   state dicts, loaded with weights_only=True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clinfuse.core.errors import RunDirError
+
+RUN_MARK = "clinfuse_run"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    return Path(path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def git_sha() -> str | None:
+    """The commit of the source checkout clinfuse runs from, if any."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def environment(seed: int | None = None, device: str | None = None) -> dict[str, Any]:
+    """Versions and machine facts recorded in ``env.json``."""
+    import numpy
+
+    import clinfuse
+
+    env: dict[str, Any] = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "clinfuse": getattr(clinfuse, "__version__", None),
+        "git_sha": git_sha(),
+        "cuda": torch.cuda.is_available(),
+        "torch_threads": torch.get_num_threads(),
+        "seed": seed,
+        "device": device,
+        "argv": sys.argv,
+    }
+    if torch.cuda.is_available():
+        env["cuda_device"] = torch.cuda.get_device_name(0)
+    return env
+
+
+class RunDir:
+    """A run directory. Create one with :meth:`create`, reopen one with :meth:`open`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    # -- creation and validation -------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        out: str | Path | None,
+        method: str,
+        config: Mapping[str, Any],
+        *,
+        seed: int | None = None,
+        device: str | None = None,
+        write: bool = True,
+        exist_ok: bool = False,
+    ) -> RunDir:
+        """Make ``out`` (default ``runs/<method>/<time>``) and write config.json and env.json.
+
+        ``write=False`` (non-main ranks under Accelerate) returns the object without touching disk.
+        """
+        if out is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            out = Path("runs") / method / f"{stamp}-{config.get('preset') or 'custom'}"
+        run = cls(out)
+        if not write:
+            return run
+        if run.config_path.exists() and not exist_ok:
+            raise RunDirError(
+                f"{run.path} already holds a clinfuse run",
+                expected="a new or empty --out directory",
+                found=f"{run.config_path}",
+                fix="pass another --out, or --resume to continue that run",
+            )
+        (run.path / "plots").mkdir(parents=True, exist_ok=True)
+        (run.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run.config_path, {RUN_MARK: 1, "method": method, "config": dict(config)})
+        atomic_write_json(run.path / "env.json", environment(seed=seed, device=device))
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path, method: str | None = None) -> RunDir:
+        """Reopen a run; refuse a path that is not a clinfuse run, or is a run of another method."""
+        run = cls(path)
+        fix = "pass the directory that `clinfuse fit` printed (it holds config.json)"
+        if not run.path.is_dir():
+            raise RunDirError(
+                f"--run {str(run.path)!r} is not a directory",
+                expected="a clinfuse run directory",
+                found="no such directory" if not run.path.exists() else "a file",
+                fix=fix,
+            )
+        try:
+            meta = json.loads(run.config_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise RunDirError(
+                f"--run {str(run.path)!r} is not a clinfuse run",
+                expected="a directory with config.json written by `clinfuse fit`",
+                found=f"no config.json (has: {sorted(p.name for p in run.path.iterdir())[:8]})",
+                fix=fix,
+            ) from None
+        except json.JSONDecodeError as exc:
+            raise RunDirError(
+                f"{run.config_path} is not valid JSON",
+                expected="the config.json clinfuse wrote",
+                found=str(exc),
+                fix=fix,
+            ) from None
+        if not isinstance(meta, dict) or meta.get(RUN_MARK) != 1 or "config" not in meta:
+            raise RunDirError(
+                f"--run {str(run.path)!r} is not a clinfuse run",
+                expected=f'config.json with "{RUN_MARK}": 1, "method" and "config"',
+                found=f"keys {sorted(meta) if isinstance(meta, dict) else type(meta).__name__}",
+                fix=fix,
+            )
+        if method is not None and meta.get("method") != method:
+            raise RunDirError(
+                f"--run {str(run.path)!r} is a {meta.get('method')!r} run, not {method!r}",
+                expected=method,
+                found=meta.get("method"),
+                fix=f"use `clinfuse evaluate {meta.get('method')} --run {run.path}`",
+            )
+        return run
+
+    # -- paths -----------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def plots(self) -> Path:
+        p = self.path / "plots"
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+    @property
+    def checkpoints(self) -> Path:
+        p = self.path / "checkpoints"
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def meta(self) -> dict[str, Any]:
+        return json.loads(self.config_path.read_text(encoding="utf-8"))
+
+    @property
+    def method(self) -> str:
+        return str(self.meta()["method"])
+
+    def config_dict(self) -> dict[str, Any]:
+        return dict(self.meta()["config"])
+
+    # -- metrics and predictions -----------------------------------------------------------
+    def read_metrics(self) -> dict[str, Any]:
+        p = self.path / "metrics.json"
+        return json.loads(p.read_text(encoding="utf-8")) if p.exists() else {}
+
+    def write_metrics(self, metrics: Mapping[str, Any], *, merge: bool = True) -> Path:
+        """Write metrics.json (merged into what is there unless ``merge=False``)."""
+        current = self.read_metrics() if merge else {}
+        current.update(metrics)
+        return atomic_write_json(self.path / "metrics.json", current)
+
+    def read_history(self) -> list[dict[str, str]]:
+        p = self.path / "metrics.csv"
+        if not p.exists():
+            return []
+        with open(p, newline="", encoding="utf-8") as fh:
+            return list(csv.DictReader(fh))
+
+    def log_epoch(self, row: Mapping[str, Any]) -> Path:
+        """Append one row to metrics.csv (rewritten atomically; new columns are added)."""
+        rows = self.read_history()
+        rows.append({k: _fmt(v) for k, v in row.items()})
+        cols: list[str] = []
+        for r in rows:
+            cols.extend(k for k in r if k not in cols)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=cols, restval="", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return atomic_write_text(self.path / "metrics.csv", buf.getvalue())
+
+    def truncate_history(self, last_epoch: int) -> None:
+        """Drop metrics.csv rows after ``last_epoch`` (used when resuming from a checkpoint)."""
+        rows = [r for r in self.read_history() if int(float(r.get("epoch", 0))) <= last_epoch]
+        p = self.path / "metrics.csv"
+        if p.exists():
+            p.unlink()
+        for r in rows:
+            self.log_epoch(r)
+
+    def write_predictions(self, df: Any, name: str = "predictions") -> Path:
+        """Write a DataFrame as Parquet (CSV when pyarrow is missing)."""
+        try:
+            import pyarrow  # noqa: F401
+
+            with atomic_path(self.path / f"{name}.parquet") as tmp:
+                df.to_parquet(tmp, index=False)
+            return self.path / f"{name}.parquet"
+        except ImportError:  # pragma: no cover
+            with atomic_path(self.path / f"{name}.csv") as tmp:
+                df.to_csv(tmp, index=False)
+            return self.path / f"{name}.csv"
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def checkpoint_path(self, kind: str) -> Path:
+        return self.checkpoints / f"{kind}.pt"
+
+    def save_checkpoint(self, kind: str, state: Mapping[str, Any]) -> Path:
+        return atomic_torch_save(dict(state), self.checkpoint_path(kind))
+
+    def load_checkpoint(self, kind: str, map_location: str | torch.device = "cpu") -> dict:
+        p = self.checkpoint_path(kind)
+        if not p.exists():
+            raise RunDirError(
+                f"run {self.path} has no {kind} checkpoint",
+                expected=str(p),
+                found=f"{sorted(x.name for x in self.checkpoints.iterdir())}",
+                fix="the run may have been stopped before its first epoch ended; fit it again",
+            )
+        return torch.load(p, map_location=map_location, weights_only=True)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+
+def _fmt(v: Any) -> Any:
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return v

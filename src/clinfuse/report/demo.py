@@ -1,0 +1,139 @@
+"""``clinfuse demo``: every registered system's quick preset on its embedded data, one report."""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from clinfuse.core.learner import METHODS, DemoResult
+from clinfuse.core.runs import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+def _rel(path: Path, root: Path) -> str:
+    return os.path.relpath(path, root)
+
+
+def write_report(
+    results: Sequence[DemoResult], failures: dict[str, str], out: Path, seconds: dict[str, float]
+) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``report.html`` (same content) under ``out``; return both paths."""
+    head = "| system | data | metric | value | baseline | baseline value | seconds |"
+    lines = [
+        "# clinfuse demo report",
+        "",
+        f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}; each system ran its `quick` preset on "
+        "its embedded default data.",
+        "",
+        head,
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.system} | {r.data} | {r.metric} | {r.value:.4f} | {r.baseline} | "
+            f"{r.baseline_value:.4f} | {seconds.get(r.system, float('nan')):.0f} |"
+        )
+    for name in failures:
+        lines.append(f"| {name} | - | FAILED | - | - | - | {seconds.get(name, 0):.0f} |")
+    for r in results:
+        lines += ["", f"## {r.system}", ""]
+        if r.notes:
+            lines += [r.notes, ""]
+        if r.extra:
+            lines += ["| quantity | value |", "|---|---|"]
+            lines += [f"| {k} | {v:.4f} |" for k, v in r.extra.items()]
+            lines.append("")
+        lines += [f"![{p.stem}]({_rel(p, out)})" for p in r.plots]
+    for name, err in failures.items():
+        lines += ["", f"## {name} (failed)", "", "```", err, "```"]
+    md = "\n".join(lines) + "\n"
+    md_path = atomic_write_text(out / "report.md", md)
+
+    body = ["<h1>clinfuse demo report</h1>", "<table border=1 cellpadding=4>"]
+    body.append("<tr>" + "".join(f"<th>{h}</th>" for h in head.strip("|").split("|")) + "</tr>")
+    for r in results:
+        cells = [
+            r.system,
+            r.data,
+            r.metric,
+            f"{r.value:.4f}",
+            r.baseline,
+            f"{r.baseline_value:.4f}",
+        ]
+        cells.append(f"{seconds.get(r.system, float('nan')):.0f}")
+        body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    for name in failures:
+        body.append(f"<tr><td>{html.escape(name)}</td><td colspan=6>FAILED</td></tr>")
+    body.append("</table>")
+    for r in results:
+        body.append(f"<h2>{html.escape(r.system)}</h2><p>{html.escape(r.notes)}</p>")
+        if r.extra:
+            body.append("<table border=1 cellpadding=3>")
+            body += [
+                f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>" for k, v in r.extra.items()
+            ]
+            body.append("</table>")
+        body += [f'<img src="{html.escape(_rel(p, out))}" width="480">' for p in r.plots]
+    for name, err in failures.items():
+        body.append(f"<h2>{html.escape(name)} (failed)</h2><pre>{html.escape(err)}</pre>")
+    page = "<!doctype html><meta charset=utf-8><title>clinfuse demo</title>\n" + "\n".join(body)
+    html_path = atomic_write_text(out / "report.html", page)
+    return md_path, html_path
+
+
+def run_demo(
+    names: Sequence[str] | None = None, out: str | Path | None = None, progress: bool = True
+) -> Path:
+    """Run the quick preset of each system in ``names`` (default: all) and write the report."""
+    from clinfuse.api import get_method, run
+    from clinfuse.methods import load_all
+
+    load_all()
+    names = list(names) if names else METHODS.names()
+    for n in names:
+        get_method(n)  # unknown names fail before any work
+    root = Path(out) if out else Path("runs") / "demo" / time.strftime("%Y%m%d-%H%M%S")
+    root.mkdir(parents=True, exist_ok=True)
+    results: list[DemoResult] = []
+    failures: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+    bar = tqdm(names, desc="demo", disable=not progress, dynamic_ncols=True)
+    for name in bar:
+        bar.set_postfix_str(name)
+        t0 = time.perf_counter()
+        try:
+            cls = get_method(name)
+            learner, rd = run(name, preset=cls.demo_preset, out=root / name)
+            data = learner.load_data(None)
+            results.append(learner.demo(data, rd))
+        except Exception:  # noqa: BLE001 - one failing system must not hide the others
+            failures[name] = traceback.format_exc()
+            log.error("demo of %s failed:\n%s", name, failures[name])
+        seconds[name] = time.perf_counter() - t0
+        log.info("demo %s done in %.1f s", name, seconds[name])
+    md, _ = write_report(results, failures, root, seconds)
+    atomic_write_json(
+        root / "demo.json",
+        {
+            "results": [{**asdict(r), "plots": [str(p) for p in r.plots]} for r in results],
+            "failures": failures,
+            "seconds": seconds,
+        },
+    )
+    if failures:
+        from clinfuse.core.errors import ClinfuseError
+
+        raise ClinfuseError(
+            f"the demo of {', '.join(failures)} failed (report: {md})",
+            fix="see the traceback in the report",
+        )
+    return md
