@@ -93,19 +93,19 @@ def run(
                 fix="clinfuse fit NAME --out runs/... --resume",
             )
         rd = RunDir.open(out, method=name)
-        cfg = make_config(
-            name, config_from_dict(cls.config_cls, rd.config_dict()), overrides=overrides
-        )
+        saved = config_from_dict(cls.config_cls, rd.config_dict())
+        cfg = make_config(name, saved, overrides=overrides)
     else:
         cfg = make_config(name, config, preset=preset, config_file=config_file, overrides=overrides)
+    learner = cls(cfg)
+    # data are loaded (and validated) before anything is written
+    dataset = learner.load_data(str(data) if data is not None else None)
+    if not resume:
         if out is None:
             import time
 
-            out = (
-                Path("runs")
-                / name
-                / f"{time.strftime('%Y%m%d-%H%M%S')}-{getattr(cfg, 'preset', '') or 'custom'}"
-            )
+            tag = getattr(cfg, "preset", "") or "custom"
+            out = Path("runs") / name / f"{time.strftime('%Y%m%d-%H%M%S')}-{tag}"
         out = _agree_on_path(Path(out))
         rd = RunDir.create(
             out,
@@ -115,8 +115,12 @@ def run(
             device=getattr(cfg, "device", None),
             write=_main_process(),
         )
-    learner = cls(cfg)
-    dataset = learner.load_data(str(data) if data is not None else None)
+    elif overrides and _main_process():
+        from clinfuse.core.runs import atomic_write_json
+
+        meta = rd.meta()
+        meta["config"] = config_to_dict(cfg)
+        atomic_write_json(rd.config_path, meta)
     learner.fit(dataset, rd, resume=resume)
     return learner, rd
 

@@ -101,7 +101,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from clinfuse.core.runs import RunDir
-    from clinfuse.robustness.sweep import severity_sweep, write_sweep
+    from clinfuse.robustness.sweep import sweep_severities, write_sweep
 
     learner, data = _load(args)
     kind, _, mods = args.corrupt.partition(":")
@@ -110,7 +110,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         spec = None if severity is None else f"{kind}:{mods}:{severity}"
         return learner.evaluate(data, args.split, corrupt=spec)
 
-    df = severity_sweep(evaluate, args.severities)
+    df = sweep_severities(evaluate, args.severities)
     paths = write_sweep(
         df,
         RunDir(args.run).path / "sweeps",

@@ -1,8 +1,8 @@
 r"""Matrix-based Renyi alpha-entropy (Giraldo et al. 2014), joint entropy, mutual information.
 
 Given ``n`` samples and a Gram matrix :math:`K_{ij} = \kappa(x_i, x_j)`, set
-:math:`A = K / \operatorname{tr} K` with eigenvalues :math:`\lambda_1 \ge \dots \ge \lambda_n \ge 0`,
-:math:`\sum_i \lambda_i = 1`. Then, in bits,
+:math:`A = K / \operatorname{tr} K` with eigenvalues
+:math:`\lambda_1 \ge \dots \ge \lambda_n \ge 0`, :math:`\sum_i \lambda_i = 1`. Then, in bits,
 
 .. math::
 
@@ -23,11 +23,13 @@ tail to its mean :math:`r = (1 - \sum_{i \le k} \lambda_i) / (n - k)`:
 
 the entropy of :math:`A_k = U_k \Lambda_k U_k^\top + r (I - U_k U_k^\top)`. It satisfies
 :math:`H^k \ge H`, is non-increasing in ``k``, :math:`H^{n-1} = H`, and :math:`H^k = H` whenever
-:math:`\operatorname{rank} A \le k`. The top ``k`` come from :func:`~clinfuse.info.spectral.topk_eigvalsh`.
+:math:`\operatorname{rank} A \le k`. The top ``k`` come from
+:func:`~clinfuse.info.spectral.topk_eigvalsh`.
 
 Numerics. Eigenvalues come from ``eigvalsh`` (finite gradients on degenerate spectra), are clamped
-at 0 and divided by their total (the spectrum sum, or the trace for the low-rank estimator), so the
-result is the entropy of :math:`A / \operatorname{tr} A` whatever the scale of ``A``. The sum is
+at 0 and (with ``normalize=True``) divided by their total (the spectrum sum, or the trace for the
+low-rank estimator), so the result is the entropy of :math:`A / \operatorname{tr} A` whatever the
+scale of ``A``. The sum is
 evaluated as :math:`\log_2(1 + \sum_i \lambda_i \operatorname{expm1}((\alpha-1)\ln\lambda_i))`,
 which stays accurate as :math:`\alpha \to 1`; for :math:`|\alpha - 1| < 10^{-6}` the von Neumann
 form is used. Zero eigenvalues contribute nothing (and no gradient); for :math:`\alpha < 1`,
@@ -59,7 +61,7 @@ __all__ = [
 ]
 
 VON_NEUMANN_TOL = 1e-6
-"""``|alpha - 1|`` below this uses the von Neumann (Shannon) form :math:`-\\sum\\lambda\\log_2\\lambda`."""
+"""``|alpha - 1|`` below this uses the von Neumann form :math:`-\\sum\\lambda\\log_2\\lambda`."""
 
 _SOLVER_OPTIONS = frozenset({"n_iter", "oversample", "steps"})
 _LN2 = math.log(2.0)
@@ -346,11 +348,11 @@ def renyi_entropy(
     r"""Matrix-based Renyi :math:`\alpha`-entropy of a Gram matrix, in bits (exact or low-rank).
 
     ``rank=None``: the exact :math:`H_\alpha` from the full spectrum (``eigvalsh``; ``solver`` is
-    then ignored). ``rank=k``: the low-rank :math:`H_\alpha^k` (top ``k`` kept, tail flattened to its
-    mean), with the top ``k`` from ``solver`` (``exact | lanczos | randomized``; ``generator`` and
-    ``solver_kwargs`` such as ``n_iter``, ``oversample``, ``steps`` go to
-    :func:`~clinfuse.info.spectral.topk_eigvalsh`). ``rank >= n - 1`` gives the exact :math:`H`, which
-    equals :math:`H^{n-1}`. :math:`|\alpha - 1| < 10^{-6}` gives the von Neumann entropy.
+    then ignored). ``rank=k``: the low-rank :math:`H_\alpha^k` (top ``k`` kept, tail flattened to
+    its mean), with the top ``k`` from ``solver`` (``exact | lanczos | randomized``; ``generator``
+    and ``solver_kwargs`` such as ``n_iter``, ``oversample``, ``steps`` go to
+    :func:`~clinfuse.info.spectral.topk_eigvalsh`). ``rank >= n - 1`` gives the exact :math:`H`,
+    which equals :math:`H^{n-1}`. :math:`|\alpha - 1| < 10^{-6}` gives the von Neumann entropy.
 
     .. math::
 
@@ -358,9 +360,11 @@ def renyi_entropy(
         H_\alpha^k(A) = \frac{1}{1-\alpha}\log_2\Big[\sum_{i\le k}\lambda_i^\alpha
             + (n-k)\Big(\frac{1-\sum_{i\le k}\lambda_i}{n-k}\Big)^\alpha\Big]
 
-    with :math:`\lambda` the eigenvalues of :math:`A/\operatorname{tr}A`. ``normalize=True`` divides
-    ``A`` by its trace first; the spectrum is normalised by its total either way, so
-    ``normalize=False`` only skips that division (for an ``A`` that already has unit trace).
+    with :math:`\lambda` the eigenvalues of :math:`A/\operatorname{tr}A`. ``normalize=True``
+    trace-normalises ``A``; this is done on the spectrum (eigenvalues divided by their sum, or the
+    top-k by :math:`\operatorname{tr}A`), which is the same maths as ``trace_normalize(A)`` without
+    an extra ``(n, n)`` pass. ``normalize=False`` uses the eigenvalues of ``A`` as they are, for an
+    ``A`` that already has unit trace.
 
     Shape:
         A: ``(n, n)`` symmetric PSD, float32 or float64. Output: ``()``, same dtype, in bits,
@@ -377,14 +381,12 @@ def renyi_entropy(
     check_solver(solver)
     _check_options(solver_kwargs)
     n = _check_square(A)
-    if normalize:
-        A = trace_normalize(A)
     if rank is None or rank >= n - 1:
         lam = torch.linalg.eigvalsh(A).clamp_min(0.0)
-        p = lam / lam.sum()
+        p = lam / lam.sum() if normalize else lam
         return _entropy_of_probs(p, torch.ones_like(p), alpha, n)
     top = topk_eigvalsh(A, rank, solver, generator=generator, **solver_kwargs).clamp_min(0.0)
-    p_top = top / A.diagonal().sum()
+    p_top = top / A.diagonal().sum() if normalize else top
     tail = (1.0 - p_top.sum()).clamp_min(0.0) / (n - rank)
     p = torch.cat([p_top, tail.reshape(1)])
     weight = torch.ones_like(p)
@@ -478,7 +480,7 @@ def entropy_of(
     k_nn: int = 5,
     **kw: object,
 ) -> Tensor:
-    r"""Renyi entropy (bits) of samples ``x`` under a Gaussian kernel: ``H(gaussian_gram(x, sigma))``.
+    r"""Renyi entropy in bits of samples ``x`` under a Gaussian kernel, ``H(gaussian_gram(x, s))``.
 
     ``sigma="knn"`` uses :func:`knn_sigma` with ``k_nn`` neighbours (detached); ``rank``, ``solver``
     and ``kw`` as in :func:`renyi_entropy`.

@@ -11,11 +11,11 @@ order, and gradients flow to ``A``.
   product, :math:`O(n^2 (k+p)(q+2))`.
 
 The two iterative solvers build their basis ``Q`` *without* gradient, then take the Ritz values
-:math:`\theta = \operatorname{eigvalsh}(Q^\top A Q)` *with* gradient. Because ``eigvalsh`` has the
-backward :math:`\bar A = V \operatorname{diag}(\bar\theta) V^\top` (no :math:`1/(\lambda_i-\lambda_j)`
-term), the gradient is finite on degenerate spectra. When ``span Q`` contains the top-k eigenvectors
-(always true when ``Q`` spans :math:`\mathbb{R}^n`), the Ritz values are stationary in ``Q`` and the
-gradient equals that of the exact eigenvalues.
+:math:`\theta = \operatorname{eigvalsh}(Q^\top A Q)` *with* gradient. Because ``eigvalsh`` has
+the backward :math:`\bar A = V \operatorname{diag}(\bar\theta) V^\top` (no
+:math:`1/(\lambda_i-\lambda_j)` term), the gradient is finite on degenerate spectra. When
+``span Q`` contains the top-k eigenvectors (always true when ``Q`` spans :math:`\mathbb{R}^n`), the
+Ritz values are stationary in ``Q`` and the gradient equals that of the exact eigenvalues.
 """
 
 from __future__ import annotations
@@ -98,16 +98,14 @@ def _topk_exact(A: Tensor, k: int, **_: object) -> Tensor:
 
 
 def _orthogonalize(w: Tensor, Q: Tensor) -> Tensor:
-    """Remove the components of ``w`` along the columns of ``Q`` (classical Gram--Schmidt, twice)."""
+    """Remove the components of ``w`` along the columns of ``Q`` (classical Gram--Schmidt twice)."""
     for _ in range(2):
         w = w - Q @ (Q.mT @ w)
     return w
 
 
 @torch.no_grad()
-def lanczos_basis(
-    A: Tensor, steps: int, generator: torch.Generator | None = None
-) -> Tensor:
+def lanczos_basis(A: Tensor, steps: int, generator: torch.Generator | None = None) -> Tensor:
     r"""Orthonormal Krylov basis :math:`Q` of ``A`` with full re-orthogonalisation (no gradient).
 
     Builds :math:`\operatorname{span}\{v, Av, \dots, A^{s-1}v\}` with the Lanczos three-term
@@ -245,7 +243,7 @@ SOLVERS: dict[str, Callable[..., Tensor]] = {
     "lanczos": _topk_lanczos,
     "randomized": _topk_randomized,
 }
-"""Top-k solvers by name; every entry takes ``(A, k, **options)`` and returns ``(k,)`` descending."""
+"""Top-k solvers by name; each takes ``(A, k, **options)`` and returns ``(k,)``, descending."""
 
 
 def check_solver(solver: str) -> None:
@@ -269,20 +267,21 @@ def topk_eigvalsh(
     steps: int | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    r"""The ``k`` largest eigenvalues of a symmetric PSD matrix, descending, differentiable in ``A``.
+    r"""The ``k`` largest eigenvalues of symmetric PSD ``A``, descending, differentiable in ``A``.
 
     * ``exact``: :math:`\operatorname{eigvalsh}(A)`, then the top ``k``.
     * ``lanczos``: a ``steps``-column Lanczos basis ``Q`` with full re-orthogonalisation (start
-      vector drawn from ``generator``), then the Ritz values :math:`\operatorname{eigvalsh}(Q^\top AQ)`.
+      vector drawn from ``generator``), then the Ritz values
+      :math:`\operatorname{eigvalsh}(Q^\top AQ)`.
       ``steps=None`` means :func:`default_lanczos_steps` (``max(2k+1, k+30)``).
     * ``randomized``: Halko's range finder with a Gaussian sketch of ``k + oversample`` columns and
       ``n_iter`` power steps (QR after each), then Rayleigh--Ritz as above.
 
     ``Q`` is computed without gradient; the Ritz step carries it. ``generator=None`` uses a private
-    generator seeded with 0, so results are reproducible and the global RNG is left alone. Only the
-    lower triangle is read by ``exact``; the iterative solvers use the whole matrix, so ``A`` must be
-    symmetric. Ritz values never exceed the true eigenvalues (Cauchy interlacing), so iterative
-    solvers err low.
+    generator seeded with 0, so results are reproducible and the global RNG is left alone. Only
+    the lower triangle is read by ``exact``; the iterative solvers use the whole matrix, so ``A``
+    must be symmetric. Ritz values never exceed the true eigenvalues (Cauchy interlacing), so the
+    iterative solvers err low.
 
     Shape:
         A: ``(n, n)``, float32 or float64. Output: ``(k,)``, same dtype and device.

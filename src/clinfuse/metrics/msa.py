@@ -97,8 +97,10 @@ def pearson_r(x: ArrayLike, y: ArrayLike, *, nan_corr: bool = False) -> float:
     Example:
         >>> pearson_r([1.0, 2.0, 3.0], [2.0, 4.0, 7.0])
         0.9933992677987828
-        >>> pearson_r([1.0, 1.0, 1.0], [2.0, 4.0, 7.0]), pearson_r([1.0, 1.0], [2.0, 4.0], nan_corr=True)
-        (0.0, nan)
+        >>> pearson_r([1.0, 1.0, 1.0], [2.0, 4.0, 7.0])
+        0.0
+        >>> pearson_r([1.0, 1.0, 1.0], [2.0, 4.0, 7.0], nan_corr=True)
+        nan
     """
     a, b = _as_pair(x, y, "pearson_r")
     a = a.astype(np.float64) - np.mean(a, dtype=np.float64)

@@ -41,7 +41,7 @@ class DIBConfig:
     preset: str = "default"
     """Name of the preset this config was built from (recorded with the run)."""
     seed: int = 0
-    """Random seed for initialisation, shuffling and the reparameterisation noise (paper: 5576 [L])."""
+    """Seed of initialisation, shuffling and reparameterisation noise (paper: 5576 [L])."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train: `auto` picks CUDA when available."""
     num_workers: int = 0
@@ -63,7 +63,7 @@ class DIBConfig:
     max_seq_length: int = 50
     """Text tokens kept per utterance [L]."""
     corrupt_train: str | None = None
-    """Optional training-time corruption spec (robustness augmentation); None trains on clean data."""
+    """Training-time corruption spec (robustness augmentation); None trains on clean data."""
 
     # -- encoders --------------------------------------------------------------------------
     text_encoder: Literal["features", "bert"] = "features"
@@ -105,7 +105,7 @@ class DIBConfig:
     sigma_offset: float = 5.0
     """Encoder scale sigma = softplus(Linear(.) - sigma_offset), about 0.0067 at zero [D]."""
     compression: Literal["H", "I"] = "H"
-    """Compression term: H(Z) as in [D] (exact for a deterministic encoder), or I(X;Z) [inferred]."""
+    """Compression: H(Z) as in [D] (= I(X;Z) for a deterministic encoder), or I(X;Z) [inferred]."""
     relevance: Literal["task", "mi"] = "task"
     """Relevance term: task losses of per-modality heads, or -gamma * I(Z_m;Y) [inferred]."""
     beta: float = 1e-5
@@ -125,15 +125,15 @@ class DIBConfig:
     alpha: float = 1.9
     """Order of the matrix-based Renyi entropy [D]."""
     rank: int | None = 10
-    """Eigenvalues kept by the low-rank entropy (capped at batch-1); None is the exact entropy [D]."""
+    """Eigenvalues kept by the low-rank entropy (rank >= batch-1 is exact); None: exact [D]."""
     solver: Literal["exact", "lanczos", "randomized"] = "exact"
     """Top-k eigen-solver; at batch sizes the exact spectrum is cheapest (notes §6) [inferred]."""
     knn_k: int = 5
     """Neighbours of the kNN bandwidth of Z [D]."""
     sigma_z: float | None = None
-    """Kernel width of Z; None uses the detached mean distance to the knn_k nearest neighbours [D]."""
+    """Kernel width of Z; None: detached mean distance to the knn_k nearest neighbours [D]."""
     sigma_y: float | None = None
-    """Kernel width of the label kernel (relevance = mi); None uses the batch std of y [inferred]."""
+    """Kernel width of the label kernel (relevance = mi); None: the batch std of y [inferred]."""
     sigma_text: float = 1.0
     """Kernel width of the text input X (compression = I) [D]."""
     sigma_audio: float = 1.0
@@ -345,7 +345,7 @@ def _check_fusion(c: DIBConfig) -> None:
             f"--set mbt_fusion_layer={max(0, c.mbt_layers - 1)}",
         )
     if c.fusion == "mbt" and c.mbt_layers < 1:
-        _fail("fusion=mbt needs at least one layer", "mbt_layers >= 1", c.mbt_layers, "--set mbt_layers=2")
+        _fail("fusion=mbt needs layers", "mbt_layers >= 1", c.mbt_layers, "--set mbt_layers=2")
 
 
 def _check_objective(c: DIBConfig) -> None:

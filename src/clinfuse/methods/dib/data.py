@@ -347,7 +347,15 @@ def _array(
 
 def _clean_features(arr: np.ndarray, *, modality: str, split: str) -> np.ndarray:
     """float32 copy-if-needed of ``arr`` with NaN/±inf replaced by 0 (count logged)."""
-    arr = arr.astype(np.float32, copy=False)
+    try:
+        arr = arr.astype(np.float32, copy=False)
+    except (TypeError, ValueError) as exc:
+        raise DataError(
+            f"{modality} features of split {split!r} are not numeric",
+            expected="a float array",
+            found=f"dtype {arr.dtype} ({exc})",
+            fix="check that the file is an MMSA feature pickle",
+        ) from exc
     bad = ~np.isfinite(arr)
     n_bad = int(bad.sum())
     if n_bad:
@@ -467,10 +475,15 @@ def _check_labels(splits: Mapping[str, MSASplit], kind: str, source: str) -> Non
                 )
             outside = (y < lo - LABEL_TOL) | (y > hi + LABEL_TOL)
             if outside.any():
-                others = sorted(
-                    k for k, (a, b) in LABEL_RANGES.items() if a <= y.min() and y.max() <= b
-                )
-                hint = f"pass dataset_kind={others[0]!r}" if others else "check the file"
+                fits = [
+                    k
+                    for k, (a, b) in LABEL_RANGES.items()
+                    if a - LABEL_TOL <= y.min() and y.max() <= b + LABEL_TOL
+                ]
+                hint = "check the file"
+                if fits:
+                    alternatives = "".join(f" (or {k!r})" for k in fits[1:])
+                    hint = f"pass dataset_kind={fits[0]!r}{alternatives}"
                 raise DataError(
                     f"{label_name} of split {name!r} in {source} are out of range for "
                     f"dataset_kind {kind!r}",

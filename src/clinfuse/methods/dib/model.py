@@ -211,7 +211,7 @@ class StochasticEncoder(nn.Module):
     :math:`e = \mathrm{ReLU}(W_1 h)`, :math:`\mu = W_\mu e`,
     :math:`\sigma = \mathrm{softplus}(W_\sigma e - \mathrm{offset})` (about 0.0067 at zero input
     with the default offset 5). Training: :math:`z = \mu + \sigma\,\varepsilon`,
-    :math:`\varepsilon \sim \mathcal N(0, I)` (from ``generator`` when given); eval: :math:`z = \mu`.
+    :math:`\varepsilon \sim \mathcal N(0, I)` (from ``generator`` if given); eval: :math:`z = \mu`.
     ``stochastic=False`` (``ib = "none"``) drops the :math:`\sigma` branch: :math:`z = \mu`,
     :math:`\sigma = 0`, with the same :math:`\mu` network, so only noise and regulariser differ.
 
@@ -251,7 +251,7 @@ class StochasticEncoder(nn.Module):
 
 
 def gaussian_kl(mu: Tensor, sigma: Tensor) -> Tensor:
-    r"""Batch mean of :math:`\mathrm{KL}(\mathcal N(\mu, \mathrm{diag}\,\sigma^2) \,\|\, \mathcal N(0, I))`.
+    r"""Batch mean of :math:`\mathrm{KL}(\mathcal N(\mu, \sigma^2) \| \mathcal N(0, I))`.
 
     .. math::
         \mathrm{KL} = \tfrac12 \sum_{j} \big(\mu_j^2 + \sigma_j^2 - 1 - \ln \sigma_j^2\big)

@@ -39,7 +39,6 @@ Example:
 from __future__ import annotations
 
 import difflib
-import logging
 import math
 import os
 from collections.abc import Callable
@@ -58,8 +57,6 @@ __all__ = [
     "synthetic_sims",
     "write_synthetic",
 ]
-
-logger = logging.getLogger(__name__)
 
 # label range and grid step per kind
 _LABELS: dict[str, tuple[float, float, float]] = {
@@ -88,10 +85,9 @@ def _triple(value: Any, name: str, cast: type) -> tuple[Any, Any, Any]:
     return out  # type: ignore[return-value]
 
 
-def _grid_labels(rng: np.random.Generator, n: int, kind: str) -> np.ndarray:
+def _to_grid(values: np.ndarray, kind: str) -> np.ndarray:
     lo, hi, step = _LABELS[kind]
-    y = np.round(rng.uniform(lo, hi, n) / step) * step
-    return np.clip(y, lo, hi).astype(np.float32)
+    return np.clip(np.round(values / step) * step, lo, hi).astype(np.float32)
 
 
 def _modality(
@@ -217,7 +213,7 @@ def make_synthetic_msa(
 
     splits: dict[str, MSASplit] = {}
     for split, n in sizes.items():
-        y = _grid_labels(rng, n, kind)
+        y = _to_grid(rng.uniform(lo, hi, n), kind)
         feats: dict[str, np.ndarray] = {}
         lengths: dict[str, np.ndarray] = {}
         for m, t, q in zip(MODALITIES, seq, nuis, strict=True):
@@ -238,8 +234,7 @@ def make_synthetic_msa(
         modality_labels: dict[str, np.ndarray] = {}
         if kind == "sims":
             for m in MODALITIES:
-                y_m = _grid_labels_from(y + rng.normal(0.0, 0.3, n), kind)
-                modality_labels[m] = y_m
+                modality_labels[m] = _to_grid(y + rng.normal(0.0, 0.3, n), kind)
         ids = np.empty(n, dtype=object)
         ids[:] = [f"{name}_{split}_{i // 10:04d}$_${i % 10}" for i in range(n)]
         raw_text = np.empty(n, dtype=object)
@@ -287,11 +282,6 @@ def make_synthetic_msa(
     return MSAData(
         splits=splits, name=name, dataset_kind=kind, source=f"synthetic:{name}", meta=meta
     )
-
-
-def _grid_labels_from(values: np.ndarray, kind: str) -> np.ndarray:
-    lo, hi, step = _LABELS[kind]
-    return np.clip(np.round(values / step) * step, lo, hi).astype(np.float32)
 
 
 def synthetic_mosi(**overrides: Any) -> MSAData:
