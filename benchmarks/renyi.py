@@ -92,6 +92,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
         "device_name": name,
+        "loadavg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
 
 
@@ -256,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         "err_bits": last["estimators"]["randomized_q1_Hk"]["err_bits_max_abs"],
     }
     goal["met"] = bool(goal["speedup"] >= 20.0 and goal["err_bits"] <= 0.01)
+    machine["loadavg_1_5_15_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     payload = {
         "benchmark": "renyi",
         "machine": machine,

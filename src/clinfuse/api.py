@@ -10,7 +10,7 @@ from typing import Any
 
 from clinfuse.core.config import config_from_dict, config_to_dict, load_config, parse_overrides
 from clinfuse.core.learner import METHODS, Learner
-from clinfuse.core.loop import is_distributed_launch
+from clinfuse.core.loop import is_distributed_launch, resolve_device
 from clinfuse.core.runs import RunDir
 
 log = logging.getLogger(__name__)
@@ -27,14 +27,15 @@ def _main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _agree_on_path(out: Path) -> Path:
+def _agree_on_path(out: Path, device: str = "auto") -> Path:
     """Under a distributed launch, every rank uses the main process's run path."""
     if not is_distributed_launch():
         return out
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
 
-    PartialState()
+    # the same `cpu` flag as make_accelerator, or Accelerate sets up a non-distributed state
+    PartialState(cpu=resolve_device(device).type == "cpu")
     box = [str(out)]
     broadcast_object_list(box, from_process=0)
     return Path(box[0])
@@ -106,7 +107,7 @@ def run(
 
             tag = getattr(cfg, "preset", "") or "custom"
             out = Path("runs") / name / f"{time.strftime('%Y%m%d-%H%M%S')}-{tag}"
-        out = _agree_on_path(Path(out))
+        out = _agree_on_path(Path(out), getattr(cfg, "device", "auto"))
         rd = RunDir.create(
             out,
             name,

@@ -87,7 +87,8 @@ def _gaussian(shape: tuple[int, ...], like: Tensor, generator: torch.Generator) 
 
 def _ritz_topk(A: Tensor, Q: Tensor, k: int) -> Tensor:
     """Top-k Ritz values of ``A`` on the orthonormal basis ``Q`` (no grad), with grad to ``A``."""
-    B = Q.mT @ (A @ Q)
+    # (Q^T A) Q rather than Q^T (A Q): for symmetric row-major A the wide product streams rows of A
+    B = (Q.mT @ A) @ Q
     B = 0.5 * (B + B.mT)
     theta = torch.linalg.eigvalsh(B)
     return theta.flip(0)[:k]
@@ -97,10 +98,10 @@ def _topk_exact(A: Tensor, k: int, **_: object) -> Tensor:
     return torch.linalg.eigvalsh(A).flip(0)[:k]
 
 
-def _orthogonalize(w: Tensor, Q: Tensor) -> Tensor:
-    """Remove the components of ``w`` along the columns of ``Q`` (classical Gram--Schmidt twice)."""
+def _orthogonalize(w: Tensor, V: Tensor) -> Tensor:
+    """Remove the components of ``w`` along the rows of ``V`` (classical Gram--Schmidt twice)."""
     for _ in range(2):
-        w = w - Q @ (Q.mT @ w)
+        w = w - (V @ w) @ V
     return w
 
 
@@ -124,38 +125,39 @@ def lanczos_basis(A: Tensor, steps: int, generator: torch.Generator | None = Non
     n = A.shape[0]
     s = min(steps, n)
     A = A.detach()
-    Q = A.new_zeros((n, s))
-    scale = torch.linalg.matrix_norm(A, ord="fro").clamp_min(torch.finfo(A.dtype).tiny)
+    V = A.new_zeros((s, n))  # basis vectors as rows: V @ A streams A row by row
     tol = 10 * n**0.5 * torch.finfo(A.dtype).eps
     generator = _resolve(generator)
     v = _gaussian((n,), A, generator)
     v = v / torch.linalg.vector_norm(v)
     prev = A.new_zeros(n)
     beta = A.new_zeros(())
+    scale = A.new_zeros(())  # running lower bound on ||A||_2
     for j in range(s):
-        Q[:, j] = v
+        V[j] = v
         if j == s - 1:
             break
-        w = A @ v
+        w = v @ A
+        scale = torch.maximum(scale, torch.linalg.vector_norm(w))
         alpha = torch.dot(w, v)
         w = w - alpha * v - beta * prev
-        w = _orthogonalize(w, Q[:, : j + 1])
+        w = _orthogonalize(w, V[: j + 1])
         beta = torch.linalg.vector_norm(w)
         prev = v
         if beta <= tol * scale:
             # invariant subspace: restart from a random direction orthogonal to the basis
             beta = A.new_zeros(())
             for _ in range(3):
-                w = _orthogonalize(_gaussian((n,), A, generator), Q[:, : j + 1])
+                w = _orthogonalize(_gaussian((n,), A, generator), V[: j + 1])
                 norm = torch.linalg.vector_norm(w)
                 if norm > 1e-3:
                     break
-            else:  # pragma: no cover - Q already spans R^n up to rounding
-                return Q[:, : j + 1]
+            else:  # pragma: no cover - the basis already spans R^n up to rounding
+                return V[: j + 1].mT
             v = w / norm
         else:
             v = w / beta
-    return Q
+    return V.mT
 
 
 @torch.no_grad()
@@ -180,10 +182,12 @@ def randomized_range(
     """
     n = A.shape[0]
     A = A.detach()
-    omega = _gaussian((n, min(size, n)), A, _resolve(generator))
-    Q, _ = torch.linalg.qr(A @ omega)
+    omega = _gaussian((min(size, n), n), A, _resolve(generator))
+    # A symmetric: (Omega^T A)^T = A Omega; the wide product streams rows of A (about 2x faster
+    # on CPU than the tall one), and its transpose is already the column-major input QR wants
+    Q, _ = torch.linalg.qr((omega @ A).mT)
     for _ in range(n_iter):
-        Q, _ = torch.linalg.qr(A @ Q)
+        Q, _ = torch.linalg.qr((Q.mT @ A).mT)
     return Q
 
 

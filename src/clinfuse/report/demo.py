@@ -7,7 +7,7 @@ import logging
 import os
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -91,9 +91,15 @@ def write_report(
 
 
 def run_demo(
-    names: Sequence[str] | None = None, out: str | Path | None = None, progress: bool = True
+    names: Sequence[str] | None = None,
+    out: str | Path | None = None,
+    progress: bool = True,
+    overrides: Mapping[str, Sequence[str]] | None = None,
 ) -> Path:
-    """Run the quick preset of each system in ``names`` (default: all) and write the report."""
+    """Run the quick preset of each system in ``names`` (default: all) and write the report.
+
+    ``overrides`` maps a system to extra ``key=value`` settings (tests shorten the training).
+    """
     from clinfuse.api import get_method, run
     from clinfuse.methods import load_all
 
@@ -112,7 +118,12 @@ def run_demo(
         t0 = time.perf_counter()
         try:
             cls = get_method(name)
-            learner, rd = run(name, preset=cls.demo_preset, out=root / name)
+            learner, rd = run(
+                name,
+                preset=cls.demo_preset,
+                out=root / name,
+                overrides=list((overrides or {}).get(name, [])),
+            )
             data = learner.load_data(None)
             results.append(learner.demo(data, rd))
         except Exception:  # noqa: BLE001 - one failing system must not hide the others

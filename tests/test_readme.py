@@ -1,0 +1,74 @@
+"""The README's commands run (fit commands with fewer epochs; the full demo is a slow test)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from clinfuse.cli import main
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+DIB_README = Path(__file__).resolve().parents[1] / "src/clinfuse/methods/dib/README.md"
+
+
+def readme_commands(path: Path) -> list[list[str]]:
+    text = path.read_text(encoding="utf-8")
+    cmds = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line.startswith(".venv/bin/clinfuse ") or line.startswith("clinfuse "):
+            argv = shlex.split(line)[1:]
+            cmds.append(argv)
+    return cmds
+
+
+def _shrink(argv: list[str]) -> list[str] | None:
+    if argv[0] == "demo":
+        return None  # covered by test_demo_report and the slow full demo
+    if argv[0] == "fit":
+        if "--resume" in argv:
+            argv = [a for a in argv if not re.fullmatch(r"epochs=\d+", a)]
+            return [*argv, "--set", "epochs=3", "--set", "progress=false"]
+        return [*argv, "--set", "epochs=2", "--set", "progress=false"]
+    return argv
+
+
+@pytest.mark.parametrize("readme", [README, DIB_README], ids=["README", "dib-README"])
+def test_readme_commands_run(readme: Path, tmp_path, monkeypatch, capsys) -> None:
+    cmds = readme_commands(readme)
+    assert any(c[0] == "fit" for c in cmds)
+    monkeypatch.chdir(tmp_path)
+    for argv in cmds:
+        shrunk = _shrink(list(argv))
+        if shrunk is None:
+            continue
+        rc = main(shrunk)
+        out = capsys.readouterr()
+        assert rc == 0, f"{argv}: {out.err[-2000:]}"
+        if argv[0] in ("fit", "evaluate", "predict", "sweep"):
+            assert "written to" in out.out, argv  # every command says where its results went
+
+
+def test_demo_report(tmp_path) -> None:
+    from clinfuse.report.demo import run_demo
+
+    report = run_demo(
+        ["dib"],
+        out=tmp_path / "demo",
+        progress=False,
+        overrides={"dib": ["epochs=2", "progress=false"]},
+    )
+    text = report.read_text()
+    assert "| dib | synthetic_mosi | test non0_acc2 |" in text
+    assert (tmp_path / "demo" / "report.html").is_file()
+    for png in re.findall(r"\]\(([^)]+\.png)\)", text):
+        assert (tmp_path / "demo" / png).is_file()
+
+
+@pytest.mark.slow
+def test_full_demo_of_dib(tmp_path) -> None:
+    """`clinfuse demo dib` exactly as `make demo` runs it (the quick preset, about a minute)."""
+    assert main(["demo", "dib", "--out", str(tmp_path / "demo")]) == 0
