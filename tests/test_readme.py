@@ -19,7 +19,7 @@ def readme_commands(path: Path) -> list[list[str]]:
     cmds = []
     for line in text.splitlines():
         line = line.split("#", 1)[0].strip()
-        if line.startswith(".venv/bin/clinfuse ") or line.startswith("clinfuse "):
+        if line.startswith(".venv/bin/clinfuse "):
             argv = shlex.split(line)[1:]
             cmds.append(argv)
     return cmds

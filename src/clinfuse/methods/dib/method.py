@@ -8,8 +8,8 @@ test-time corruptions of :mod:`clinfuse.robustness`.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,7 @@ from clinfuse.core.runs import RunDir
 from clinfuse.core.seed import seed_everything
 from clinfuse.methods.dib.config import DIBConfig
 from clinfuse.methods.dib.data import MSAData, MSADataset, MSASplit, load_msa
-from clinfuse.methods.dib.losses import dib_loss, modality_mi
+from clinfuse.methods.dib.losses import beta_scale, dib_loss, modality_mi
 from clinfuse.methods.dib.model import DIBModel
 from clinfuse.methods.dib.synthetic import SYNTHETIC_PRESETS
 from clinfuse.metrics.msa import MSA_METRICS, main_metric
@@ -33,16 +33,10 @@ from clinfuse.robustness import parse_corruption
 log = logging.getLogger(__name__)
 
 
-def _beta_scale(cfg: DIBConfig, epoch: int) -> float:
-    if cfg.beta_schedule == "linear_warmup" and cfg.warmup_epochs > 0:
-        return min(1.0, epoch / cfg.warmup_epochs)
-    return 1.0
-
-
 def corrupt_split(
     data: MSAData, split: str, spec: str | None, seed: int, modalities: tuple[str, ...]
 ) -> MSASplit:
-    """``data.splits[split]`` under the seeded corruption ``spec`` (noise std from the train split)."""
+    """``data.splits[split]`` under the seeded corruption ``spec`` (noise std: train split)."""
     target = data.splits[split]
     if not spec:
         return target
@@ -107,7 +101,12 @@ class DIB(Learner):
                 fix="--data /path/to/MOSI/Processed/aligned_50.pkl, or --set data=synthetic_mosi",
             )
         expected = {m: d for m in ("text", "audio", "vision") if (d := cfg.feature_dim(m))}
-        return load_msa(source, expected_dims=expected or None)
+        return load_msa(
+            source,
+            expected_dims=expected or None,
+            use_bert_ids=cfg.text_encoder == "bert",
+            max_seq_len=cfg.max_seq_length,
+        )
 
     def _loader(self, split: MSASplit, train: bool, gen: torch.Generator | None = None):
         cfg = self.config
@@ -131,13 +130,8 @@ class DIB(Learner):
         _, gen = seed_everything(cfg.seed)
         model = self._build(data.dims())
         acc = make_accelerator(cfg.device)
-        bert = [p for n, p in model.named_parameters() if n.startswith("text_encoder.bert.")]
-        rest = [p for n, p in model.named_parameters() if not n.startswith("text_encoder.bert.")]
-        groups = [{"params": rest, "lr": cfg.lr}]
-        if bert:
-            groups.append({"params": bert, "lr": cfg.lr_bert})
         opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        optimizer = opt_cls(groups, weight_decay=cfg.weight_decay)
+        optimizer = opt_cls(model.param_groups(), weight_decay=cfg.weight_decay)
         train_split = data.splits["train"]
         loader = self._loader(train_split, train=True, gen=gen)
         model, optimizer, loader = acc.prepare(model, optimizer, loader)
@@ -149,7 +143,7 @@ class DIB(Learner):
         def step(m: torch.nn.Module, batch: dict, epoch: int):
             batch = {k: v.to(device) for k, v in batch.items()}
             out = m(batch)
-            return dib_loss(out, batch, cfg, beta_scale=_beta_scale(cfg, epoch))
+            return dib_loss(out, batch, cfg, beta_scale=beta_scale(cfg, epoch - 1))  # loop: 1-based
 
         def evaluate(m: torch.nn.Module) -> dict[str, float]:
             return self._score(m, data.splits["valid"], data.dataset_kind, device)

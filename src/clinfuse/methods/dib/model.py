@@ -106,7 +106,8 @@ class FeatureEncoder(nn.Module):
     :math:`T = \mathrm{Transformer}(\sqrt{d}\,\mathrm{Conv1d}(x) + P)`, then pooling over the
     valid frames (``last_valid``, ``mean``, ``cls`` or the literal last frame ``last``). The
     convolution uses 'same' padding, so frame ``t`` of the output belongs to input frame ``t`` and
-    the lengths stay valid. Padded frames are masked as attention keys.
+    the lengths stay valid. Padded frames are zeroed before the convolution and masked as attention
+    keys, so their content cannot reach the valid frames.
 
     Shape:
         x: ``(B, T, in_dim)``; lengths: ``(B,)`` or None (all frames valid).
@@ -153,11 +154,13 @@ class FeatureEncoder(nn.Module):
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Encoded:
         batch, steps, _ = x.shape
         lengths = valid_lengths(lengths, batch, steps, x.device)
+        pad = padding_mask(lengths, steps)
+        x = x.masked_fill(pad.unsqueeze(-1), 0.0)  # the conv must not read padded frames
         tokens = self.proj(x.transpose(1, 2)).transpose(1, 2)  # (B, T, hidden)
         tokens = math.sqrt(self.hidden) * tokens + self.positions(steps, tokens)
         tokens = self.embed_dropout(tokens)
         if self.transformer is not None:
-            tokens = self.transformer(tokens, src_key_padding_mask=padding_mask(lengths, steps))
+            tokens = self.transformer(tokens, src_key_padding_mask=pad)
         return Encoded(self.pooling(tokens, lengths), tokens, lengths)
 
 
@@ -200,7 +203,8 @@ class BertTextEncoder(nn.Module):
     def forward(self, text_bert: Tensor, lengths: Tensor | None = None) -> Encoded:
         ids, mask, segments = (text_bert[:, i].long() for i in range(3))
         states = self.bert(input_ids=ids, attention_mask=mask, token_type_ids=segments)
-        tokens = self.proj(states.last_hidden_state.transpose(1, 2)).transpose(1, 2)
+        hidden = states.last_hidden_state * mask.unsqueeze(-1).to(states.last_hidden_state.dtype)
+        tokens = self.proj(hidden.transpose(1, 2)).transpose(1, 2)
         lengths = valid_lengths(mask.sum(1), ids.shape[0], ids.shape[1], ids.device)
         return Encoded(self.pooling(tokens, lengths), tokens, lengths)
 
