@@ -195,6 +195,7 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> N
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -233,6 +234,18 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     machine = machine_info(device)
+    load = machine["loadavg_1_5_15"]
+    if load is not None and device.type == "cpu" and load[0] > 0.5:
+        hint = ""
+        if torch.get_num_threads() > 1:
+            hint = (
+                f"; with {torch.get_num_threads()} threads a contended eigvalsh can slow down "
+                "5-100x (try --threads 1)"
+            )
+        print(
+            f"warning: the machine is busy (1-min load {load[0]:.1f}), timings are noisy{hint}",
+            file=sys.stderr,
+        )
     results = []
     header = f"{'n':>6} {'estimator':<18} {'time [ms]':>11} {'|err| [bits]':>13} {'value':>9}"
     print(header)

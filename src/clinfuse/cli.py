@@ -189,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quiet:
         import os
 
-        os.environ["TQDM_DISABLE"] = "1"
+        os.environ["CLINFUSE_PROGRESS"] = "0"
     try:
         return int(args.func(args) or 0)
     except ClinfuseError as exc:

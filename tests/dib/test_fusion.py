@@ -37,7 +37,9 @@ def _sequences(batch: int = 3, dim: int = 8, seed: int = 0):
 
 def _perturbed(x: dict[str, torch.Tensor], *names: str) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(99)
-    return {m: v + 3.0 * torch.randn(v.shape, generator=g) if m in names else v for m, v in x.items()}
+    return {
+        m: v + 3.0 * torch.randn(v.shape, generator=g) if m in names else v for m, v in x.items()
+    }
 
 
 # --- LatentBottleneckFusion --------------------------------------------------------------------
@@ -115,7 +117,7 @@ def test_latent_fusion_mean_anchor_averages_streams():
 # --- MBTFusion ---------------------------------------------------------------------------------
 
 
-def _mbt(n_bottlenecks: int, n_layers: int = 2, fusion_layer: int = 1) -> MBTFusion:
+def _mbt(n_bottlenecks: int, n_layers: int = 2, fusion_layer: int = 0) -> MBTFusion:
     torch.manual_seed(0)
     return MBTFusion(8, n_bottlenecks, n_layers, fusion_layer, heads=2, dropouts=NO_DROPOUT).eval()
 
@@ -137,12 +139,17 @@ def test_mbt_with_bottlenecks_lets_audio_through():
     assert (fuse(z, _perturbed(tokens, "audio"), lengths) - out).abs().max() > 1e-4
 
 
-def test_mbt_bottlenecks_act_only_from_the_fusion_layer_on():
+@pytest.mark.parametrize("fusion_layer", [2, 3])
+def test_mbt_needs_two_fusion_layers_to_exchange(fusion_layer):
+    # fusion_layer 3 of 3: no fusion layer; 2 of 3: one, whose writes nobody reads
     tokens, lengths = _sequences()
-    fuse = _mbt(n_bottlenecks=4, n_layers=2, fusion_layer=2)  # no fusion layer at all
+    fuse = _mbt(n_bottlenecks=4, n_layers=3, fusion_layer=fusion_layer)
     z = {m: t[:, 0] for m, t in tokens.items()}
     out = fuse(z, tokens, lengths)
     assert torch.equal(fuse(z, _perturbed(tokens, "audio", "vision"), lengths), out)
+    fuse = _mbt(n_bottlenecks=4, n_layers=3, fusion_layer=1)  # two fusion layers: audio crosses
+    out = fuse(z, tokens, lengths)
+    assert (fuse(z, _perturbed(tokens, "audio"), lengths) - out).abs().max() > 1e-4
 
 
 def test_mbt_ignores_padded_frames():

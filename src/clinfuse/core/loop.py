@@ -75,6 +75,11 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def progress_enabled(flag: bool = True) -> bool:
+    """Progress bars are on when ``flag`` is and ``CLINFUSE_PROGRESS`` is not ``0`` (``-q``)."""
+    return flag and os.environ.get("CLINFUSE_PROGRESS", "1") != "0"
+
+
 def is_distributed_launch() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
@@ -162,7 +167,7 @@ def fit_loop(
     bar = tqdm(
         range(start_epoch, epochs + 1),
         desc="epochs",
-        disable=not (progress and main),
+        disable=not (progress_enabled(progress) and main),
         initial=start_epoch - 1,
         total=epochs,
         dynamic_ncols=True,

@@ -102,8 +102,10 @@ def pairwise_sq_dists(x: Tensor) -> Tensor:
     r"""Squared Euclidean distances :math:`D_{ij} = \lVert x_i - x_j \rVert^2`.
 
     Computed as :math:`\lVert c_i\rVert^2 + \lVert c_j\rVert^2 - 2 c_i^\top c_j` on centred points
-    :math:`c = x - \bar x` (less cancellation), symmetrised, clamped at 0, with an exactly zero
-    diagonal. Differentiable; the gradient is finite for duplicated points.
+    :math:`c = x - \bar x` (less cancellation), symmetrised, with an exactly zero diagonal. Values
+    below the round-off floor :math:`8\varepsilon\max_i\lVert c_i\rVert^2` (negative ones
+    included) are set to exactly 0, so duplicated points are at distance 0. Differentiable; the
+    gradient is finite (and 0 between duplicates).
 
     Shape:
         x: ``(n, d)`` (``(n,)`` is read as ``(n, 1)``). Output: ``(n, n)``, dtype of ``x``.
@@ -116,10 +118,13 @@ def pairwise_sq_dists(x: Tensor) -> Tensor:
     x = _as_points(x)
     c = x - x.mean(dim=0, keepdim=True)
     sq = (c * c).sum(dim=1)
-    d = sq[:, None] + sq[None, :] - 2.0 * (c @ c.mT)
-    d = 0.5 * (d + d.mT)
-    eye = torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
-    return d.clamp_min(0.0).masked_fill(eye, 0.0)
+    d = torch.addmm(sq[:, None] + sq[None, :], c, c.mT, alpha=-2.0)
+    # fresh tensors, and add's backward needs neither input nor output: in-place is safe here
+    d = (d + d.mT).mul_(0.5)
+    d.diagonal().zero_()
+    # below the round-off floor of the expansion the value is noise: make it an exact 0
+    floor = 8.0 * torch.finfo(d.dtype).eps * sq.detach().max()
+    return torch.where(d > floor, d, torch.zeros((), dtype=d.dtype, device=d.device))
 
 
 def _check_sigma(sigma: float | Tensor) -> None:
@@ -167,10 +172,13 @@ def gaussian_gram(x: Tensor, sigma: float | Tensor) -> Tensor:
         True
     """
     _check_sigma(sigma)
-    d = pairwise_sq_dists(x)
+    return _gram_from_sq_dists(pairwise_sq_dists(x), sigma)
+
+
+def _gram_from_sq_dists(d: Tensor, sigma: float | Tensor) -> Tensor:
     if isinstance(sigma, Tensor):
         sigma = sigma.to(dtype=d.dtype, device=d.device)
-    return torch.exp(-d / sigma**2)
+    return torch.exp(d * (-1.0 / sigma**2))
 
 
 def knn_sigma(x: Tensor, k: int = 5) -> Tensor:
@@ -188,6 +196,11 @@ def knn_sigma(x: Tensor, k: int = 5) -> Tensor:
         tensor(1.3333)
     """
     x = _as_points(x).detach()
+    _check_knn(x, k)
+    return _knn_sigma_from_sq_dists(pairwise_sq_dists(x), k)
+
+
+def _check_knn(x: Tensor, k: int) -> None:
     n = x.shape[0]
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ClinfuseError(
@@ -203,12 +216,16 @@ def knn_sigma(x: Tensor, k: int = 5) -> Tensor:
             found=f"n = {n}",
             fix="pass a batch with several samples, or a fixed sigma",
         )
-    k = min(k, n - 1)
-    with torch.no_grad():
-        d = pairwise_sq_dists(x).sqrt()
-        d.fill_diagonal_(math.inf)
-        nearest = torch.topk(d, k, dim=1, largest=False).values
-        return nearest.mean().clamp_min(torch.finfo(x.dtype).eps)
+
+
+@torch.no_grad()
+def _knn_sigma_from_sq_dists(d: Tensor, k: int) -> Tensor:
+    """:func:`knn_sigma` from squared distances (no gradient; ``d`` is not modified)."""
+    k = min(k, d.shape[0] - 1)
+    d = d.detach().clone()
+    d.fill_diagonal_(math.inf)
+    nearest = torch.topk(d, k, dim=1, largest=False).values.sqrt()  # sqrt is monotone
+    return nearest.mean().clamp_min(torch.finfo(d.dtype).eps)
 
 
 def label_gram(y: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
@@ -501,5 +518,9 @@ def entropy_of(
                 found=repr(sigma),
                 fix="use sigma='knn' or a number",
             )
-        sigma = knn_sigma(x, k_nn)
-    return renyi_entropy(gaussian_gram(x, sigma), alpha, rank, solver, **kw)  # type: ignore[arg-type]
+        _check_knn(_as_points(x), k_nn)
+        d = pairwise_sq_dists(x)  # shared by the bandwidth and the Gram matrix
+        gram = _gram_from_sq_dists(d, _knn_sigma_from_sq_dists(d, k_nn))
+    else:
+        gram = gaussian_gram(x, sigma)
+    return renyi_entropy(gram, alpha, rank, solver, **kw)  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from clinfuse.core.learner import METHODS, DemoResult
+from clinfuse.core.loop import progress_enabled
 from clinfuse.core.runs import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def run_demo(
     results: list[DemoResult] = []
     failures: dict[str, str] = {}
     seconds: dict[str, float] = {}
-    bar = tqdm(names, desc="demo", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(names, desc="demo", disable=not progress_enabled(progress), dynamic_ncols=True)
     for name in bar:
         bar.set_postfix_str(name)
         t0 = time.perf_counter()

@@ -160,7 +160,7 @@ class DIBConfig:
     """MBT bottleneck tokens shared between modalities; 0 cuts every cross-modal path [L]."""
     mbt_layers: int = 2
     """Per-modality transformer layers of the MBT fusion [inferred]."""
-    mbt_fusion_layer: int = 1
+    mbt_fusion_layer: int = 0
     """First MBT layer (0-based) with bottleneck tokens; mbt_layers means no fusion [inferred]."""
 
     # -- head and training -----------------------------------------------------------------
@@ -343,6 +343,13 @@ def _check_fusion(c: DIBConfig) -> None:
             f"0 <= mbt_fusion_layer <= mbt_layers={c.mbt_layers}",
             c.mbt_fusion_layer,
             f"--set mbt_fusion_layer={max(0, c.mbt_layers - 1)}",
+        )
+    if c.fusion == "mbt" and c.n_bottlenecks > 0 and c.mbt_layers - c.mbt_fusion_layer == 1:
+        _fail(
+            "one MBT fusion layer exchanges nothing: streams only read what earlier layers wrote",
+            "at least two fusion layers (mbt_fusion_layer <= mbt_layers - 2), or none",
+            f"mbt_layers={c.mbt_layers}, mbt_fusion_layer={c.mbt_fusion_layer}",
+            f"--set mbt_fusion_layer={max(0, c.mbt_layers - 2)}",
         )
     if c.fusion == "mbt" and c.mbt_layers < 1:
         _fail("fusion=mbt needs layers", "mbt_layers >= 1", c.mbt_layers, "--set mbt_layers=2")

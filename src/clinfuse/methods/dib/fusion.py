@@ -242,8 +242,12 @@ class MBTFusion(Fusion):
         z_b^{l+1} = \tfrac1M \textstyle\sum_m \hat z_{b,m}^{l+1}.
 
     The bottleneck tokens are the only path between modalities; with ``n_bottlenecks = 0`` the
-    streams never meet. Output: the text stream, layer-normed and pooled over its valid tokens
-    (text is DIB's anchor); ``anchor = "mean"`` averages the pooled streams instead.
+    streams never meet. A stream reads at layer ``l`` what the others wrote at layer ``l - 1``, so
+    information crosses only with two or more fusion layers (``n_layers - fusion_layer >= 2``).
+
+    Output: the text stream, layer-normed and pooled over its valid tokens (text is DIB's anchor);
+    ``anchor = "mean"`` averages the pooled streams instead. With the text anchor, the other
+    streams' last layer would only write to a bottleneck nobody reads, so it is not built.
 
     Shape:
         tokens[m]: ``(B, T_m, dim)``; lengths[m]: ``(B,)`` (None: all frames valid).
@@ -258,7 +262,7 @@ class MBTFusion(Fusion):
         dim: int,
         n_bottlenecks: int = 4,
         n_layers: int = 2,
-        fusion_layer: int = 1,
+        fusion_layer: int = 0,
         heads: int = 5,
         dropouts: Dropouts | None = None,
         modalities: Sequence[str] = MODALITIES,
@@ -270,18 +274,25 @@ class MBTFusion(Fusion):
         dropouts = dropouts or Dropouts()
         self.modalities = tuple(modalities)
         self.anchor = anchor
-        self.n_bottlenecks, self.n_layers, self.fusion_layer = n_bottlenecks, n_layers, fusion_layer
+        fusing = fusion_layer < n_layers and n_bottlenecks > 0
+        self.n_bottlenecks = n_bottlenecks if fusing else 0
+        self.n_layers, self.fusion_layer = n_layers, fusion_layer
         poolings = poolings or {}
         self.poolings = {m: POOLINGS[poolings.get(m, "last_valid")] for m in self.modalities}
+        read = [m for m in self.modalities if anchor != "text" or m == "text"]
+        # A stream that is not read out matters only through what it writes to the bottleneck
+        # before the last layer, so its last layer (all its layers without exchange) is not built.
+        exchange = fusing and fusion_layer <= n_layers - 2
+        self.depth = {m: n_layers if m in read else (n_layers - 1 if exchange else 0)
+                      for m in self.modalities}  # fmt: skip
         self.layers = nn.ModuleDict(
             {
-                m: nn.ModuleList(transformer_layer(dim, heads, dropouts) for _ in range(n_layers))
-                for m in self.modalities
+                m: nn.ModuleList(transformer_layer(dim, heads, dropouts) for _ in range(depth))
+                for m, depth in self.depth.items()
             }
         )
-        read = [m for m in self.modalities if anchor != "text" or m == "text"]
         self.norms = nn.ModuleDict({m: nn.LayerNorm(dim) for m in read})
-        self.bottleneck = nn.Parameter(torch.randn(n_bottlenecks, dim) * init_std)
+        self.bottleneck = nn.Parameter(torch.randn(self.n_bottlenecks, dim) * init_std)
 
     @classmethod
     def from_config(cls, cfg: DIBConfig) -> MBTFusion:
@@ -315,11 +326,14 @@ class MBTFusion(Fusion):
         shared = self.bottleneck.unsqueeze(0).expand(batch, -1, -1)  # (B, n_b, d)
         no_pad = torch.zeros(batch, self.n_bottlenecks, dtype=torch.bool, device=device)
         for depth in range(self.n_layers):
+            active = [m for m in self.modalities if depth < self.depth[m]]
             if depth < self.fusion_layer or self.n_bottlenecks == 0:
-                x = {m: self.layers[m][depth](x[m], src_key_padding_mask=pad[m]) for m in x}
+                x.update(
+                    {m: self.layers[m][depth](x[m], src_key_padding_mask=pad[m]) for m in active}
+                )
                 continue
             written = []
-            for m in self.modalities:
+            for m in active:
                 steps = x[m].shape[1]
                 out = self.layers[m][depth](
                     torch.cat([x[m], shared], dim=1),
