@@ -30,7 +30,9 @@ def _shrink(argv: list[str]) -> list[str] | None:
         return None  # covered by test_demo_report and the slow full demo
     if argv[0] == "fit":
         if "--resume" in argv:
-            argv = [a for a in argv if not re.fullmatch(r"epochs=\d+", a)]
+            i = argv.index("--set") if "--set" in argv else None
+            if i is not None and re.fullmatch(r"epochs=\d+", argv[i + 1]):
+                del argv[i : i + 2]
             return [*argv, "--set", "epochs=3", "--set", "progress=false"]
         return [*argv, "--set", "epochs=2", "--set", "progress=false"]
     return argv

@@ -121,8 +121,9 @@ def test_mutual_information_compression_uses_the_fixed_input_kernels():
     out, batch = fake_output(), label_batch()
     cfg = DIBConfig(compression="I", rank=None, sigma_vision=65.0, sigma_fused=3.0)
     _, parts = dib_loss(out, batch, cfg)
-    for m, (z, x) in {**{m: (out["z"][m], out["h"][m]) for m in MODS},
-                      "fused": (out["z_fused"], out["fused"])}.items():  # fmt: skip
+    pairs = {m: (out["z"][m], out["h"][m]) for m in MODS}
+    pairs["fused"] = (out["z_fused"], out["fused"])
+    for m, (z, x) in pairs.items():
         k_x = gaussian_gram(x, cfg.sigma_x(m))
         direct = mutual_information(k_x, gaussian_gram(z, knn_sigma(z, 5)), 1.9, None, "exact")
         assert parts[f"C_{m}"] == pytest.approx(float(direct), abs=1e-9)
@@ -137,8 +138,8 @@ def test_gaussian_kl_matches_the_closed_form():
     def kl(m: float, s: float) -> float:
         return 0.5 * (m * m + s * s - 1 - math.log(s * s))
 
-    expected = np.mean([sum(kl(m, s) for m, s in zip(mr, sr, strict=True))
-                        for mr, sr in zip(mu.tolist(), sigma.tolist(), strict=True)])  # fmt: skip
+    rows = zip(mu.tolist(), sigma.tolist(), strict=True)
+    expected = np.mean([sum(kl(m, s) for m, s in zip(mr, sr, strict=True)) for mr, sr in rows])
     assert float(gaussian_kl(mu, sigma)) == pytest.approx(expected, rel=1e-12)
     assert float(gaussian_kl(torch.zeros(3, 4), torch.ones(3, 4))) == 0.0
 

@@ -68,8 +68,8 @@ def test_eval_is_deterministic_and_uses_the_mean(fusion):
 
 def test_training_mode_samples_with_the_given_generator():
     torch.manual_seed(0)
-    model = DIBModel(DIBConfig(dropout=0.0, attn_dropout=0, relu_dropout=0, res_dropout=0,
-                               embed_dropout=0, **TINY), DIMS).train()  # fmt: skip
+    no_dropout = dict.fromkeys(("dropout", "attn_dropout", "relu_dropout", "res_dropout"), 0.0)
+    model = DIBModel(DIBConfig(**no_dropout, embed_dropout=0.0, **TINY), DIMS).train()
     batch = make_batch()
     a = model(batch, generator=torch.Generator().manual_seed(1))
     b = model(batch, generator=torch.Generator().manual_seed(1))
@@ -269,8 +269,14 @@ def test_presets_only_use_config_fields():
     fields = {f.name for f in dataclasses.fields(DIBConfig)}
     files = sorted(PRESETS.glob("*.toml"))
     assert {p.stem for p in files} >= {
-        "quick", "paper", "no_ib", "vib", "concat", "exact_entropy", "mbt",
-    }  # fmt: skip
+        "quick",
+        "paper",
+        "no_ib",
+        "vib",
+        "concat",
+        "exact_entropy",
+        "mbt",
+    }
     for path in files:
         keys = set(tomllib.loads(path.read_text()))
         assert keys - {"base"} <= fields, (path.name, keys - fields - {"base"})
@@ -295,7 +301,8 @@ def test_presets_build_valid_configs(name):
     if name not in ("quick", "paper"):  # ablations are small deltas on quick
         quick = build_config(DIBConfig, read_toml(PRESETS / "quick.toml", "dib"))
         delta = {
-            f.name for f in dataclasses.fields(DIBConfig)
+            f.name
+            for f in dataclasses.fields(DIBConfig)
             if getattr(cfg, f.name) != getattr(quick, f.name)
-        }  # fmt: skip
+        }
         assert 1 <= len(delta) <= 3, delta

@@ -156,6 +156,8 @@ class DIBConfig:
     """Shared-weight iterations of the DIB bottleneck fusion [D]."""
     latent_init_std: float = 0.02
     """Standard deviation of the initial latents (and MBT bottleneck tokens) [D]."""
+    gate_init: float = 0.0
+    """Initial value of the latent fusion's gates; 0 [D] starts the fusion as the identity on text."""
     n_bottlenecks: int = 4
     """MBT bottleneck tokens shared between modalities; 0 cuts every cross-modal path [L]."""
     mbt_layers: int = 2

@@ -191,13 +191,14 @@ class LatentBottleneckFusion(Fusion):
         init_std: float = 0.02,
         modalities: Sequence[str] = MODALITIES,
         anchor: str = "text",
+        gate_init: float = 0.0,
     ) -> None:
         super().__init__()
         self.dim, self.n_latents, self.iters = dim, n_latents, iters
         self.modalities = tuple(modalities)
         self.anchor = anchor
         self.latents = nn.Parameter(torch.randn(n_latents, dim) * init_std)
-        self.gates = nn.Parameter(torch.zeros(len(self.modalities)))
+        self.gates = nn.Parameter(torch.full((len(self.modalities),), float(gate_init)))
 
     @classmethod
     def from_config(cls, cfg: DIBConfig) -> LatentBottleneckFusion:
@@ -208,6 +209,7 @@ class LatentBottleneckFusion(Fusion):
             cfg.latent_init_std,
             cfg.modalities,
             cfg.anchor,
+            cfg.gate_init,
         )
 
     def forward(
@@ -283,8 +285,8 @@ class MBTFusion(Fusion):
         # A stream that is not read out matters only through what it writes to the bottleneck
         # before the last layer, so its last layer (all its layers without exchange) is not built.
         exchange = fusing and fusion_layer <= n_layers - 2
-        self.depth = {m: n_layers if m in read else (n_layers - 1 if exchange else 0)
-                      for m in self.modalities}  # fmt: skip
+        others = n_layers - 1 if exchange else 0
+        self.depth = {m: n_layers if m in read else others for m in self.modalities}
         self.layers = nn.ModuleDict(
             {
                 m: nn.ModuleList(transformer_layer(dim, heads, dropouts) for _ in range(depth))

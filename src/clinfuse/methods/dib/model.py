@@ -168,7 +168,8 @@ class BertTextEncoder(nn.Module):
     r"""A local Hugging Face BERT, then ``Conv1d(768 -> hidden, k=3, bias=False)`` and pooling.
 
     The weights are read with ``AutoModel.from_pretrained(path, local_files_only=True)``; nothing
-    is downloaded. ``transformers`` comes from the ``text`` extra.
+    is downloaded. ``transformers`` comes from the ``text`` extra. Hidden states at PAD positions
+    are zeroed before the convolution, so they cannot leak into the last valid token.
 
     Shape:
         text_bert: ``(B, 3, L)`` int64 rows (input ids, attention mask, segment ids).
