@@ -94,7 +94,7 @@ def summarise(results: dict, rhos: list[float]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--rhos", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0, 2.0])
+    ap.add_argument("--rhos", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0, 4.0])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--set", action="append", default=[], help="extra config overrides")
     ap.add_argument("--out", default="benchmarks/results/dib_noise.json")

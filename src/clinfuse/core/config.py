@@ -32,10 +32,10 @@ BASE_KEY = "base"
 
 
 def package_config_dirs() -> list[Path]:
-    """Where presets are looked up: ``configs/`` of a source checkout, then the installed copy."""
-    here = Path(__file__).resolve()
-    candidates = [here.parents[3] / "configs", here.parents[1] / "configs"]
-    return [c for c in candidates if c.is_dir()]
+    """Where presets are looked up: ``clinfuse/configs`` (``configs/`` at the repository root
+    links to it, so an installed wheel has the same presets)."""
+    d = Path(__file__).resolve().parents[1] / "configs"
+    return [d] if d.is_dir() else []
 
 
 def preset_names(method: str) -> list[str]:

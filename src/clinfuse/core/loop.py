@@ -181,8 +181,8 @@ def fit_loop(
             loss, parts = step_fn(model, batch, epoch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
-                    f"the training loss became {float(loss.detach())} at epoch {epoch}; lower the learning "
-                    "rate or the regulariser weights, or enable grad_clip"
+                    f"the training loss became {float(loss.detach())} at epoch {epoch}; lower the "
+                    "learning rate or the regulariser weights, or enable grad_clip"
                 )
             acc.backward(loss)
             if grad_clip:

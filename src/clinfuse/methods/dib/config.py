@@ -157,7 +157,7 @@ class DIBConfig:
     latent_init_std: float = 0.02
     """Standard deviation of the initial latents (and MBT bottleneck tokens) [D]."""
     gate_init: float = 0.0
-    """Initial value of the latent fusion's gates; 0 [D] starts the fusion as the identity on text."""
+    """Initial value of the latent fusion's gates; 0 [D] makes the fusion the identity on text."""
     n_bottlenecks: int = 4
     """MBT bottleneck tokens shared between modalities; 0 cuts every cross-modal path [L]."""
     mbt_layers: int = 2
