@@ -62,9 +62,9 @@ def run_one(preset: str, seed: int, rhos: list[float], extra: list[str]) -> dict
     return res
 
 
-def ridge(rhos: list[float]) -> dict:
+def ridge(rhos: list[float], data_path: Path | None) -> dict:
     learner = clinfuse.api.get_method("dib")(clinfuse.api.make_config("dib"))
-    data = learner.load_data()
+    data = learner.load_data(str(data_path) if data_path else None)
     predict = fit_ridge(data.splits["train"])
     out = {}
     for rho in rhos:
@@ -97,13 +97,28 @@ def main() -> None:
     ap.add_argument("--rhos", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0, 4.0])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--set", action="append", default=[], help="extra config overrides")
+    ap.add_argument(
+        "--snr",
+        type=float,
+        nargs=3,
+        metavar=("T", "A", "V"),
+        default=None,
+        help="signal-to-noise of text, audio, vision in the synthetic data (default: the "
+        "synthetic_mosi preset, 4 / 0.5 / 0.5)",
+    )
     ap.add_argument("--out", default="benchmarks/results/dib_noise.json")
     args = ap.parse_args()
+    data_path = None
+    if args.snr:
+        from clinfuse.methods.dib.synthetic import write_synthetic
+
+        data_path = Path(args.out).with_suffix(".data.pkl")
+        write_synthetic("synthetic_mosi", data_path, snr=tuple(args.snr))
     logging.basicConfig(level=logging.WARNING)
     out = Path(args.out)
     state = json.loads(out.read_text()) if out.exists() else {}
-    if state.get("rhos") != args.rhos or state.get("set") != args.set:
-        state = {"rhos": args.rhos, "set": args.set, "results": {}}
+    if (state.get("rhos"), state.get("set"), state.get("snr")) != (args.rhos, args.set, args.snr):
+        state = {"rhos": args.rhos, "set": args.set, "snr": args.snr, "results": {}}
     state["machine"] = machine()
     for variant in args.variants:
         done = state["results"].setdefault(variant, {})
@@ -111,9 +126,9 @@ def main() -> None:
             if str(seed) in done:
                 continue
             print(f"training {variant} (preset {VARIANTS[variant]}), seed {seed} ...", flush=True)
-            done[str(seed)] = run_one(VARIANTS[variant], seed, args.rhos, args.set)
+            done[str(seed)] = run_one(VARIANTS[variant], seed, args.rhos, args.set, data_path)
             atomic_write_json(out, state)  # resumable: each finished pair is kept
-    state["ridge (late fusion)"] = ridge(args.rhos)
+    state["ridge (late fusion)"] = ridge(args.rhos, data_path)
     state["summary"] = summarise({v: state["results"][v] for v in args.variants}, args.rhos)
     atomic_write_json(out, state)
 
@@ -139,7 +154,8 @@ def main() -> None:
         lines.append(f"| ridge (late fusion) | {k} | " + " | ".join(cells) + f" | {drop:+.4f} |")
     table = "\n".join(lines)
     md = out.with_suffix(".md")
-    md.write_text(f"seeds {args.seeds}; machine {state['machine']}\n\n{table}\n")
+    setting = f"synthetic_mosi, snr (T, A, V) = {tuple(args.snr) if args.snr else (4.0, 0.5, 0.5)}"
+    md.write_text(f"{setting}; seeds {args.seeds}; machine {state['machine']}\n\n{table}\n")
     png = plots.curves(
         args.rhos,
         {
@@ -153,8 +169,10 @@ def main() -> None:
         },
         xlabel="Gaussian noise rho on audio+vision (x train std)",
         ylabel="test Non0 Acc-2",
-        title=f"synthetic_mosi, {len(args.seeds)} seeds (mean ± sd)",
+        title=f"{setting}, {len(args.seeds)} seeds (mean ± sd)",
     )
+    if data_path:
+        data_path.unlink()
     print(table)
     print(f"results written to {out}, {md}, {png}")
 

@@ -1,4 +1,4 @@
-"""One-call entry points: ``clinfuse.run(name, ...)``, ``load``, ``evaluate``, ``predict``."""
+"""Entry points: ``clinfuse.run(name, ...)`` fits a method, ``clinfuse.load(run)`` reloads it."""
 
 from __future__ import annotations
 
