@@ -43,7 +43,9 @@ def machine() -> dict:
     }
 
 
-def run_one(preset: str, seed: int, rhos: list[float], extra: list[str]) -> dict:
+def run_one(
+    preset: str, seed: int, rhos: list[float], extra: list[str], data_path: Path | None
+) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         learner, _ = clinfuse.run(
@@ -51,9 +53,10 @@ def run_one(preset: str, seed: int, rhos: list[float], extra: list[str]) -> dict
             preset=preset,
             overrides=[f"seed={seed}", "progress=false", *extra],
             out=Path(tmp) / "run",
+            data=data_path,
         )
         seconds = time.perf_counter() - t0
-        data = learner.load_data()
+        data = learner.load_data(str(data_path) if data_path else None)
         res: dict = {"train_seconds": seconds}
         for rho in rhos:
             spec = None if rho == 0 else f"gaussian:audio,vision:{rho}"
