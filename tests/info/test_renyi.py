@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -26,15 +25,6 @@ from clinfuse.info import (
 
 ALPHAS = [0.5, 1.0, 1.01, 1.9, 2.0, 3.0]
 F64 = torch.float64
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Small matrices: one thread is as fast, and immune to other jobs sharing the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def points(n: int, d: int, seed: int = 0, dtype: torch.dtype = F64) -> torch.Tensor:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import scipy.linalg
@@ -14,15 +12,6 @@ from clinfuse.info import gaussian_gram, knn_sigma, label_gram, topk_eigvalsh
 from clinfuse.info.spectral import lanczos_basis, randomized_range
 
 ITERATIVE = ["lanczos", "randomized"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Small matrices: one thread is as fast, and immune to other jobs sharing the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def gram(
