@@ -1,1 +1,1 @@
-"""Tunsr: unified neurosymbolic reasoning on knowledge graphs (arXiv 2507.03697). Work in progress."""
+"""Tunsr: unified neurosymbolic reasoning on knowledge graphs (arXiv 2507.03697)."""

@@ -1,0 +1,249 @@
+"""Configuration of Tunsr, unified neurosymbolic reasoning on knowledge graphs.
+
+Every constant of the method is a field. Tags follow ``notes/tunsr.md``: [T] the TECHS code,
+[R] RED-GNN / AdaProp code, [P] the Tunsr abstract, [inferred] a value no source gives (kept
+configurable). The paper itself could not be read, so none of these is a verified Tunsr value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+from clinfuse.core.errors import ConfigError
+
+Scenario = Literal["transductive", "inductive", "interpolation", "extrapolation"]
+Constraint = Literal["before_query", "monotone", "any"]
+
+TEMPORAL_SCENARIOS: frozenset[str] = frozenset({"interpolation", "extrapolation"})
+"""Scenarios whose facts carry a timestamp index."""
+
+DEFAULT_CONSTRAINT: dict[str, Constraint] = {
+    "transductive": "any",
+    "inductive": "any",
+    "interpolation": "any",
+    "extrapolation": "monotone",
+}
+"""Temporal constraint of each scenario when ``temporal_constraint`` is None (notes §1.2)."""
+
+
+@dataclass(frozen=True)
+class TunsrConfig:
+    """Tunsr: a query-conditioned reasoning graph with propositional and first-order attention.
+
+    The reasoning graph grows from the query entity for ``n_layers`` steps; each edge gets a
+    propositional attention alpha (entity level) and a first-order attention beta (relation path
+    only, via a GRU), mixed as ``a = lambda * alpha + (1 - lambda) * beta`` (arXiv 2507.03697).
+    """
+
+    # -- run -------------------------------------------------------------------------------
+    preset: str = "default"
+    """Name of the preset this config was built from (recorded with the run)."""
+    seed: int = 0
+    """Seed of initialisation, shuffling and neighbour sampling (TECHS: 95) [T]."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to train: `auto` picks CUDA when available."""
+    progress: bool = True
+    """Show progress bars."""
+
+    # -- data ------------------------------------------------------------------------------
+    data: str = "synthetic"
+    """A synthetic preset name or the path of a KG folder."""
+    scenario: Scenario = "transductive"
+    """Task: transductive, inductive (unseen test entities), interpolation, extrapolation [P]."""
+    fact_ratio: float | None = None
+    """None keeps the data's facts/queries split; a float re-splits train (AdaProp .90-.99) [R]."""
+
+    # -- reasoning graph -------------------------------------------------------------------
+    n_layers: int = 3
+    """Expansion steps L, i.e. the longest rule body (TECHS, RED-GNN Family: 3) [T][R]."""
+    max_nodes: int = 100
+    """Edges kept per query at each step, by attention (AdaProp Family/UMLS top-k: 100) [R]."""
+    sample_nodes: int | None = None
+    """Out-edges sampled per node before attention (TECHS: 15 or 600); None keeps all [T]."""
+    sample_temperature: float = 0.5
+    """Sampling weight p proportional to exp(temperature * (t' - t_q)) (TECHS: 0.5) [T]."""
+    temporal_constraint: Constraint | None = None
+    """Edge times allowed: None = scenario default (extrapolation `monotone`, else `any`) [T][I]."""
+
+    # -- network ---------------------------------------------------------------------------
+    hidden: int = 48
+    """Width of embeddings and node states (RED-GNN Family: 48) [R]."""
+    attn_dim: int = 5
+    """Hidden width of the propositional attention MLP (RED-GNN: 5) [R]."""
+    time_dim: int = 32
+    """Frequencies of the cosine time encoding before its Linear layer [inferred]."""
+    time_encoding: Literal["relative", "absolute"] = "relative"
+    """Encode node times as t - t_q (relative) or t (absolute) [inferred]."""
+    act: Literal["relu", "tanh", "identity"] = "relu"
+    """Activation of the node update (TECHS: relu; RED-GNN WN18RR: tanh) [T][R]."""
+    attention_mix: float = 0.5
+    """Weight lambda of alpha in a = lambda alpha + (1 - lambda) beta (TECHS: 0.5) [T]."""
+    learn_mix: bool = False
+    """Learn lambda (initialised at attention_mix, kept in (0, 1) by a sigmoid) [inferred]."""
+    score: Literal["att", "emd", "both"] = "att"
+    """Entity score: summed node attention, relu(w h) of final nodes, or their sum [T]."""
+    use_entity_embeddings: bool | None = None
+    """Entity embeddings in q and x_c; None = all scenarios but inductive [inferred]."""
+    dropout: float = 0.1
+    """Dropout on node states h and g after each layer (TECHS: 0.1) [T]."""
+
+    # -- training --------------------------------------------------------------------------
+    loss: Literal["ce", "bce"] = "ce"
+    """`ce`: softmax CE over all entities (RED-GNN max_min) [R]; `bce`: smoothed BCE [T]."""
+    label_smooth: float | None = None
+    """ce: label smoothing (None = 0) [R]; bce: positive target 1 - eps (None = 0.1) [T]."""
+    lr: float = 1e-3
+    """Adam learning rate [T]."""
+    weight_decay: float = 0.0
+    """Adam weight decay (TECHS l2: 0) [T]."""
+    grad_clip: float | None = 5.0
+    """Clip the global gradient norm; None disables clipping [T]."""
+    batch_size: int = 32
+    """Training queries per batch [T]."""
+    eval_batch_size: int = 64
+    """Evaluation queries per batch [inferred]."""
+    epochs: int = 20
+    """Maximum training epochs [inferred]."""
+    patience: int = 3
+    """Epochs without validation MRR improvement before early stopping [inferred]."""
+
+    @property
+    def temporal(self) -> bool:
+        """Whether the scenario has timestamps."""
+        return self.scenario in TEMPORAL_SCENARIOS
+
+    @property
+    def constraint(self) -> Constraint:
+        """The temporal constraint in force (``temporal_constraint`` or the scenario default)."""
+        return self.temporal_constraint or DEFAULT_CONSTRAINT[self.scenario]
+
+    @property
+    def entity_embeddings(self) -> bool:
+        """Whether the network reads entity embeddings (never in the inductive scenario)."""
+        if self.use_entity_embeddings is None:
+            return self.scenario != "inductive"
+        return self.use_entity_embeddings
+
+    @property
+    def smoothing(self) -> float:
+        """The label-smoothing epsilon of the chosen loss."""
+        default = {"ce": 0.0, "bce": 0.1}[self.loss]
+        return default if self.label_smooth is None else self.label_smooth
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` on values or combinations that cannot work.
+
+        Example:
+            >>> TunsrConfig().validate()
+            >>> TunsrConfig(max_nodes=0).validate()
+            Traceback (most recent call last):
+            ...
+            clinfuse.core.errors.ConfigError: max_nodes must be at least 1
+              expected: an integer >= 1
+              found:    0
+              fix:      --set max_nodes=...
+        """
+        for check in _CHECKS:
+            check(self)
+
+
+# --- validation checks: each raises ConfigError on one kind of mistake --------------------------
+
+
+def _fail(msg: str, expected: object, found: object, fix: str) -> None:
+    raise ConfigError(msg, expected=expected, found=found, fix=fix)
+
+
+def _check_positive(c: TunsrConfig) -> None:
+    for name in (
+        "n_layers", "max_nodes", "hidden", "attn_dim", "time_dim", "batch_size",
+        "eval_batch_size", "epochs",
+    ):  # fmt: skip
+        value = getattr(c, name)
+        if value < 1:
+            _fail(f"{name} must be at least 1", "an integer >= 1", value, f"--set {name}=...")
+    if c.sample_nodes is not None and c.sample_nodes < 1:
+        _fail(
+            "sample_nodes must be at least 1",
+            'an integer >= 1, or "none" to keep every neighbour',
+            c.sample_nodes,
+            "--set sample_nodes=none",
+        )
+    if c.patience < 0:
+        _fail("patience must not be negative", ">= 0", c.patience, "--set patience=3")
+
+
+def _check_rates(c: TunsrConfig) -> None:
+    if not 0.0 <= c.dropout < 1.0:
+        _fail("dropout must lie in [0, 1)", "0 <= p < 1", c.dropout, "--set dropout=0.1")
+    if c.lr <= 0:
+        _fail("lr must be positive", "> 0", c.lr, "--set lr=1e-3")
+    if c.weight_decay < 0:
+        _fail("weight_decay must not be negative", ">= 0", c.weight_decay, "--set weight_decay=0")
+    if c.grad_clip is not None and c.grad_clip <= 0:
+        _fail("grad_clip must be positive", "> 0 or none", c.grad_clip, "--set grad_clip=5")
+    if c.label_smooth is not None and not 0.0 <= c.label_smooth < 1.0:
+        _fail(
+            "label_smooth must lie in [0, 1)",
+            "0 <= eps < 1",
+            c.label_smooth,
+            "--set label_smooth=none",
+        )
+    if c.sample_temperature < 0:
+        _fail(
+            "sample_temperature must not be negative",
+            ">= 0 (0 samples uniformly)",
+            c.sample_temperature,
+            "--set sample_temperature=0.5",
+        )
+    if c.fact_ratio is not None and not 0.0 < c.fact_ratio < 1.0:
+        _fail(
+            "fact_ratio must lie in (0, 1)",
+            "0 < ratio < 1, or none",
+            c.fact_ratio,
+            "--set fact_ratio=none",
+        )
+
+
+def _check_mix(c: TunsrConfig) -> None:
+    if not 0.0 <= c.attention_mix <= 1.0:
+        _fail(
+            "attention_mix must lie in [0, 1]",
+            "0 <= lambda <= 1",
+            c.attention_mix,
+            "--set attention_mix=0.5",
+        )
+    if c.learn_mix and not 0.0 < c.attention_mix < 1.0:
+        _fail(
+            "learn_mix starts from logit(attention_mix), which is infinite at 0 or 1",
+            "0 < attention_mix < 1 with learn_mix",
+            c.attention_mix,
+            "--set attention_mix=0.5, or --set learn_mix=false",
+        )
+
+
+def _check_scenario(c: TunsrConfig) -> None:
+    if c.scenario == "inductive" and c.use_entity_embeddings:
+        _fail(
+            "the inductive scenario tests on unseen entities, which have no trained embedding",
+            "use_entity_embeddings = false or none with scenario = inductive",
+            c.use_entity_embeddings,
+            "--set use_entity_embeddings=none",
+        )
+    if not c.temporal and c.temporal_constraint not in (None, "any"):
+        _fail(
+            f"temporal_constraint={c.temporal_constraint!r} needs timestamps",
+            "none or `any` in a static scenario",
+            f"scenario={c.scenario!r}",
+            "--set temporal_constraint=none, or pick a temporal scenario",
+        )
+
+
+_CHECKS = (_check_positive, _check_rates, _check_mix, _check_scenario)
+
+
+def field_names() -> tuple[str, ...]:
+    """Names of the :class:`TunsrConfig` fields, in declaration order."""
+    return tuple(f.name for f in dataclasses.fields(TunsrConfig))

@@ -1,0 +1,340 @@
+r"""Query-conditioned reasoning-graph expansion, vectorised over a batch of queries.
+
+A query is a row ``[e_q, r_q, answer, t_q]``. A **node** is a ``(query, entity, time)`` triple;
+static KGs use time 0 everywhere. Step 0 holds one node per query, the query entity. Step
+:math:`l` takes every out-edge :math:`(e, r, e', t')` of every node :math:`(b, e, t_v)` of step
+:math:`l-1` from the adjacency (inverse edges included), plus one self-loop
+:math:`(e, 2R, e, t_v)` per node, and keeps those that pass (notes §1.2):
+
+* the temporal constraint (self-loops always pass):
+
+  - ``any``: every :math:`t'` (static KGs, interpolation);
+  - ``before_query``: :math:`t' < t_q`;
+  - ``monotone``: :math:`t' < t_q` and :math:`t' \ge t_v`, so times never decrease along a path.
+    The root's time is then 0, the earliest timestamp index, so the first hop may use any time
+    before :math:`t_q`; with the other constraints the root's time is :math:`t_q`;
+
+* the leakage guard (``exclude_query``): the query fact :math:`(e_q, r_q, a, t_q)` and its
+  inverse :math:`(a, r_q^{-1}, e_q, t_q)` are dropped wherever they occur;
+* per-node sampling (``sample_nodes``): at most ``k`` real out-edges per node, drawn without
+  replacement with :math:`p \propto \exp(\tau (t' - t_q))` by the Gumbel-top-k trick.
+
+Children are deduplicated per query with :func:`torch.unique` over ``(query, entity, time)``.
+Pruning to the top ``max_nodes`` edges per query needs the attention, so the model calls
+:func:`candidate_edges`, scores them, prunes with :func:`segment_topk`, then
+:func:`attach_children`. :func:`expand` chains the three without pruning (tests, explanations).
+
+Nothing here loops over queries or nodes in Python: gathers use the CSR ``indptr`` with
+:func:`torch.repeat_interleave`, ranks within segments use two stable sorts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from clinfuse.core.errors import DataError
+from clinfuse.methods.tunsr.config import Constraint
+
+__all__ = [
+    "Adjacency",
+    "Candidates",
+    "Edges",
+    "Nodes",
+    "attach_children",
+    "candidate_edges",
+    "expand",
+    "inverse_relation",
+    "root_nodes",
+    "segment_topk",
+]
+
+
+class Adjacency(NamedTuple):
+    """Out-edges grouped by head (CSR), inverse edges included, sorted by time within a head."""
+
+    indptr: Tensor
+    """``(E + 1,)`` int64; the out-edges of entity ``e`` are ``indptr[e]:indptr[e + 1]``."""
+    rel: Tensor
+    """``(M,)`` int64 relation of each edge, in ``[0, 2R)``."""
+    tail: Tensor
+    """``(M,)`` int64 tail entity of each edge."""
+    time: Tensor
+    """``(M,)`` int64 timestamp index of each edge (0 in static KGs)."""
+
+    @classmethod
+    def from_triples(cls, triples: np.ndarray | Tensor, n_entities: int) -> Adjacency:
+        """Build the CSR from ``(M, 4)`` rows ``[h, r, t, time]`` (add inverses beforehand).
+
+        Example:
+            >>> adj = Adjacency.from_triples(torch.tensor([[0, 0, 1, 0], [1, 1, 0, 0]]), 3)
+            >>> adj.indptr.tolist(), adj.tail.tolist()
+            ([0, 1, 2, 2], [1, 0])
+        """
+        t = torch.as_tensor(np.asarray(triples) if not isinstance(triples, Tensor) else triples)
+        t = t.to(torch.int64).reshape(-1, 4)
+        if len(t) and (int(t[:, [0, 2]].min()) < 0 or int(t[:, [0, 2]].max()) >= n_entities):
+            raise DataError(
+                "triples refer to entities outside the entity table",
+                expected=f"entity ids in [0, {n_entities})",
+                found=f"ids in [{int(t[:, [0, 2]].min())}, {int(t[:, [0, 2]].max())}]",
+                fix="build the adjacency with the KG's n_entities",
+            )
+        # sort by (head, time): stable sort on time, then on head
+        t = t[torch.argsort(t[:, 3], stable=True)]
+        t = t[torch.argsort(t[:, 0], stable=True)]
+        counts = torch.bincount(t[:, 0], minlength=n_entities)
+        indptr = torch.zeros(n_entities + 1, dtype=torch.int64)
+        indptr[1:] = torch.cumsum(counts, 0)
+        return cls(indptr, t[:, 1].contiguous(), t[:, 2].contiguous(), t[:, 3].contiguous())
+
+    @classmethod
+    def coerce(cls, graph: Any, device: torch.device | str | None = None) -> Adjacency:
+        """An :class:`Adjacency` from anything with ``indptr``, ``rel``, ``tail``, ``time``.
+
+        Accepts numpy or torch arrays (e.g. ``clinfuse.methods.tunsr.data.CSR``) and moves them
+        to ``device``; an :class:`Adjacency` already there is returned as is.
+        """
+        fields = []
+        for name in cls._fields:
+            value = getattr(graph, name, None)
+            if value is None:
+                raise DataError(
+                    "the reasoning graph needs a CSR adjacency",
+                    expected="an object with indptr, rel, tail, time (Adjacency or data.CSR)",
+                    found=type(graph).__name__,
+                    fix="pass Adjacency.from_triples(add_inverse(facts, R), n_entities)",
+                )
+            fields.append(torch.as_tensor(value).to(device=device, dtype=torch.int64))
+        return cls(*fields)
+
+    @property
+    def n_entities(self) -> int:
+        """Entities the CSR indexes."""
+        return len(self.indptr) - 1
+
+
+class Nodes(NamedTuple):
+    """The node table of one step, sorted by ``(query, entity, time)``."""
+
+    query: Tensor
+    """``(N,)`` int64 query index in the batch."""
+    entity: Tensor
+    """``(N,)`` int64 entity id."""
+    time: Tensor
+    """``(N,)`` int64 timestamp index."""
+
+
+class Candidates(NamedTuple):
+    """Edges leaving the nodes of one step, before pruning and deduplication of children."""
+
+    query: Tensor
+    """``(C,)`` int64 query index."""
+    parent: Tensor
+    """``(C,)`` int64 index into the parent step's :class:`Nodes`."""
+    rel: Tensor
+    """``(C,)`` int64 relation; ``2R`` is the self-loop."""
+    entity: Tensor
+    """``(C,)`` int64 child entity."""
+    time: Tensor
+    """``(C,)`` int64 child time (the edge time; the parent time for self-loops)."""
+
+    def select(self, index: Tensor) -> Candidates:
+        """The candidates at ``index`` (a LongTensor or bool mask)."""
+        return Candidates(*(f[index] for f in self))
+
+
+class Edges(NamedTuple):
+    """The edges of one step with their children attached to the next node table."""
+
+    query: Tensor
+    """``(C,)`` int64 query index."""
+    parent: Tensor
+    """``(C,)`` int64 index into the parent step's :class:`Nodes`."""
+    rel: Tensor
+    """``(C,)`` int64 relation; ``2R`` is the self-loop."""
+    child: Tensor
+    """``(C,)`` int64 index into this step's :class:`Nodes`."""
+    entity: Tensor
+    """``(C,)`` int64 child entity."""
+    time: Tensor
+    """``(C,)`` int64 child time."""
+
+
+def inverse_relation(rel: Tensor, n_relations: int) -> Tensor:
+    """The inverse of each relation id in ``[0, 2R)``: ``r + R`` for originals, ``r - R`` else."""
+    return (rel + n_relations) % (2 * n_relations)
+
+
+def root_nodes(queries: Tensor, constraint: Constraint) -> Nodes:
+    """Step 0: one node per query, the query entity, at time ``t_q`` (``monotone``: time 0).
+
+    Shape:
+        queries: ``(B, 4)`` int64 ``[e_q, r_q, answer, t_q]``. Output: ``B`` nodes.
+    """
+    b = len(queries)
+    time = queries[:, 3] if constraint != "monotone" else torch.zeros_like(queries[:, 3])
+    return Nodes(torch.arange(b, device=queries.device), queries[:, 0].clone(), time.clone())
+
+
+def _keep_any(t_edge: Tensor, t_parent: Tensor, t_query: Tensor) -> Tensor:
+    return torch.ones_like(t_edge, dtype=torch.bool)
+
+
+def _keep_before(t_edge: Tensor, t_parent: Tensor, t_query: Tensor) -> Tensor:
+    return t_edge < t_query
+
+
+def _keep_monotone(t_edge: Tensor, t_parent: Tensor, t_query: Tensor) -> Tensor:
+    return (t_edge < t_query) & (t_edge >= t_parent)
+
+
+CONSTRAINTS: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
+    "any": _keep_any,
+    "before_query": _keep_before,
+    "monotone": _keep_monotone,
+}
+"""Edge filter ``keep(t', t_parent, t_q) -> bool mask`` of each temporal constraint."""
+
+
+def segment_topk(key: Tensor, segment: Tensor, k: int, n_segments: int) -> Tensor:
+    """Indices of the ``k`` largest ``key`` values within each segment, in increasing order.
+
+    Ties keep the earlier index. Vectorised: a stable descending sort on ``key`` then a stable
+    sort on ``segment`` puts every segment's values in decreasing order; the rank of an entry is
+    its position minus the segment's start.
+
+    Shape:
+        key, segment: ``(C,)``; ``segment`` int64 in ``[0, n_segments)``. Output: ``(C',)`` int64.
+
+    Example:
+        >>> segment_topk(torch.tensor([.1, .9, .5, .3, .2]), torch.tensor([0, 0, 0, 1, 1]), 2, 2)
+        tensor([1, 2, 3, 4])
+    """
+    if len(key) == 0:
+        return torch.zeros(0, dtype=torch.int64, device=key.device)
+    order = torch.argsort(key.detach(), descending=True, stable=True)
+    order = order[torch.argsort(segment[order], stable=True)]
+    counts = torch.bincount(segment, minlength=n_segments)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(len(order), device=key.device) - starts[segment[order]]
+    return torch.sort(order[rank < k]).values
+
+
+def _gather_out_edges(nodes: Nodes, adj: Adjacency) -> tuple[Tensor, Tensor]:
+    """``(parent, edge)`` index pairs of every out-edge of every node (vectorised CSR gather)."""
+    start = adj.indptr[nodes.entity]
+    deg = adj.indptr[nodes.entity + 1] - start
+    parent = torch.repeat_interleave(torch.arange(len(deg), device=deg.device), deg)
+    offset = torch.cumsum(deg, 0) - deg
+    within = torch.arange(len(parent), device=deg.device) - offset[parent]
+    return parent, start[parent] + within
+
+
+def candidate_edges(
+    nodes: Nodes,
+    adj: Adjacency,
+    queries: Tensor,
+    *,
+    n_relations: int,
+    constraint: Constraint = "any",
+    exclude_query: bool = False,
+    sample_nodes: int | None = None,
+    sample_temperature: float = 0.5,
+    generator: torch.Generator | None = None,
+) -> Candidates:
+    r"""Every admissible edge leaving ``nodes``, plus one self-loop per node (see module doc).
+
+    Real edges come first, in node order and CSR order within a node; the ``N`` self-loops
+    (relation ``2R``) follow in node order.
+
+    Shape:
+        queries: ``(B, 4)`` int64 ``[e_q, r_q, answer, t_q]``. Output: ``C >= N`` candidates.
+    """
+    parent, edge = _gather_out_edges(nodes, adj)
+    query = nodes.query[parent]
+    rel, tail, time = adj.rel[edge], adj.tail[edge], adj.time[edge]
+    q = queries[query]
+    keep = CONSTRAINTS[constraint](time, nodes.time[parent], q[:, 3])
+    if exclude_query:
+        head = nodes.entity[parent]
+        same_time = time == q[:, 3]
+        forward = (head == q[:, 0]) & (rel == q[:, 1]) & (tail == q[:, 2])
+        backward = (head == q[:, 2]) & (rel == inverse_relation(q[:, 1], n_relations))
+        backward &= tail == q[:, 0]
+        keep &= ~(same_time & (forward | backward))
+    parent, query, rel, tail, time = (x[keep] for x in (parent, query, rel, tail, time))
+    if sample_nodes is not None and len(parent):
+        u = torch.rand(len(parent), generator=generator, device=_gen_device(generator))
+        gumbel = -torch.log(-torch.log(u.to(parent.device).clamp(1e-20, 1.0 - 1e-7)))
+        logits = sample_temperature * (time - queries[query, 3]).to(gumbel.dtype)
+        chosen = segment_topk(logits + gumbel, parent, sample_nodes, len(nodes.entity))
+        parent, query, rel, tail, time = (x[chosen] for x in (parent, query, rel, tail, time))
+    n = len(nodes.entity)
+    loops = torch.arange(n, device=parent.device)
+    self_rel = torch.full((n,), 2 * n_relations, dtype=torch.int64, device=parent.device)
+    return Candidates(
+        torch.cat([query, nodes.query]),
+        torch.cat([parent, loops]),
+        torch.cat([rel, self_rel]),
+        torch.cat([tail, nodes.entity]),
+        torch.cat([time, nodes.time]),
+    )
+
+
+def _gen_device(generator: torch.Generator | None) -> torch.device | str:
+    return generator.device if generator is not None else "cpu"
+
+
+def attach_children(cand: Candidates, n_entities: int) -> tuple[Edges, Nodes]:
+    """Deduplicate the children of ``cand`` per query into the next node table.
+
+    Nodes are keyed by :math:`(b \\cdot E + e) \\cdot T + t` and made unique with
+    :func:`torch.unique`, so the table comes out sorted by ``(query, entity, time)``.
+    """
+    n_times = int(cand.time.max()) + 1 if len(cand.time) else 1
+    key = (cand.query * n_entities + cand.entity) * n_times + cand.time
+    uniq, child = torch.unique(key, return_inverse=True)
+    nodes = Nodes(uniq // (n_entities * n_times), (uniq // n_times) % n_entities, uniq % n_times)
+    return Edges(cand.query, cand.parent, cand.rel, child, cand.entity, cand.time), nodes
+
+
+def expand(
+    queries: Tensor,
+    adj: Adjacency,
+    n_layers: int,
+    *,
+    n_relations: int,
+    constraint: Constraint = "any",
+    exclude_query: bool = False,
+    sample_nodes: int | None = None,
+    sample_temperature: float = 0.5,
+    generator: torch.Generator | None = None,
+) -> tuple[list[Nodes], list[Edges]]:
+    """Expand ``n_layers`` steps without attention pruning.
+
+    Returns the node tables of steps ``0..L`` and the edges of steps ``1..L``;
+    ``edges[l].parent`` indexes ``nodes[l]`` and ``edges[l].child`` indexes ``nodes[l + 1]``.
+    """
+    nodes = [root_nodes(queries, constraint)]
+    steps: list[Edges] = []
+    for _ in range(n_layers):
+        cand = candidate_edges(
+            nodes[-1],
+            adj,
+            queries,
+            n_relations=n_relations,
+            constraint=constraint,
+            exclude_query=exclude_query,
+            sample_nodes=sample_nodes,
+            sample_temperature=sample_temperature,
+            generator=generator,
+        )
+        edges, new = attach_children(cand, adj.n_entities)
+        steps.append(edges)
+        nodes.append(new)
+    return nodes, steps

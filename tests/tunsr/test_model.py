@@ -1,0 +1,243 @@
+"""The Tunsr network: attention invariants, scoring, losses, FARI interface, training."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import Tensor
+
+from clinfuse.methods.tunsr.config import TunsrConfig
+from clinfuse.methods.tunsr.graph import Adjacency
+from clinfuse.methods.tunsr.model import TimeEncode, TunsrModel, tunsr_loss
+
+E, R, T = 30, 4, 8
+
+
+def with_inverse(triples: Tensor, n_relations: int) -> Tensor:
+    inv = triples[:, [2, 1, 0, 3]].clone()
+    inv[:, 1] += n_relations
+    return torch.cat([triples, inv])
+
+
+def random_kg(seed: int, m: int = 150, n_times: int = 1, n_entities: int = E) -> Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack(
+        [
+            torch.randint(0, n_entities, (m,), generator=g),
+            torch.randint(0, R, (m,), generator=g),
+            torch.randint(0, n_entities, (m,), generator=g),
+            torch.randint(0, n_times, (m,), generator=g),
+        ],
+        1,
+    )
+
+
+def make(cfg: TunsrConfig, n_times: int = 1, seed: int = 0) -> TunsrModel:
+    torch.manual_seed(seed)
+    return TunsrModel(cfg, E, R, n_times)
+
+
+def test_attention_sums_to_one_per_query_and_topk_cap_holds() -> None:
+    facts = random_kg(0, m=200)
+    adj = Adjacency.from_triples(with_inverse(facts, R), E)
+    queries = facts[:6]
+    for k, binding in ((7, True), (10_000, False)):
+        model = make(TunsrConfig(max_nodes=k, dropout=0.0)).eval()
+        out = model(queries, adj, train=True)
+        counts = []
+        for step in out["steps"]:
+            per_query = torch.zeros(6).index_add(0, step["query"], step["a"])
+            assert torch.allclose(per_query, torch.ones(6), atol=1e-5)
+            counts.append(torch.bincount(step["query"], minlength=6))
+        assert max(int(c.max()) for c in counts) <= k
+        assert (max(int(c.max()) for c in counts) > 7) == (not binding)
+        assert torch.allclose(out["scores"].sum(1), torch.ones(6), atol=1e-5)
+        assert torch.all(out["scores"] >= 0)
+
+
+def test_two_hop_answer_scores_and_unreached_entities_score_zero() -> None:
+    # 0 -r0-> 1 -r1-> 2 ; 3 -r0-> 4 is disconnected from the query
+    facts = torch.tensor([[0, 0, 1, 0], [1, 1, 2, 0], [3, 0, 4, 0]])
+    adj = Adjacency.from_triples(with_inverse(facts, R), E)
+    query = torch.tensor([[0, 2, 2, 0]])
+    for layers in (1, 2):
+        model = make(TunsrConfig(n_layers=layers, dropout=0.0)).eval()
+        scores = model(query, adj)["scores"][0]
+        assert (scores[2] > 0) == (layers == 2)
+        reached = {0, 1, 2} if layers == 2 else {0, 1}
+        for e in range(E):
+            assert (scores[e] > 0) == (e in reached), e
+
+
+def test_inductive_scores_are_invariant_to_relabelling_entities() -> None:
+    cfg = TunsrConfig(scenario="inductive", score="both", max_nodes=10_000, dropout=0.0)
+    model = make(cfg).eval()
+    facts = random_kg(1, m=120)
+    queries = facts[:5]
+    perm = torch.randperm(E, generator=torch.Generator().manual_seed(9))
+    relabel = facts.clone()
+    relabel[:, 0], relabel[:, 2] = perm[facts[:, 0]], perm[facts[:, 2]]
+    rq = relabel[:5]
+    s = model(queries, Adjacency.from_triples(with_inverse(facts, R), E), train=True)["scores"]
+    s2 = model(rq, Adjacency.from_triples(with_inverse(relabel, R), E), train=True)["scores"]
+    assert torch.allclose(s2[:, perm], s, atol=1e-5)
+    assert (s > 0).sum() > 20  # non-trivial
+    # with entity embeddings the same relabelling changes the scores
+    model_t = make(TunsrConfig(score="both", max_nodes=10_000, dropout=0.0)).eval()
+    st = model_t(queries, Adjacency.from_triples(with_inverse(facts, R), E))["scores"]
+    st2 = model_t(rq, Adjacency.from_triples(with_inverse(relabel, R), E))["scores"]
+    assert not torch.allclose(st2[:, perm], st, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        TunsrConfig(score="att", scenario="interpolation", learn_mix=True, dropout=0.0),
+        TunsrConfig(score="both", scenario="extrapolation", learn_mix=True, dropout=0.0),
+        TunsrConfig(score="both", loss="bce", dropout=0.0),
+    ],
+    ids=["att-interp", "both-extrap", "both-static-bce"],
+)
+def test_every_parameter_changes_after_a_training_step(cfg: TunsrConfig) -> None:
+    n_times = T if cfg.temporal else 1
+    model = make(cfg, n_times=n_times)
+    facts = random_kg(2, m=300, n_times=n_times)
+    adj = Adjacency.from_triples(with_inverse(facts, R), E)
+    queries = facts[:16].clone()
+    queries[:, 3] = queries[:, 3].clamp_min(4)  # extrapolation needs history before t_q
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    out = model(queries, adj, train=True)
+    loss = tunsr_loss(out["scores"], queries[:, 2], cfg)
+    loss.backward()
+    opt.step()
+    unchanged = [n for n, p in model.named_parameters() if torch.equal(p, before[n])]
+    assert not unchanged
+    expect_w_emd = cfg.score != "att"
+    assert any("w_emd" in n for n in before) == expect_w_emd
+
+
+def test_batch_equals_single_query_calls() -> None:
+    cfg = TunsrConfig(scenario="extrapolation", score="both", max_nodes=12, dropout=0.0)
+    model = make(cfg, n_times=T).eval()
+    facts = random_kg(3, m=300, n_times=T)
+    adj = Adjacency.from_triples(with_inverse(facts, R), E)
+    queries = facts[:8].clone()
+    queries[:, 3] = 6
+    batch = model(queries, adj, train=True)["scores"]
+    singles = torch.cat([model(q[None], adj, train=True)["scores"] for q in queries])
+    assert torch.allclose(batch, singles, atol=1e-6)
+    assert (batch > 0).sum(1).min() > 1
+
+
+def test_fari_interface_reproduces_first_step_beta() -> None:
+    model = make(TunsrConfig(dropout=0.0)).eval()
+    facts = random_kg(4)
+    adj = Adjacency.from_triples(with_inverse(facts, R), E)
+    queries = facts[:4]
+    step = model(queries, adj)["steps"][0]
+    assert model.rel_emb.num_embeddings == 2 * R + 1
+    assert isinstance(model.fol_cell, torch.nn.GRUCell)
+    g0 = model.fol_init(queries[:, 1])
+    assert g0.shape == (4, model.cfg.hidden)
+    g1 = model.fol_cell(model.rel_emb(step["rel"]), g0[step["query"]])
+    assert torch.allclose(model.beta_of(g1), step["beta"], atol=1e-6)
+    assert model.beta_of(g1).shape == (len(step["rel"]),)
+
+
+def test_losses_match_their_formulas() -> None:
+    g = torch.Generator().manual_seed(0)
+    s = torch.rand(3, 6, generator=g)
+    y = torch.tensor([0, 4, 2])
+    ce = -s[torch.arange(3), y] + torch.logsumexp(s, 1)
+    assert torch.allclose(tunsr_loss(s, y, TunsrConfig(loss="ce")), ce.mean())
+    p = s / s.sum(1, keepdim=True)
+    tgt = torch.full_like(p, 1e-4)
+    tgt[torch.arange(3), y] += 0.9
+    bce = -(tgt * p.log() + (1 - tgt) * (1 - p).log()).sum(1).mean()
+    assert torch.allclose(tunsr_loss(s, y, TunsrConfig(loss="bce")), bce, atol=1e-5)
+
+
+def test_time_encoding_initial_frequencies() -> None:
+    enc = TimeEncode(10, 4)
+    assert torch.allclose(enc.omega, 10.0 ** -torch.linspace(0, 9, 10))
+    raw = torch.cos(torch.tensor([3.0])[:, None] * enc.omega)
+    assert torch.allclose(enc(torch.tensor([3])), enc.proj(raw))
+    assert math.isclose(float(enc.omega[0].detach()), 1.0)
+
+
+def composition_kg(seed: int, n: int = 60) -> tuple[Tensor, Tensor, Tensor]:
+    """rel 2 = rel 0 then rel 1 (functional maps); rel 3 is noise. Returns facts, train, test."""
+    g = torch.Generator().manual_seed(seed)
+    f0 = torch.randint(0, n, (n,), generator=g)
+    f1 = torch.randint(0, n, (n,), generator=g)
+    x = torch.arange(n)
+    zeros = torch.zeros(n, dtype=torch.int64)
+    base = torch.cat(
+        [
+            torch.stack([x, zeros, f0, zeros], 1),
+            torch.stack([x, zeros + 1, f1, zeros], 1),
+            torch.stack([x, zeros + 3, torch.randint(0, n, (n,), generator=g), zeros], 1),
+        ]
+    )
+    derived = torch.stack([x, zeros + 2, f1[f0], zeros], 1)
+    derived = derived[torch.randperm(n, generator=g)]
+    train, test = derived[: int(0.8 * n)], derived[int(0.8 * n) :]
+    return torch.cat([base, train]), train, test
+
+
+def test_training_learns_a_composition_rule() -> None:
+    n = 60
+    facts, train, test = composition_kg(0, n)
+    adj = Adjacency.from_triples(with_inverse(facts, R), n)
+    cfg = TunsrConfig(n_layers=2, hidden=16, dropout=0.0, lr=5e-3, max_nodes=100)
+    torch.manual_seed(0)
+    model = TunsrModel(cfg, n, R, 1)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    g = torch.Generator().manual_seed(0)
+
+    def hits1() -> float:
+        with torch.no_grad():
+            s = model.eval()(test, adj)["scores"]
+        gold = s[torch.arange(len(test)), test[:, 2]]
+        others = s.clone()
+        others[torch.arange(len(test)), test[:, 2]] = -1.0
+        return float((gold > others.max(1).values).float().mean())
+
+    start = hits1()
+    model.train()
+    for _ in range(100):
+        batch = train[torch.randint(0, len(train), (16,), generator=g)]
+        loss = tunsr_loss(model(batch, adj, train=True)["scores"], batch[:, 2], cfg)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
+        opt.step()
+    end = hits1()
+    assert end >= 0.9, (start, end)
+    assert start < 0.9
+
+
+def test_decomposed_products_equal_the_concatenated_definitions() -> None:
+    model = make(TunsrConfig(scenario="interpolation"), n_times=T)
+    layer = model.layers[0]
+    g = torch.Generator().manual_seed(5)
+    h, q = torch.randn(7, 48, generator=g), torch.randn(3, 48, generator=g)
+    parent, rel = torch.randint(0, 7, (20,), generator=g), torch.randint(0, 2 * R + 1, (20,))
+    query = torch.randint(0, 3, (20,), generator=g)
+    r = model.rel_emb(rel)
+    m = layer.message(h, model.rel_emb.weight, parent, rel)
+    assert torch.allclose(m, layer.w_m(torch.cat([h[parent], r], -1)), atol=1e-5)
+    x = torch.randn(20, 48, generator=g)
+    pre = torch.relu(layer.w_a(torch.cat([q[query], m, x], -1)))
+    alpha = torch.sigmoid(layer.w_alpha(pre)).squeeze(-1)
+    assert torch.allclose(layer.alpha(q, query, m, x), alpha, atol=1e-5)
+    gs = torch.randn(7, 48, generator=g)
+    assert torch.allclose(
+        model._fol_edges(rel, parent, gs), model.fol_cell(r, gs[parent]), atol=1e-5
+    )
+    entity, time, tq = torch.randint(0, E, (20,)), torch.randint(0, T, (20,)), torch.full((20,), 3)
+    x_def = layer.w_x(torch.cat([model.ent_emb(entity), model.time_enc(time - tq)], -1))
+    assert torch.allclose(model._child_feature(layer, entity, time, tq), x_def, atol=1e-5)
