@@ -11,7 +11,7 @@ import pytest
 from clinfuse.cli import main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-DIB_README = Path(__file__).resolve().parents[1] / "src/clinfuse/methods/dib/README.md"
+METHOD_READMES = sorted((README.parent / "src/clinfuse/methods").glob("*/README.md"))
 
 
 def readme_commands(path: Path) -> list[list[str]]:
@@ -38,7 +38,9 @@ def _shrink(argv: list[str]) -> list[str] | None:
     return argv
 
 
-@pytest.mark.parametrize("readme", [README, DIB_README], ids=["README", "dib-README"])
+@pytest.mark.parametrize(
+    "readme", [README, *METHOD_READMES], ids=["README", *(p.parent.name for p in METHOD_READMES)]
+)
 def test_readme_commands_run(readme: Path, tmp_path, monkeypatch, capsys) -> None:
     cmds = readme_commands(readme)
     assert any(c[0] == "fit" for c in cmds)

@@ -8,7 +8,7 @@ import re
 import sys
 from collections.abc import Sequence
 
-from clinfuse.core.errors import ClinfuseError
+from clinfuse.core.errors import ClinfuseError, ConfigError
 
 log = logging.getLogger("clinfuse")
 
@@ -90,10 +90,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    import inspect
+
     from clinfuse.core.runs import RunDir
 
     learner, data = _load(args)
-    df = learner.predict(data, args.split)
+    if args.explain:
+        if "explain" not in inspect.signature(learner.predict).parameters:
+            raise ConfigError(
+                f"{args.name} has no explanations",
+                expected="a method whose predict() takes explain (e.g. tunsr)",
+                found=args.name,
+                fix="drop --explain",
+            )
+        df = learner.predict(data, args.split, explain=True)
+        for _, row in df.head(args.show).iterrows():
+            print(f"{row['head']} {row['relation']} ? (answer {row['answer']}):")
+            for part in str(row["explanation"]).split(" | "):
+                print(f"    {part}")
+    else:
+        df = learner.predict(data, args.split)
     path = RunDir(args.run).write_predictions(df, name=f"predictions-{args.split}")
     print(f"{len(df)} predictions written to {path}")
     return 0
@@ -164,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--split", default="test")
         if cmd == "evaluate":
             s.add_argument("--corrupt", help="e.g. gaussian:audio,vision:0.5 or drop:vision")
+        if cmd == "predict":
+            s.add_argument("--explain", action="store_true", help="top paths and rules (tunsr)")
+            s.add_argument("--show", type=int, default=5, help="explanations printed")
         if cmd == "sweep":
             s.add_argument(
                 "--corrupt", required=True, help="KIND:MODALITIES, e.g. gaussian:audio,vision"

@@ -7,7 +7,7 @@ import importlib
 from clinfuse.core.learner import METHODS
 
 #: modules whose import registers a method (heavy optional imports stay inside them)
-METHOD_MODULES = ("clinfuse.methods.dib.method",)
+METHOD_MODULES = ("clinfuse.methods.dib.method", "clinfuse.methods.tunsr.method")
 
 
 def load_all() -> None:

@@ -54,6 +54,12 @@ class TunsrConfig:
     """Task: transductive, inductive (unseen test entities), interpolation, extrapolation [P]."""
     fact_ratio: float | None = None
     """None keeps the data's facts/queries split; a float re-splits train (AdaProp .90-.99) [R]."""
+    fari: Literal["schema", "paths"] = "paths"
+    """FARI variant written to rules.txt: schema beam on first-order attention, or attention-
+    weighted instance paths of the training queries (the other is reported too) [inferred]."""
+    eval_graph: Literal["facts", "facts+train"] = "facts+train"
+    """Graph valid/test queries are answered from (transductive): facts, or facts plus the train
+    queries as RED-GNN does [R]."""
 
     # -- reasoning graph -------------------------------------------------------------------
     n_layers: int = 3

@@ -1,0 +1,90 @@
+"""Tunsr learner end to end on the synthetic Horn-rule KGs (quick preset, seconds on 2 cores)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import clinfuse
+from clinfuse.core.errors import ConfigError
+from clinfuse.methods.tunsr.method import fari_recovery
+from clinfuse.methods.tunsr.rules import parse_rule, rule_stats
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tunsr") / "run"
+    learner, run = clinfuse.run("tunsr", preset="quick", overrides=["progress=false"], out=out)
+    return learner, run, learner.load_data()
+
+
+def test_quick_reaches_mrr_095(quick) -> None:
+    _, run, _ = quick
+    m = run.read_metrics()
+    assert m["test_mrr"] >= 0.95
+    assert m["test_optimistic.mrr"] >= m["test_mrr"] >= m["test_pessimistic.mrr"]
+
+
+def test_rules_file_is_anyburl_and_recovers_planted_rules(quick) -> None:
+    learner, run, kg = quick
+    lines = (run.path / "rules.txt").read_text().strip().splitlines()
+    assert lines
+    for line in lines:
+        parse_rule(line, kg.relations)  # every line is valid AnyBURL/PyClause syntax
+    # both FARI variants rank the planted body first for at least 4 of the 5 derived relations
+    # (the miss is `sibling`, where FARI prefers sibling(X,Y) <= brother(Y,X): confidence 1 too)
+    m = run.read_metrics()
+    assert m["fari_paths_true_body_top1"] >= 0.8
+    assert m["fari_schema_true_body_top1"] >= 0.8
+
+
+def test_top_rules_hold_on_clean_data_and_not_on_random_heads(quick, tmp_path) -> None:
+    learner, _, kg = quick
+    graph = np.concatenate([kg.facts, *kg.queries.values()])
+    top = [rs[0] for rs in learner.induce_rules(kg, "paths").values()]
+    clean = rule_stats(top, graph, kg.n_entities, kg.n_relations)
+    assert min(s.confidence for s in clean) > 0.9
+    noisy, _ = clinfuse.run(
+        "tunsr",
+        preset="quick",
+        overrides=["data=synthetic_noise", "epochs=5", "progress=false"],
+        out=tmp_path / "noise",
+    )
+    nkg = noisy.load_data()
+    ngraph = np.concatenate([nkg.facts, *nkg.queries.values()])
+    derived = {r.head for r in nkg.meta["ground_truth_rules"]}
+    rules = [r for h, rs in noisy.induce_rules(nkg, "paths").items() if h in derived for r in rs]
+    stats = rule_stats(rules, ngraph, nkg.n_entities, nkg.n_relations)
+    assert max(s.confidence for s in stats) < 0.5  # no rule passes a 0.5 confidence threshold
+    assert fari_recovery(noisy.induce_rules(nkg, "paths"), nkg.meta["ground_truth_rules"]) < 1
+
+
+def test_explanations_name_rules(quick) -> None:
+    learner, _, kg = quick
+    df = learner.predict(kg, "test", explain=True)
+    assert {"predicted", "scores", "explanation"} <= set(df.columns)
+    assert df["explanation"].str.contains("<=").mean() > 0.9
+
+
+def test_reload_and_scenario_mismatch(quick, tmp_path) -> None:
+    learner, run, kg = quick
+    again = clinfuse.load(run.path)
+    assert again.evaluate(kg, "test") == learner.evaluate(kg, "test")
+    with pytest.raises(ConfigError, match="scenario"):
+        clinfuse.run("tunsr", overrides=["data=synthetic_temporal"], out=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_extrapolation_on_synthetic_temporal(tmp_path) -> None:
+    _, run = clinfuse.run(
+        "tunsr",
+        preset="quick",
+        overrides=[
+            "data=synthetic_temporal",
+            "scenario=extrapolation",
+            "epochs=10",
+            "progress=false",
+        ],
+        out=tmp_path / "t",
+    )
+    assert run.read_metrics()["test_mrr"] >= 0.9
