@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -173,6 +174,7 @@ def fit_loop(
         dynamic_ncols=True,
     )
     for epoch in bar:
+        started = time.perf_counter()
         model.train()
         sums: dict[str, float] = {}
         n_batches = 0
@@ -191,7 +193,7 @@ def fit_loop(
             n_batches += 1
             for k, v in {"loss": float(loss.detach()), **parts}.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
-        row: dict[str, float] = {"epoch": epoch}
+        row: dict[str, float] = {"epoch": epoch, "train_seconds": time.perf_counter() - started}
         row.update({f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()})
         model.eval()
         with torch.no_grad():
