@@ -10,7 +10,7 @@ from torch import Tensor
 
 from clinfuse.methods.tunsr.config import TunsrConfig
 from clinfuse.methods.tunsr.graph import Adjacency
-from clinfuse.methods.tunsr.model import TimeEncode, TunsrModel, tunsr_loss
+from clinfuse.methods.tunsr.model import TimeEncode, TunsrModel, fol_loss, tunsr_loss
 
 E, R, T = 30, 4, 8
 
@@ -241,3 +241,24 @@ def test_decomposed_products_equal_the_concatenated_definitions() -> None:
     entity, time, tq = torch.randint(0, E, (20,)), torch.randint(0, T, (20,)), torch.full((20,), 3)
     x_def = layer.w_x(torch.cat([model.ent_emb(entity), model.time_enc(time - tq)], -1))
     assert torch.allclose(model._child_feature(layer, entity, time, tq), x_def, atol=1e-5)
+
+
+def test_fol_scores_depend_on_beta_alone_and_fol_loss_trains_only_the_first_order_part() -> None:
+    facts = random_kg(4, m=200)
+    adj = Adjacency.from_triples(with_inverse(facts, R), E)
+    queries = facts[:5]
+    # one layer, no pruning: from layer 2 on g_c merges edge states with the mixed attention a
+    model = make(TunsrConfig(n_layers=1, max_nodes=10_000, dropout=0.0)).eval()
+    out = model(queries, adj, train=True)
+    assert torch.allclose(out["fol_scores"].sum(1), torch.ones(5), atol=1e-5)
+    with torch.no_grad():  # change the propositional attention: scores move, fol_scores do not
+        for layer in model.layers:
+            layer.w_alpha.bias.add_(3.0)
+            layer.w_a.weight.mul_(-2.0)
+    again = model(queries, adj, train=True)
+    assert not torch.allclose(again["scores"], out["scores"])
+    assert torch.allclose(again["fol_scores"], out["fol_scores"])
+    model.zero_grad()
+    fol_loss(again["fol_scores"], queries[:, 2]).backward()
+    assert model.w_beta.weight.grad is not None and model.w_beta.weight.grad.abs().sum() > 0
+    assert model.layers[0].w_alpha.weight.grad is None

@@ -552,3 +552,54 @@ def test_fari_paths_on_tunsr_steps_sum_to_answer_attention() -> None:
     for head, rs in rules.items():
         assert sum(r.confidence for r in rs) == pytest.approx(1.0)
         assert all(r.head == head for r in rs)
+
+
+def _node_steps(steps: list[list[tuple[int, int, int, int, int]]]) -> list[StepEdges]:
+    """Model-format steps of one query from ``(parent node, rel, child node, child entity,
+    child time)`` edges, each with attention 1."""
+    return [
+        StepEdges(
+            query=torch.zeros(len(s), dtype=torch.long),
+            parent=torch.tensor([e[0] for e in s]),
+            rel=torch.tensor([e[1] for e in s]),
+            child=torch.tensor([e[2] for e in s]),
+            a=torch.ones(len(s)),
+            child_entity=torch.tensor([e[3] for e in s]),
+            child_time=torch.tensor([e[4] for e in s]),
+        )
+        for s in steps
+    ]
+
+
+def test_fari_paths_reduces_backtracks_but_keeps_detours_through_other_entities() -> None:
+    # R = 2, self-loop 4. Query entity 0 (time 10), answer 1. Walks to entity 1:
+    #   0 -r0-> 1 -r0^-1-> 0 -r0-> 1   (a backtrack: reduces to r0)
+    #   0 -r0-> 1 -self-> 1 -self-> 1  (r0)
+    #   0 -r1-> 2 -r1^-1-> 3 -r0-> 1   (r1, r1^-1 through another entity: kept)
+    steps = _node_steps(
+        [
+            [(0, 0, 0, 1, 9), (0, 1, 1, 2, 9)],
+            [(0, 2, 0, 0, 9), (0, 4, 1, 1, 9), (1, 3, 2, 3, 9)],
+            [(0, 0, 0, 1, 9), (1, 4, 1, 1, 9), (2, 0, 2, 1, 9)],
+        ]
+    )
+    q, ans = np.array([[0, 1, 1, 10]]), np.array([1])
+    plain = fari_paths(steps, q, ans, n_relations=2, max_len=3)
+    assert {r.body for r in plain[1]} == {(0,), (0, 2, 0), (1, 3, 0)}
+    reduced = fari_paths(steps, q, ans, n_relations=2, max_len=3, reduce_backtracks=True)
+    assert [(r.body, r.confidence) for r in reduced[1]] == [((0,), 2 / 3), ((1, 3, 0), 1 / 3)]
+
+
+def test_fari_paths_time_order_is_the_offset_of_each_body_atom() -> None:
+    # B(X,Y,t) <= A(X,Y,t-1) (A = 0): query (x=0, B=1, y=1, t=5); the walk 0 -A@4-> 1 then a
+    # self-loop; a second walk 0 -C@2-> 2 -A@3-> 1 (C = 2) with half the attention
+    steps = _node_steps([[(0, 0, 0, 1, 4), (0, 2, 1, 2, 2)], [(0, 6, 0, 1, 4), (1, 0, 1, 1, 3)]])
+    steps[1] = StepEdges(**{**steps[1].__dict__, "a": torch.tensor([1.0, 0.5])})
+    q, ans = np.array([[0, 1, 1, 5]]), np.array([1])
+    out = fari_paths(steps, q, ans, n_relations=3, max_len=2, time_order=True)
+    assert [(r.body, r.time_order) for r in out[1]] == [((0,), (-1,)), ((2, 0), (-3, -2))]
+    text = format_rule(out[1][0], ["A", "B", "C"])
+    assert text == "B(X,Y) <= A(X,Y)  # time t-1"
+    assert parse_rule(text, ["A", "B", "C"]).body == (0,)  # the comment is ignored
+    with pytest.raises(DataError, match="time_order"):
+        fari_paths(steps, q[:, :3], ans, n_relations=3, max_len=2, time_order=True)

@@ -46,7 +46,7 @@ from clinfuse.methods.tunsr.graph import (
     segment_topk,
 )
 
-__all__ = ["LogicLayer", "TimeEncode", "TunsrModel", "tunsr_loss"]
+__all__ = ["LogicLayer", "TimeEncode", "TunsrModel", "fol_loss", "tunsr_loss"]
 
 
 def _take(x: Tensor, index: Tensor) -> Tensor:
@@ -256,7 +256,10 @@ class TunsrModel(nn.Module):
             ``scores`` ``(B, E)`` float; ``steps``: per layer a dict of the kept edges with keys
             ``query``, ``parent``, ``child`` (node indices of the previous and this step),
             ``parent_entity``, ``rel``, ``child_entity``, ``child_time``, ``a``, ``alpha``,
-            ``beta`` (all ``(C_l,)``); ``nodes``: the final node table (``query``, ``entity``,
+            ``beta`` (all ``(C_l,)``); ``fol_scores`` ``(B, E)``: the first-order part alone,
+            the node attention :math:`B_c` propagated like :math:`A_c` with :math:`\beta`
+            in place of :math:`a` over the same kept edges (see :func:`fol_loss`); ``nodes``:
+            the final node table (``query``, ``entity``,
             ``time``, ``attention``).
         """
         cfg = self.cfg
@@ -275,6 +278,7 @@ class TunsrModel(nn.Module):
         h = queries.new_zeros(b, d, dtype=torch.float32)
         g = self.fol_init(queries[:, 1])
         big_a = h.new_ones(b)
+        big_b = h.new_ones(b)  # first-order-only node attention (fol_scores)
         q_in = self._query_inputs(queries)
         mix = self.mix
         exclude = train or cfg.scenario == "interpolation"
@@ -302,6 +306,8 @@ class TunsrModel(nn.Module):
             alpha, beta = alpha[keep], beta[keep]
             a = a * _take(big_a, cand.parent)
             a = a / h.new_zeros(b).index_add(0, cand.query, a).clamp_min(1e-30)[cand.query]
+            fol = beta * _take(big_b, cand.parent)
+            fol = fol / h.new_zeros(b).index_add(0, cand.query, fol).clamp_min(1e-30)[cand.query]
             edges, new = attach_children(cand, self.n_entities)
             n = len(new.entity)
             if layer.w_h is not None:
@@ -310,6 +316,7 @@ class TunsrModel(nn.Module):
                 h = self.dropout(self.act(layer.w_h(torch.cat([msg, x_node], -1))))
             g = self.dropout(h.new_zeros(n, d).index_add(0, edges.child, a.unsqueeze(-1) * g_e))
             big_a = h.new_zeros(n).index_add(0, edges.child, a)
+            big_b = h.new_zeros(n).index_add(0, edges.child, fol)
             steps.append(
                 {
                     "query": edges.query,
@@ -332,8 +339,10 @@ class TunsrModel(nn.Module):
             "both": lambda: big_a + self._emd(h),
         }[cfg.score]()
         scores = h.new_zeros(b * self.n_entities).index_add(0, flat, node_score)
+        fol_scores = h.new_zeros(b * self.n_entities).index_add(0, flat, big_b)
         return {
             "scores": scores.view(b, self.n_entities),
+            "fol_scores": fol_scores.view(b, self.n_entities),
             "steps": steps,
             "nodes": {
                 "query": nodes.query,
@@ -380,3 +389,30 @@ def tunsr_loss(scores: Tensor, targets: Tensor, cfg: TunsrConfig) -> Tensor:
         0.2877
     """
     return LOSSES[cfg.loss](scores, targets.to(torch.int64), cfg.smoothing)
+
+
+def fol_loss(fol_scores: Tensor, targets: Tensor) -> Tensor:
+    r"""Auxiliary loss that makes the first-order attention a rule scorer on its own [inferred].
+
+    ``fol_scores`` is the answer mass of the first-order part alone: over the kept edges,
+    :math:`b_\varepsilon = \beta_\varepsilon B_p / \sum_{\varepsilon' \in b}
+    \beta_{\varepsilon'} B_{p'}`, :math:`B_c = \sum_{\varepsilon \to c} b_\varepsilon`,
+    :math:`B_{root} = 1`, :math:`s^{FOL}(e) = \sum_{c: e_c = e} B_c` (so
+    :math:`\sum_e s^{FOL}(e) = 1`). The loss is the negative log mass on the answer,
+    :math:`-\log s^{FOL}(a)` (floored at :math:`10^{-10}`), averaged over the batch. Since
+    :math:`\beta` sees only the relation path, it is minimised by putting the mass on the relation
+    sequences that lead to answers, i.e. on rule bodies (the kept edges and, from layer 2, the
+    merged states :math:`g_c` still come from the mixed attention :math:`a`); without it
+    :math:`\beta` may collapse while the mix relies on :math:`\alpha`, and FARI (a) cannot read
+    rules from it.
+
+    Shape:
+        fol_scores: ``(B, E)`` non-negative, rows summing to at most 1; targets: ``(B,)``.
+        Output: scalar.
+
+    Example:
+        >>> round(float(fol_loss(torch.tensor([[0.25, 0.75]]), torch.tensor([1]))), 4)
+        0.2877
+    """
+    picked = fol_scores.gather(1, targets.to(torch.int64).unsqueeze(1)).squeeze(1)
+    return -torch.log(picked.clamp_min(1e-10)).mean()

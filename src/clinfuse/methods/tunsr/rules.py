@@ -33,6 +33,7 @@ below are loops over rules, never over entities.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -385,7 +386,9 @@ def format_rule(
 
     Body atom ``i`` links variables ``v_{i-1}`` and ``v_i`` of the chain ``X, A, B, ..., Y``; an
     inverse relation ``r + R`` is written as ``r`` with swapped variables; self-loops (``2R``)
-    are dropped (they identify two consecutive variables). With ``stats`` the line is
+    are dropped (they identify two consecutive variables). A temporal rule (``time_order`` set)
+    gets a trailing comment with each body atom's time relative to the head's time ``t``, e.g.
+    ``B(X,Y) <= A(X,Y)  # time t-1``; :func:`parse_rule` ignores it. With ``stats`` the line is
     ``num_pred\tsupport\tconfidence\trule`` with AnyBURL's ``confidence = support / num_pred``.
 
     Example:
@@ -421,6 +424,8 @@ def format_rule(
     chain = ["X", *_VARIABLES[: len(body) - 1], "Y"]
     atoms = [_atom(relation_names, r, chain[i], chain[i + 1]) for i, r in enumerate(body)]
     text = f"{_atom(relation_names, int(rule.head), 'X', 'Y')} <= {', '.join(atoms)}"
+    if rule.time_order is not None:
+        text += "  # time " + ", ".join(f"t{int(dt):+d}" for dt in rule.time_order)
     if stats is None:
         return text
     return f"{stats.body_size}\t{stats.support}\t{stats.confidence:.6g}\t{text}"
@@ -432,12 +437,14 @@ def parse_rule(text: str, relation_names: Sequence[str]) -> Rule:
     ``h(X,Y) <= b1(X,A), b2(A,Y)``: the atoms must form a path from ``X`` to ``Y`` in the order
     written; an atom whose variables appear reversed becomes the inverse relation ``r + R``.
     A line ``num_pred\\tsupport\\tconfidence\\trule`` sets the rule's confidence from its third
-    field. Rules with constants or acyclic shapes are not chain rules and raise :class:`DataError`.
+    field; a trailing ``# ...`` comment is ignored. Rules with constants or acyclic shapes are
+    not chain rules and raise :class:`DataError`.
 
     Example:
         >>> parse_rule("grandparent(X,Y) <= parent(X,A), parent(A,Y)", ["parent", "grandparent"])
         Rule(head=1, body=(0, 0), confidence=1.0, time_order=None)
     """
+    text = text.split("#", 1)[0]  # a trailing comment (e.g. a temporal rule's time order)
     fields = text.strip().split("\t")
     confidence = 1.0
     if len(fields) == 4:
@@ -773,7 +780,17 @@ def _path_weights_checked(
     max_len: int,
     weight: str,
     attention: str,
-) -> tuple[np.ndarray, list[dict[tuple[int, ...], float]]]:
+    time_order: bool = False,
+    reduce_backtracks: bool = False,
+) -> tuple[np.ndarray, list[dict[tuple[Any, ...], float]]]:
+    """See :func:`_path_weights`. With ``time_order`` (edges carry ``child_time``, queries their
+    time in column 3) each sequence element is ``(r, child_time - t_q)`` instead of ``r``.
+
+    With ``reduce_backtracks`` a walk is reduced as it grows: an edge ``r^-1`` that returns to
+    the entity the previous atom ``r`` left (``u -r-> v -r^-1-> u``) cancels that atom, as a
+    self-loop would be dropped, so a path with a backtrack counts for the body of its reduced
+    walk (``A, A^-1, A`` from ``x`` to ``y`` through ``x`` again is the body ``A``). Internally a
+    walk is a stack of ``(atom, entity the atom left)``."""
     q = queries.detach().cpu().numpy() if isinstance(queries, Tensor) else np.asarray(queries)
     ans = answers.detach().cpu().numpy() if isinstance(answers, Tensor) else np.asarray(answers)
     if q.ndim != 2 or q.shape[1] < 2 or ans.shape != (len(q),):
@@ -797,7 +814,7 @@ def _path_weights_checked(
         return q, [{} for _ in range(n_q)]
     root = ("root",)
     # per query: node key -> {sequence: weight}; node key -> entity; node key -> inflow A
-    states: list[dict[Any, dict[tuple[int, ...], float]]] = [{root: {(): 1.0}} for _ in range(n_q)]
+    states: list[dict[Any, dict[tuple[Any, ...], float]]] = [{root: {(): 1.0}} for _ in range(n_q)]
     entity_of: list[dict[Any, int]] = [{root: int(q[n, 0])} for n in range(n_q)]
     inflow: list[dict[Any, float]] = [{root: 1.0} for _ in range(n_q)]
     cumulative = weight == "a" and attention == "cumulative"
@@ -819,6 +836,7 @@ def _path_weights_checked(
             "ent": _flat(s.child_entity),
             "pt": _flat(s.parent_time) if timed else None,
             "ct": _flat(s.child_time) if timed else None,
+            "dt": _flat(s.child_time) if time_order else None,
         }
         lengths = {len(v) for v in cols.values() if v is not None}
         if len(lengths) > 1:
@@ -828,8 +846,16 @@ def _path_weights_checked(
                 found={k: len(v) for k, v in cols.items() if v is not None},
                 fix="pass the kept edges of each step with aligned fields",
             )
+        if time_order and (cols["dt"] is None or q.shape[1] < 4):
+            raise DataError(
+                "time_order needs edge times and query times",
+                expected="StepEdges.child_time and queries (N, 4) [h, r_q, answer, t_q]",
+                found=f"child_time {'missing' if cols['dt'] is None else 'given'}, "
+                f"queries {tuple(q.shape)}",
+                fix="pass the model's steps of a temporal KG, or time_order=False",
+            )
         by_index = cols["ent"] is not None
-        new_states: list[dict[Any, dict[tuple[int, ...], float]]] = [{} for _ in range(n_q)]
+        new_states: list[dict[Any, dict[tuple[Any, ...], float]]] = [{} for _ in range(n_q)]
         new_entity: list[dict[Any, int]] = [{} for _ in range(n_q)]
         new_inflow: list[dict[Any, float]] = [{} for _ in range(n_q)]
         for k, n in enumerate(cols["query"]):  # type: ignore[arg-type]
@@ -866,20 +892,39 @@ def _path_weights_checked(
                     continue
                 factor /= a_parent
             dst = new_states[n].setdefault(dst_key, {})
+            atom: Any = r if not time_order else (r, int(cols["dt"][k]) - int(q[n, 3]))  # type: ignore[index]
+            left = entity_of[n].get(src_key, -1)
             for seq, sw in src.items():
-                key = seq if r == self_id else (*seq, r)
+                if r == self_id:
+                    key = seq
+                elif not reduce_backtracks:
+                    key = (*seq, atom)
+                elif seq and seq[-1][1] == ent and _inverse(seq[-1][0], n_relations) == atom:
+                    key = seq[:-1]  # u -r-> v -r^-1-> u: the two atoms cancel
+                else:
+                    key = (*seq, (atom, left))
                 dst[key] = dst.get(key, 0.0) + sw * factor
         states, entity_of, inflow = new_states, new_entity, new_inflow
-    per_query: list[dict[tuple[int, ...], float]] = []
+    per_query: list[dict[tuple[Any, ...], float]] = []
     for n, st in enumerate(states):
-        acc: dict[tuple[int, ...], float] = {}
+        acc: dict[tuple[Any, ...], float] = {}
         for node, seqs in st.items():
             if entity_of[n].get(node) != int(ans[n]):
                 continue
             for seq, sw in seqs.items():
+                if reduce_backtracks:
+                    seq = tuple(x[0] for x in seq)
                 acc[seq] = acc.get(seq, 0.0) + sw
         per_query.append(acc)
     return q, per_query
+
+
+def _inverse(atom: Any, n_relations: int) -> Any:
+    """The inverse of a sequence element ``r`` or ``(r, dt)`` (same time offset)."""
+    big_r = int(n_relations)
+    if isinstance(atom, tuple):
+        return (_inverse(atom[0], big_r), atom[1])
+    return atom + big_r if atom < big_r else atom - big_r
 
 
 def fari_paths(
@@ -891,6 +936,8 @@ def fari_paths(
     *,
     weight: Literal["a", "beta"] = "a",
     attention: Literal["per_edge", "cumulative"] = "per_edge",
+    time_order: bool = False,
+    reduce_backtracks: bool = False,
 ) -> dict[int, list[Rule]]:
     r"""FARI variant (b): relation sequences of root-to-answer paths, weighted by attention.
 
@@ -908,6 +955,17 @@ def fari_paths(
         \mathrm{conf}(r_q, \mathbf{s}) = w(r_q, \mathbf{s}) / \textstyle\sum_{\mathbf{s}'}
         w(r_q, \mathbf{s}').
 
+    With ``time_order`` (temporal KGs: edges with ``child_time``, queries ``[h, r_q, a, t_q]``)
+    each rule also gets :attr:`Rule.time_order`, the offsets ``child_time - t_q`` of its body
+    atoms (self-loops dropped) on the paths carrying most of the body's weight, e.g. ``(-1,)``
+    for ``B(X,Y,t) <= A(X,Y,t-1)``.
+
+    With ``reduce_backtracks`` a walk that steps back to the entity it just left along the
+    inverse of the atom it just took (``u -r-> v -r^-1-> u``) is reduced by cancelling the two
+    atoms, as self-loops are dropped: ``x -A-> y -A^-1-> x -A-> y`` counts for the body ``A``,
+    not ``A, A^-1, A`` (an ``r, r^-1`` pair through a *different* entity, as in
+    ``sibling <= parent^-1, parent``, is kept).
+
     Paths are enumerated by a forward pass that carries, per node, the summed weight of each
     relation sequence reaching it, so shared prefixes are not enumerated twice.
 
@@ -916,20 +974,47 @@ def fari_paths(
         Output: ``{r_q: [Rule, ...]}`` sorted by confidence; the confidences of a head sum to 1.
     """
     q, per_query = _path_weights_checked(
-        step_edges, queries, answers, n_relations, max_len, weight, attention
+        step_edges,
+        queries,
+        answers,
+        n_relations,
+        max_len,
+        weight,
+        attention,
+        time_order,
+        reduce_backtracks,
     )
     totals: dict[int, dict[tuple[int, ...], float]] = {}
+    timings: dict[int, dict[tuple[int, ...], dict[tuple[int, ...], float]]] = {}
     for n, weights in enumerate(per_query):
         acc = totals.setdefault(int(q[n, 1]), {})
+        when = timings.setdefault(int(q[n, 1]), {})
         for seq, sw in weights.items():
-            if seq:  # an all-self-loop path is no rule
-                acc[seq] = acc.get(seq, 0.0) + sw
+            if not seq:  # an all-self-loop path is no rule
+                continue
+            body = tuple(x[0] for x in seq) if time_order else seq
+            acc[body] = acc.get(body, 0.0) + sw
+            if time_order:
+                offsets = when.setdefault(body, {})
+                dt = tuple(x[1] for x in seq)
+                offsets[dt] = offsets.get(dt, 0.0) + sw
     out: dict[int, list[Rule]] = {}
     for head, acc in sorted(totals.items()):
         z = sum(acc.values())
         if z > 0:
-            out[head] = _dedupe_sorted(head, ((seq, w / z) for seq, w in acc.items()))
+            rules = _dedupe_sorted(head, ((seq, w / z) for seq, w in acc.items()))
+            if time_order:
+                rules = [
+                    dataclasses.replace(r, time_order=_heaviest(timings[head][tuple(r.body)]))
+                    for r in rules
+                ]
+            out[head] = rules
     return out
+
+
+def _heaviest(weights: Mapping[tuple[int, ...], float]) -> tuple[int, ...]:
+    """The key of the largest weight (ties: the smallest key, for determinism)."""
+    return min(weights.items(), key=lambda kv: (-kv[1], kv[0]))[0]
 
 
 # ----------------------------------------------------------------------------------------------
