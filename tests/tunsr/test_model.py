@@ -262,3 +262,12 @@ def test_fol_scores_depend_on_beta_alone_and_fol_loss_trains_only_the_first_orde
     fol_loss(again["fol_scores"], queries[:, 2]).backward()
     assert model.w_beta.weight.grad is not None and model.w_beta.weight.grad.abs().sum() > 0
     assert model.layers[0].w_alpha.weight.grad is None
+
+
+def test_nll_loss_is_the_answer_share_of_attention() -> None:
+    from clinfuse.methods.tunsr.config import TunsrConfig
+    from clinfuse.methods.tunsr.model import tunsr_loss
+
+    s = torch.tensor([[0.2, 0.6, 0.2], [0.5, 0.25, 0.25]])
+    got = tunsr_loss(s, torch.tensor([1, 0]), TunsrConfig(loss="nll"))
+    assert torch.isclose(got, -(torch.log(torch.tensor(0.6)) + torch.log(torch.tensor(0.5))) / 2)

@@ -105,8 +105,9 @@ class TunsrConfig:
     """Dropout on node states h and g after each layer (TECHS: 0.1) [T]."""
 
     # -- training --------------------------------------------------------------------------
-    loss: Literal["ce", "bce"] = "ce"
-    """`ce`: softmax CE over all entities (RED-GNN max_min) [R]; `bce`: smoothed BCE [T]."""
+    loss: Literal["ce", "bce", "nll"] = "ce"
+    """`ce`: softmax CE over all entities (RED-GNN max_min) [R]; `bce`: smoothed BCE [T];
+    `nll`: -log of the answer's share of the attention mass [inferred]."""
     label_smooth: float | None = None
     """ce: label smoothing (None = 0) [R]; bce: positive target 1 - eps (None = 0.1) [T]."""
     fol_loss_weight: float = 0.0
@@ -149,7 +150,7 @@ class TunsrConfig:
     @property
     def smoothing(self) -> float:
         """The label-smoothing epsilon of the chosen loss."""
-        default = {"ce": 0.0, "bce": 0.1}[self.loss]
+        default = {"ce": 0.0, "bce": 0.1, "nll": 0.0}[self.loss]
         return default if self.label_smooth is None else self.label_smooth
 
     def validate(self) -> None:

@@ -367,7 +367,18 @@ def _bce(scores: Tensor, targets: Tensor, eps: float) -> Tensor:
     return F.binary_cross_entropy(p.clamp(1e-10, 1.0 - 1e-7), y, reduction="none").sum(-1).mean()
 
 
-LOSSES: dict[str, Callable[[Tensor, Tensor, float], Tensor]] = {"ce": _ce, "bce": _bce}
+def _nll(scores: Tensor, targets: Tensor, eps: float) -> Tensor:
+    p = scores / scores.sum(-1, keepdim=True).clamp_min(1e-30)
+    logp = p.clamp_min(1e-10).log()
+    gold = logp[torch.arange(len(targets), device=p.device), targets]
+    return -((1.0 - eps) * gold + eps * logp.mean(-1)).mean()
+
+
+LOSSES: dict[str, Callable[[Tensor, Tensor, float], Tensor]] = {
+    "ce": _ce,
+    "bce": _bce,
+    "nll": _nll,
+}
 """Loss function of each ``loss`` option, ``(scores, targets, eps) -> scalar``."""
 
 
@@ -379,6 +390,9 @@ def tunsr_loss(scores: Tensor, targets: Tensor, cfg: TunsrConfig) -> Tensor:
     :math:`p_e = s_e / \sum_{e'} s_{e'}` (scores are non-negative) and targets
     :math:`y_e = (1 - \epsilon) 1[e = a] + 10^{-4}` (TECHS: 0.9 and 1e-4),
     :math:`-\sum_e y_e \log p_e + (1 - y_e) \log(1 - p_e)` averaged over the batch.
+    ``nll`` [inferred]: the likelihood of the answer under the normalised attention mass,
+    :math:`-(1-\epsilon)\log p_a - \epsilon\,\overline{\log p}`; with ``att`` scores in [0, 1]
+    the softmax of ``ce`` is nearly uniform on dense graphs, this loss is not.
 
     Shape:
         scores: ``(B, E)``; targets: ``(B,)`` int64. Output: scalar.
