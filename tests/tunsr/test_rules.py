@@ -20,11 +20,11 @@ from clinfuse.methods.tunsr.rules import (
     fari_schema,
     format_rule,
     parse_rule,
+    path_weights,
     rule_stats,
     threshold_rules,
     write_rules,
 )
-from clinfuse.methods.tunsr.rules import _path_weights as path_weights
 
 # ----------------------------------------------------------------------------------------------
 # Brute-force oracle: enumerate every assignment of the chain variables X, A, ..., Y

@@ -30,6 +30,7 @@ from clinfuse.methods.tunsr.rules import (
     fari_paths,
     fari_schema,
     format_rule,
+    path_weights,
     rule_stats,
     write_rules,
 )
@@ -293,18 +294,27 @@ class Tunsr(Learner):
             q = queries[i : i + self.config.eval_batch_size]
             with torch.no_grad():
                 steps = model.eval()(q, graph)["steps"]
+            per_answer = [
+                path_weights(
+                    steps,
+                    q,
+                    answers[i : i + len(q), c],
+                    kg.n_relations,
+                    self.config.n_layers,
+                    attention="cumulative",
+                    reduce_backtracks=self.config.fari_reduce_backtracks,
+                )
+                for c in range(answers.shape[1])
+            ]
             for j in range(len(q)):
+                head = int(q[j, 1]) % (2 * kg.n_relations)
                 parts = []
-                for e in answers[i + j].tolist():
-                    merged: dict[tuple[int, ...], float] = {}
-                    for rels, w in top_paths(steps, j, e, 3 * k):
-                        body = tuple(r for r in rels if r != 2 * kg.n_relations)
-                        if body:  # paths differing only by self-loops are one rule
-                            merged[body] = merged.get(body, 0.0) + w
-                    head = int(q[j, 1]) % (2 * kg.n_relations)
+                for c, e in enumerate(answers[i + j].tolist()):
+                    weights = per_answer[c][j]
                     shown = [
                         f"{format_rule(Rule(head, body), _names(kg))} [{w:.3f}]"
-                        for body, w in sorted(merged.items(), key=lambda x: -x[1])[:k]
+                        for body, w in sorted(weights.items(), key=lambda x: -x[1])[:k]
+                        if body  # an all-self-loop path is no rule
                     ]
                     parts.append(f"{kg.entities[e]}: " + ("; ".join(shown) or "no path"))
                 texts.append(" | ".join(parts))
@@ -418,45 +428,6 @@ def _names(kg: KG) -> list[str]:
 def relation_name(kg: KG, r: int) -> str:
     """Name of relation id ``r``, inverse ids ``r + R`` as ``inv_<name>``."""
     return kg.relations[r] if r < kg.n_relations else f"inv_{kg.relations[r - kg.n_relations]}"
-
-
-def top_paths(
-    steps: list[dict[str, torch.Tensor]], query: int, entity: int, k: int = 3
-) -> list[tuple[tuple[int, ...], float]]:
-    r"""The ``k`` root-to-``entity`` relation paths of ``query`` with the largest weight.
-
-    ``steps`` is ``TunsrModel.forward(...)["steps"]``, whose ``a`` is cumulative (path product,
-    normalised per query). A path's weight is :math:`\prod_l a_{\varepsilon_l} / A_{p_l}` with
-    :math:`A_p` the attention of the edge's parent node, so the weights of the paths reaching a
-    node sum to its attention. A beam of ``4k`` partial paths is kept per step (backward search).
-    """
-    node_att = []  # attention of the child nodes of each step
-    for s in steps:
-        n = int(s["child"].max()) + 1 if len(s["child"]) else 0
-        node_att.append(torch.zeros(n, dtype=s["a"].dtype).index_add(0, s["child"], s["a"]))
-
-    def share(layer: int, i: int) -> float:
-        s = steps[layer]
-        parent_att = 1.0 if layer == 0 else float(node_att[layer - 1][s["parent"][i]])
-        return float(s["a"][i]) / max(parent_att, 1e-30)
-
-    last = len(steps) - 1
-    sel = (steps[last]["query"] == query) & (steps[last]["child_entity"] == entity)
-    frontier = [
-        ((int(steps[last]["rel"][i]),), int(steps[last]["parent"][i]), share(last, i))
-        for i in torch.nonzero(sel).flatten().tolist()
-    ]
-    for layer in range(last - 1, -1, -1):
-        s = steps[layer]
-        nxt = []
-        for rels, node, w in frontier:
-            for i in torch.nonzero(s["child"] == node).flatten().tolist():
-                nxt.append(((int(s["rel"][i]), *rels), int(s["parent"][i]), w * share(layer, i)))
-        frontier = sorted(nxt, key=lambda x: -x[2])[: 4 * k]
-    best: dict[tuple[int, ...], float] = {}
-    for rels, _, w in frontier:
-        best[rels] = best.get(rels, 0.0) + w
-    return sorted(best.items(), key=lambda x: -x[1])[:k]
 
 
 def _heaviest(weights: dict[tuple[int, ...], float] | None) -> tuple[int, ...] | None:

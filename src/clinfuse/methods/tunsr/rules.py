@@ -753,7 +753,7 @@ def _flat(t: Tensor | None) -> list[Any] | None:
     return None if t is None else t.detach().cpu().reshape(-1).tolist()
 
 
-def _path_weights(
+def path_weights(
     step_edges: Sequence[StepEdges | Mapping[str, Any]],
     queries: Tensor | np.ndarray,
     answers: Tensor | np.ndarray,
@@ -761,6 +761,8 @@ def _path_weights(
     max_len: int,
     weight: Literal["a", "beta"] = "a",
     attention: Literal["per_edge", "cumulative"] = "per_edge",
+    *,
+    reduce_backtracks: bool = False,
 ) -> list[dict[tuple[int, ...], float]]:
     """Per query: ``{relation sequence without self-loops: summed path weight}`` to its answer.
 
@@ -768,7 +770,14 @@ def _path_weights(
     a query sum to the answer's node attention :math:`A_y` (its ``att`` score).
     """
     return _path_weights_checked(
-        step_edges, queries, answers, n_relations, max_len, weight, attention
+        step_edges,
+        queries,
+        answers,
+        n_relations,
+        max_len,
+        weight,
+        attention,
+        reduce_backtracks=reduce_backtracks,
     )[1]
 
 
@@ -783,7 +792,7 @@ def _path_weights_checked(
     time_order: bool = False,
     reduce_backtracks: bool = False,
 ) -> tuple[np.ndarray, list[dict[tuple[Any, ...], float]]]:
-    """See :func:`_path_weights`. With ``time_order`` (edges carry ``child_time``, queries their
+    """See :func:`path_weights`. With ``time_order`` (edges carry ``child_time``, queries their
     time in column 3) each sequence element is ``(r, child_time - t_q)`` instead of ``r``.
 
     With ``reduce_backtracks`` a walk is reduced as it grows: an edge ``r^-1`` that returns to
