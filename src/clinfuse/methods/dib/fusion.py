@@ -9,6 +9,7 @@ pooling over valid frames, and a MulT-style transformer layer).
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar, NamedTuple
@@ -117,7 +118,7 @@ def transformer_layer(dim: int, heads: int, dropouts: Dropouts) -> nn.Transforme
 # --- fusions -----------------------------------------------------------------------------------
 
 
-class Fusion(nn.Module):
+class Fusion(nn.Module, abc.ABC):
     """Base of the fusion modules: ``forward(z, tokens, lengths) -> (B, dim)``.
 
     ``z[m]`` is the unimodal latent ``(B, dim)`` of modality ``m``. Fusions with
@@ -127,16 +128,18 @@ class Fusion(nn.Module):
     uses_tokens: ClassVar[bool] = False
 
     @classmethod
-    def from_config(cls, cfg: DIBConfig) -> Fusion:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def from_config(cls, cfg: DIBConfig) -> Fusion:
+        """Build the fusion from a DIB config."""
 
+    @abc.abstractmethod
     def forward(
         self,
         z: Mapping[str, Tensor],
         tokens: Mapping[str, Tensor] | None = None,
         lengths: Mapping[str, Tensor] | None = None,
-    ) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    ) -> Tensor:
+        """Fuse the modality latents into one ``(B, dim)`` vector."""
 
 
 FUSIONS: Registry[type[Fusion]] = Registry("fusion")
