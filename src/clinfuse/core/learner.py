@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from clinfuse.core.config import config_from_dict
+from clinfuse.core.errors import ConfigError
 from clinfuse.core.registry import Registry
 from clinfuse.core.runs import RunDir
 
@@ -71,6 +72,19 @@ class Learner(abc.ABC):
         """Run after ``fit`` on the quick preset: the row and plots of the demo report."""
 
     # -- shared --------------------------------------------------------------------------
+    def _require_model(self) -> Any:
+        """``self.model``, or a clear error when the learner is neither trained nor loaded."""
+        model = getattr(self, "model", None)
+        if model is None:
+            name = type(self).__name__
+            raise ConfigError(
+                f"the {name} model is not trained or loaded",
+                expected=f"fit() or {name}.from_run(run)",
+                found="no model",
+                fix="call fit first, or load a run",
+            )
+        return model
+
     @classmethod
     def from_run(cls, run: RunDir, checkpoint: str = "best") -> Learner:
         """Rebuild the learner saved in ``run`` from its config.json and checkpoint."""

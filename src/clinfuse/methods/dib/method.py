@@ -17,7 +17,6 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from clinfuse.core.errors import ConfigError
 from clinfuse.core.learner import METHODS, DemoResult, Learner
 from clinfuse.core.loop import fit_loop, make_accelerator
 from clinfuse.core.runs import RunDir
@@ -187,16 +186,6 @@ class DIB(Learner):
         log.info("dib run written to %s", run.path)
 
     # -- inference ------------------------------------------------------------------------
-    def _require_model(self) -> DIBModel:
-        if self.model is None:
-            raise ConfigError(
-                "the DIB model is not trained or loaded",
-                expected="fit() or DIB.from_run(run)",
-                found="no model",
-                fix="call fit first, or load a run",
-            )
-        return self.model
-
     @torch.no_grad()
     def _forward_split(
         self, m: torch.nn.Module, split: MSASplit, device: torch.device | str = "cpu"

@@ -73,6 +73,7 @@ class Tunsr(Learner):
         self.model: TunsrModel | None = None
         self.sizes: dict[str, int] | None = None
         self._graphs: dict[tuple[int, str], CSR] = {}
+        self._filters: dict[int, FilterIndex] = {}
 
     # -- data -----------------------------------------------------------------------------
     def load_data(self, path: str | None = None) -> KG:
@@ -199,32 +200,16 @@ class Tunsr(Learner):
         log.info("tunsr run written to %s", run.path)
 
     # -- inference ------------------------------------------------------------------------
-    def _require_model(self) -> TunsrModel:
-        if self.model is None:
-            raise ConfigError(
-                "the Tunsr model is not trained or loaded",
-                expected="fit() or Tunsr.from_run(run)",
-                found="no model",
-                fix="call fit first, or load a run",
-            )
-        return self.model
-
     def _queries(self, kg: KG, split: str) -> torch.Tensor:
         if split not in kg.queries:
             raise DataError(f"unknown split {split!r}", expected="|".join(kg.queries), found=split)
         return both_directions(kg.queries[split], kg.n_relations)
 
     def _filter(self, kg: KG) -> FilterIndex:
-        key = (id(kg), "filter")
-        if key not in self._graphs:
-            every = [kg.facts, *kg.queries.values()]
-            if kg.inductive_facts is not None:
-                every.append(kg.inductive_facts)
-            rows = both_directions(np.concatenate(every), kg.n_relations)
-            self._graphs[key] = FilterIndex.from_triples(  # type: ignore[assignment]
-                rows, kg.n_entities, time_aware=kg.temporal
-            )
-        return self._graphs[key]  # type: ignore[return-value]
+        key = id(kg)
+        if key not in self._filters:
+            self._filters[key] = filter_index(kg)
+        return self._filters[key]
 
     @torch.no_grad()
     def _scores(
@@ -465,6 +450,16 @@ def rank_rules(rules: dict[int, list[Rule]], kg: KG) -> dict[int, list[Rule]]:
     return out
 
 
+def filter_index(kg: KG) -> FilterIndex:
+    """Known answers of ``kg`` for filtered ranking: every fact and query triple (inductive test
+    graph included), both directions; keyed by time on temporal KGs (time-aware filter)."""
+    every = [kg.facts, *kg.queries.values()]
+    if kg.inductive_facts is not None:
+        every.append(kg.inductive_facts)
+    rows = both_directions(np.concatenate(every), kg.n_relations)
+    return FilterIndex.from_triples(rows, kg.n_entities, time_aware=kg.temporal)
+
+
 def fari_recovery(rules: dict[int, list[Rule]], truth: list[Rule]) -> float:
     """Fraction of ground-truth rules whose body FARI ranks first for their head; a rule with a
     ``time_order`` counts only if the top rule has the same time order."""
@@ -509,8 +504,4 @@ def mined_rule_baseline(kg: KG, max_len: int = 2, top: int = 20) -> dict[str, fl
     scores = apply_rules(
         chosen, graph, queries[:, :2].numpy(), kg.n_entities, n_relations=kg.n_relations
     )
-    every = np.concatenate([kg.facts, *kg.queries.values()])
-    mask = FilterIndex.from_triples(both_directions(every, kg.n_relations), kg.n_entities).mask(
-        queries
-    )
-    return summarize(filtered_ranks(scores, queries[:, 2], mask))
+    return summarize(filtered_ranks(scores, queries[:, 2], filter_index(kg).mask(queries)))
