@@ -104,7 +104,52 @@ def run_one(name: str, epochs: int, max_train: int, overrides: list[str]) -> dic
         "fit_seconds": fit_seconds,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "torch_threads": torch.get_num_threads(),
+        "device": str(learner._device()),
+        "peak_gpu_mib": (
+            torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
+        ),
+        "train_seconds_total": sum(epoch_s),
+        "valid_mrr_per_epoch": [float(r["valid_mrr"]) for r in history],
     }
+
+
+def _row(name: str, r: dict) -> str:
+    if "error" in r:
+        return f"| {name} | failed: {r['error'].strip().splitlines()[-1][:80]} |" + " |" * 11
+    ref = SETS[r.get("set", name)][2]
+    return (
+        f"| {name} | {r['scenario']} | {r['train_queries_used']} of "
+        f"{r['train_queries_available']} | {r['epochs']} | {r['test_mrr']:.3f} "
+        f"({r['test_optimistic_mrr']:.3f}/{r['test_pessimistic_mrr']:.3f}) | "
+        f"{r['test_hits@1']:.3f} | {r['test_hits@10']:.3f} | {r['seconds_per_epoch']:.1f} | "
+        f"{r['train_queries_per_s']:.0f} | {r['eval_queries_per_s']:.0f} | "
+        f"{r['peak_rss_mib']:.0f} / {r.get('peak_gpu_mib', 0):.0f} | {ref} |"
+    )
+
+
+def _plan(args: argparse.Namespace) -> list[dict]:
+    """Jobs: ``--plan FILE`` (a JSON list of {set, label, epochs, max_train_queries,
+    overrides}) or one job per ``--sets`` entry with the command-line budget."""
+    if args.plan:
+        jobs = json.loads(Path(args.plan).read_text())
+        for j in jobs:
+            if j["set"] not in SETS:
+                raise SystemExit(f"unknown set {j['set']!r} in {args.plan}; one of {list(SETS)}")
+            j.setdefault("label", j["set"])
+            j.setdefault("epochs", args.epochs)
+            j.setdefault("max_train_queries", args.max_train_queries)
+            j["overrides"] = [*args.set, *j.get("overrides", [])]
+        return jobs
+    return [
+        {
+            "set": n,
+            "label": n,
+            "epochs": args.epochs,
+            "max_train_queries": args.max_train_queries,
+            "overrides": list(args.set),
+        }
+        for n in args.sets
+    ]
 
 
 def main() -> None:
@@ -113,74 +158,91 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--max-train-queries", type=int, default=4000)
     ap.add_argument("--set", action="append", default=[], help="extra config overrides")
+    ap.add_argument("--plan", help="JSON list of jobs (set, label, epochs, overrides, ...)")
+    ap.add_argument("--jobs", type=int, default=1, help="data sets run at once")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per job (0: default)")
+    ap.add_argument("--timeout", type=float, default=None, help="seconds per job")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "tunsr.json"))
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:  # child process: one data set, result as JSON on stdout
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         res = run_one(args.one, args.epochs, args.max_train_queries, args.set)
         print("RESULT " + json.dumps(res))
         return
-    out = Path(args.out)
-    state = json.loads(out.read_text()) if out.exists() else {}
-    state.setdefault("results", {})
-    state["machine"] = {"platform": platform.platform(), "cpu_count": os.cpu_count()}
-    state["budget"] = {
-        "epochs": args.epochs,
-        "max_train_queries": args.max_train_queries,
-        "overrides": args.set,
-    }
     from clinfuse.core.runs import atomic_write_json
 
-    for name in args.sets:
-        source = SETS[name][0]
-        if name != "nations" and not Path(source).exists():
-            print(f"skipping {name}: {source} not present")
-            continue
-        if name in state["results"]:
-            continue
-        print(f"{name} ...", flush=True)
-        cmd = [
-            sys.executable,
-            __file__,
-            "--one",
-            name,
-            "--epochs",
-            str(args.epochs),
-            "--max-train-queries",
-            str(args.max_train_queries),
-        ]
-        for s in args.set:
-            cmd += ["--set", s]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode != 0 or not lines:
-            state["results"][name] = {"error": proc.stderr[-2000:]}
-            print(f"{name} failed:\n{proc.stderr[-2000:]}")
-        else:
-            state["results"][name] = json.loads(lines[-1][len("RESULT ") :])
-        atomic_write_json(out, state)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    state = json.loads(out.read_text()) if out.exists() else {}
+    state.setdefault("results", {})
+    state["machine"] = _machine()
+    pending = []
+    for job in _plan(args):
+        source = SETS[job["set"]][0]
+        if job["set"] != "nations" and not Path(source).exists():
+            print(f"skipping {job['label']}: {source} not present")
+        elif job["label"] not in state["results"]:  # finished jobs are kept (resumable)
+            pending.append(job)
+    running: list[tuple[dict, subprocess.Popen, float]] = []
+    while pending or running:
+        while pending and len(running) < max(args.jobs, 1):
+            job = pending.pop(0)
+            cmd = [sys.executable, __file__, "--one", job["set"], "--epochs", str(job["epochs"])]
+            cmd += ["--max-train-queries", str(job["max_train_queries"])]
+            cmd += ["--threads", str(args.threads)]
+            for o in job["overrides"]:
+                cmd += ["--set", o]
+            print(f"{job['label']} started: {' '.join(job['overrides'])}", flush=True)
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            running.append((job, proc, time.perf_counter()))
+        time.sleep(1.0)
+        for item in list(running):
+            job, proc, started = item
+            late = args.timeout is not None and time.perf_counter() - started > args.timeout
+            if proc.poll() is None and not late:
+                continue
+            if late and proc.poll() is None:
+                proc.kill()
+            stdout, stderr = proc.communicate()
+            running.remove(item)
+            lines = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")]
+            if lines:
+                res = json.loads(lines[-1][len("RESULT ") :])
+                res.update(set=job["set"], overrides=job["overrides"])
+            else:
+                why = f"timed out after {args.timeout:.0f} s" if late else stderr[-2000:]
+                res = {"error": why or "no result", "set": job["set"]}
+            state["results"][job["label"]] = res
+            atomic_write_json(out, state)
+            print(_row(job["label"], res), flush=True)
     rows = [
-        "| set | scenario | train queries used | epochs | test MRR (opt/pess) | Hits@1 | "
-        "Hits@10 | s/epoch | train q/s | eval q/s | peak RSS MiB | reference |",
+        "| run | scenario | train queries used | epochs | test MRR (opt/pess) | Hits@1 | "
+        "Hits@10 | s/epoch | train q/s | eval q/s | peak RSS / GPU MiB | reference |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, r in state["results"].items():
-        if "error" in r:
-            rows.append(f"| {name} | failed | | | | | | | | | | |")
-            continue
-        rows.append(
-            f"| {name} | {r['scenario']} | {r['train_queries_used']} of "
-            f"{r['train_queries_available']} | {r['epochs']} | {r['test_mrr']:.3f} "
-            f"({r['test_optimistic_mrr']:.3f}/{r['test_pessimistic_mrr']:.3f}) | "
-            f"{r['test_hits@1']:.3f} | {r['test_hits@10']:.3f} | {r['seconds_per_epoch']:.1f} | "
-            f"{r['train_queries_per_s']:.0f} | {r['eval_queries_per_s']:.0f} | "
-            f"{r['peak_rss_mib']:.0f} | {SETS[name][2]} |"
-        )
+    rows += [_row(name, r) for name, r in state["results"].items()]
     table = "\n".join(rows)
     md = out.with_suffix(".md")
-    md.write_text(f"budget {state['budget']}; machine {state['machine']}\n\n{table}\n")
+    md.write_text(f"machine {state['machine']}\n\n{table}\n")
     print(table)
     print(f"results written to {out} and {md}")
+
+
+def _machine() -> dict:
+    info = {"platform": platform.platform(), "cpu_count": os.cpu_count()}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+        info["torch"] = torch.__version__
+    except Exception:  # noqa: BLE001 - machine notes are best effort
+        pass
+    return info
 
 
 if __name__ == "__main__":

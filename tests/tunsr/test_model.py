@@ -83,7 +83,7 @@ def test_inductive_scores_are_invariant_to_relabelling_entities() -> None:
     s = model(queries, Adjacency.from_triples(with_inverse(facts, R), E), train=True)["scores"]
     s2 = model(rq, Adjacency.from_triples(with_inverse(relabel, R), E), train=True)["scores"]
     assert torch.allclose(s2[:, perm], s, atol=1e-5)
-    assert (s > 0).sum() > 20  # non-trivial
+    assert (s != 0).sum() > 20  # non-trivial
     # with entity embeddings the same relabelling changes the scores
     model_t = make(TunsrConfig(score="both", max_nodes=10_000, dropout=0.0)).eval()
     st = model_t(queries, Adjacency.from_triples(with_inverse(facts, R), E))["scores"]
@@ -129,7 +129,7 @@ def test_batch_equals_single_query_calls() -> None:
     batch = model(queries, adj, train=True)["scores"]
     singles = torch.cat([model(q[None], adj, train=True)["scores"] for q in queries])
     assert torch.allclose(batch, singles, atol=1e-6)
-    assert (batch > 0).sum(1).min() > 1
+    assert (batch != 0).sum(1).min() > 1
 
 
 def test_fari_interface_reproduces_first_step_beta() -> None:

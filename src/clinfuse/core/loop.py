@@ -137,6 +137,7 @@ def fit_loop(
     accelerator: Any = None,
     extra_state: Callable[[], Mapping[str, Any]] | None = None,
     on_epoch_end: Callable[[int, Mapping[str, float]], None] | None = None,
+    max_seconds: float | None = None,
 ) -> LoopResult:
     """Train ``model`` for up to ``epochs`` epochs, keeping the best by ``monitor``.
 
@@ -145,6 +146,8 @@ def fit_loop(
     ``monitor``. Checkpoints ``last`` (every epoch) and ``best`` hold the model, optimizer, epoch,
     early-stopping state and RNG state; ``resume=True`` continues from ``last``.
     The ``model``/``optimizer``/``train_loader`` given must already be prepared by ``accelerator``.
+    ``max_seconds`` stops after the first epoch that ends past that much wall time since the call
+    (a time budget; the best checkpoint is kept as usual).
     """
     acc = accelerator or LocalAccelerator()
     main = acc.is_main_process
@@ -165,6 +168,7 @@ def fit_loop(
 
     stopped = False
     epoch = start_epoch - 1
+    loop_started = time.perf_counter()
     bar = tqdm(
         range(start_epoch, epochs + 1),
         desc="epochs",
@@ -236,6 +240,10 @@ def fit_loop(
         if patience is not None and bad >= patience:
             stopped = True
             log.info("early stop at epoch %d: no %s improvement for %d epochs", epoch, monitor, bad)
+            break
+        if max_seconds is not None and time.perf_counter() - loop_started > max_seconds:
+            stopped = True
+            log.info("time budget of %.0f s spent after epoch %d", max_seconds, epoch)
             break
     bar.close()
     if getattr(acc, "num_processes", 1) > 1:

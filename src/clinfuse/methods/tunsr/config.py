@@ -53,7 +53,9 @@ class TunsrConfig:
     scenario: Scenario = "transductive"
     """Task: transductive, inductive (unseen test entities), interpolation, extrapolation [P]."""
     fact_ratio: float | None = None
-    """None keeps the data's facts/queries split; a float re-splits train (AdaProp .90-.99) [R]."""
+    """None keeps the data's facts/queries split; a float re-splits train (AdaProp .90-.99) [R];
+    1 keeps all of train as the graph and as queries, each query's own fact hidden from its
+    reasoning graph by the leakage guard (RNNLogic, RED-GNN inductive) [R]."""
     fari: Literal["schema", "paths"] = "paths"
     """FARI variant written to rules.txt: schema beam on first-order attention, or attention-
     weighted instance paths of the training queries (the other is reported too) [inferred]."""
@@ -66,6 +68,9 @@ class TunsrConfig:
     """FARI paths: cancel a backtrack u -r-> v -r^-1-> u in a root-to-answer walk (its two atoms
     add nothing to the body, like self-loops), so the walk counts for its reduced body
     [inferred]."""
+    fari_max_queries: int | None = 5000
+    """FARI paths reads the reasoning graphs of at most this many training queries (a seeded
+    sample; None: all of them) [inferred]."""
     eval_graph: Literal["facts", "facts+train"] = "facts+train"
     """Graph valid/test queries are answered from (transductive): facts, or facts plus the train
     queries as RED-GNN does [R]."""
@@ -97,8 +102,16 @@ class TunsrConfig:
     """Weight lambda of alpha in a = lambda alpha + (1 - lambda) beta (TECHS: 0.5) [T]."""
     learn_mix: bool = False
     """Learn lambda (initialised at attention_mix, kept in (0, 1) by a sigmoid) [inferred]."""
+    message_weight: Literal["mass", "gate"] = "mass"
+    """Weight of each edge's message in h_c: `mass`, its share a_e A_p of the query's attention
+    mass (TECHS); `gate`, its attention a_e alone, unnormalised (RED-GNN's sigmoid gate), so
+    h does not shrink as the graph fans out. Attention scores and FARI use the mass either
+    way [inferred]."""
     score: Literal["att", "emd", "both"] = "att"
     """Entity score: summed node attention, relu(w h) of final nodes, or their sum [T]."""
+    emd_output: Literal["linear", "relu", "softplus"] | None = None
+    """Map of w^T h to the emd score: None = `linear` under ce (RED-GNN, unbounded) and
+    `softplus` under bce/nll, which need non-negative scores [R][inferred]."""
     use_entity_embeddings: bool | None = None
     """Entity embeddings in q and x_c; None = all scenarios but inductive [inferred]."""
     dropout: float = 0.1
@@ -129,6 +142,18 @@ class TunsrConfig:
     """Maximum training epochs [inferred]."""
     patience: int = 3
     """Epochs without validation MRR improvement before early stopping [inferred]."""
+    max_train_minutes: float | None = None
+    """Time budget: stop after the first epoch that ends past it (None: no budget)."""
+    valid_max_queries: int | None = None
+    """Validate each epoch on a seeded sample of this many valid triples (None: all); the
+    final valid/test metrics always use every triple."""
+
+    @property
+    def emd_map(self) -> str:
+        """The resolved ``emd_output``."""
+        if self.emd_output is not None:
+            return self.emd_output
+        return "linear" if self.loss == "ce" else "softplus"
 
     @property
     def temporal(self) -> bool:
@@ -192,6 +217,34 @@ def _check_positive(c: TunsrConfig) -> None:
             c.sample_nodes,
             "--set sample_nodes=none",
         )
+    if c.max_train_minutes is not None and c.max_train_minutes <= 0:
+        _fail(
+            "max_train_minutes must be positive",
+            "> 0, or none",
+            c.max_train_minutes,
+            "--set max_train_minutes=none",
+        )
+    if c.fari_max_queries is not None and c.fari_max_queries < 1:
+        _fail(
+            "fari_max_queries must be positive",
+            ">= 1, or none",
+            c.fari_max_queries,
+            "--set fari_max_queries=none",
+        )
+    if c.valid_max_queries is not None and c.valid_max_queries < 1:
+        _fail(
+            "valid_max_queries must be positive",
+            ">= 1, or none",
+            c.valid_max_queries,
+            "--set valid_max_queries=none",
+        )
+    if c.emd_output == "linear" and c.loss != "ce" and c.score != "att":
+        _fail(
+            f"loss {c.loss!r} needs non-negative scores, and emd_output 'linear' can be negative",
+            "emd_output relu or softplus with bce/nll",
+            c.emd_output,
+            "--set emd_output=softplus (or loss=ce)",
+        )
     if c.patience < 0:
         _fail("patience must not be negative", ">= 0", c.patience, "--set patience=3")
 
@@ -226,10 +279,10 @@ def _check_rates(c: TunsrConfig) -> None:
             c.sample_temperature,
             "--set sample_temperature=0.5",
         )
-    if c.fact_ratio is not None and not 0.0 < c.fact_ratio < 1.0:
+    if c.fact_ratio is not None and not 0.0 < c.fact_ratio <= 1.0:
         _fail(
-            "fact_ratio must lie in (0, 1)",
-            "0 < ratio < 1, or none",
+            "fact_ratio must lie in (0, 1]",
+            "0 < ratio <= 1, or none",
             c.fact_ratio,
             "--set fact_ratio=none",
         )

@@ -423,13 +423,28 @@ def _encode(
 def _split_facts(
     triples: np.ndarray, fact_ratio: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded split of ``(N, 4)`` rows into graph facts (``fact_ratio``) and queries."""
-    if not 0.0 < fact_ratio < 1.0:
-        raise DataError("fact_ratio must lie in (0, 1)", found=fact_ratio)
+    """Seeded split of ``(N, 4)`` rows into graph facts (``fact_ratio``) and queries.
+
+    ``fact_ratio = 1`` keeps every row in the graph *and* makes every row a query (RNNLogic /
+    RED-GNN inductive practice): the model's leakage guard then hides each training query's own
+    fact (and its inverse) from its reasoning graph, and the KG's ``meta`` must say
+    ``train_queries_in_graph`` (see :func:`_all_in_graph`).
+    """
+    if not 0.0 < fact_ratio <= 1.0:
+        raise DataError(
+            "fact_ratio must lie in (0, 1]", expected="0 < ratio <= 1", found=fact_ratio
+        )
     triples = np.unique(triples, axis=0)  # duplicates would leak across the split
+    if fact_ratio == 1.0:
+        return triples, triples
     perm = np.random.default_rng(seed).permutation(len(triples))
     n_facts = int(round(fact_ratio * len(triples)))
     return triples[np.sort(perm[:n_facts])], triples[np.sort(perm[n_facts:])]
+
+
+def _all_in_graph(fact_ratio: float) -> dict[str, Any]:
+    """Meta entries of a KG whose train queries are also its graph facts (``fact_ratio = 1``)."""
+    return {"train_queries_in_graph": True} if fact_ratio == 1.0 else {}
 
 
 def _check_all(kg: KG) -> KG:
@@ -471,7 +486,12 @@ def load_pykeen(name: PykeenName, *, fact_ratio: float = 0.75, seed: int = 0) ->
         queries={"train": train_q, "valid": enc["valid"], "test": enc["test"]},
         name=name,
         source=str(folder),
-        meta={"fact_ratio": fact_ratio, "seed": seed, "split": "pykeen, train re-split"},
+        meta={
+            "fact_ratio": fact_ratio,
+            "seed": seed,
+            "split": "pykeen, train re-split",
+            **_all_in_graph(fact_ratio),
+        },
     )
     return _check_all(kg)
 
@@ -506,7 +526,7 @@ def load_neurallp(folder: str | Path, *, fact_ratio: float = 0.75, seed: int = 0
         facts, train_q = enc["facts"], enc["train"]
     else:
         facts, train_q = _split_facts(enc["train"], fact_ratio, seed)
-        meta.update(fact_ratio=fact_ratio, seed=seed)
+        meta.update(fact_ratio=fact_ratio, seed=seed, **_all_in_graph(fact_ratio))
     kg = KG(
         entities=ents.names,
         relations=rels.names,
@@ -600,6 +620,7 @@ def load_grail(
             "seed": seed,
             "trans_valid": trans["valid"],
             "trans_test": trans["test"],
+            **(_all_in_graph(fact_ratio) if train_queries == "fact_split" else {}),
         },
     )
     check_no_leak(graph_rows, trans["test"], where=f"{tr['test']}", n_relations=len(rels.names))

@@ -20,11 +20,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from clinfuse.core.errors import ConfigError, DataError
 from clinfuse.core.learner import METHODS, DemoResult, Learner
-from clinfuse.core.loop import fit_loop, make_accelerator
+from clinfuse.core.loop import fit_loop, make_accelerator, resolve_device
 from clinfuse.core.runs import RunDir
 from clinfuse.core.seed import seed_everything
 from clinfuse.methods.tunsr.config import TunsrConfig
 from clinfuse.methods.tunsr.data import CSR, KG, Rule, add_inverse, load_kg
+from clinfuse.methods.tunsr.graph import Adjacency
 from clinfuse.methods.tunsr.model import TunsrModel, fol_loss, tunsr_loss
 from clinfuse.methods.tunsr.rules import (
     fari_paths,
@@ -56,6 +57,8 @@ def _graph_rows(kg: KG, split: str, eval_graph: str) -> np.ndarray:
     rows = kg.graph(split)
     if split != "train" and not kg.inductive and eval_graph == "facts+train":
         rows = np.concatenate([rows, kg.queries["train"]])
+        if kg.meta.get("train_queries_in_graph"):  # fact_ratio = 1: train rows are facts too
+            rows = np.unique(rows, axis=0)
     return rows
 
 
@@ -73,6 +76,7 @@ class Tunsr(Learner):
         self.model: TunsrModel | None = None
         self.sizes: dict[str, int] | None = None
         self._graphs: dict[tuple[int, str], CSR] = {}
+        self._adjacencies: dict[tuple[int, str, str], Adjacency] = {}
         self._filters: dict[int, FilterIndex] = {}
 
     # -- data -----------------------------------------------------------------------------
@@ -117,6 +121,18 @@ class Tunsr(Learner):
             self._graphs[key] = CSR.from_triples(add_inverse(rows, kg.n_relations), kg.n_entities)
         return self._graphs[key]
 
+    def _device(self) -> torch.device:
+        """The device training and scoring run on (``config.device`` resolved)."""
+        return resolve_device(self.config.device)
+
+    def _adjacency(self, kg: KG, split: str, device: torch.device | str) -> Adjacency:
+        """The graph of :meth:`_graph` as torch tensors on ``device`` (cached: converting per
+        batch would copy the whole CSR to the GPU at every step)."""
+        key = (id(kg), split, str(device))
+        if key not in self._adjacencies:
+            self._adjacencies[key] = Adjacency.coerce(self._graph(kg, split), device)
+        return self._adjacencies[key]
+
     def _build(self, sizes: dict[str, int]) -> TunsrModel:
         self.sizes = dict(sizes)
         self.model = TunsrModel(self.config, sizes["entities"], sizes["relations"], sizes["times"])
@@ -136,7 +152,7 @@ class Tunsr(Learner):
             TensorDataset(train_q), batch_size=cfg.batch_size, shuffle=True, generator=gen
         )
         model, optimizer, loader = acc.prepare(model, optimizer, loader)
-        graph = self._graph(kg, "train")
+        graph = self._adjacency(kg, "train", acc.device)
         sample_gen = torch.Generator().manual_seed(cfg.seed)
 
         def step(m: torch.nn.Module, batch: Any, epoch: int):
@@ -149,8 +165,14 @@ class Tunsr(Learner):
                 return loss + cfg.fol_loss_weight * aux, {"fol": float(aux)}
             return loss, {}
 
+        valid_rows = None
+        n_valid = len(kg.queries["valid"])
+        if cfg.valid_max_queries is not None and n_valid > cfg.valid_max_queries:
+            pick = np.random.default_rng(cfg.seed).choice(n_valid, cfg.valid_max_queries, False)
+            valid_rows = np.sort(pick)
+
         def evaluate(m: torch.nn.Module) -> dict[str, float]:
-            return self._rank(m, kg, "valid")
+            return self._rank(m, kg, "valid", rows=valid_rows)
 
         result = fit_loop(
             model=model,
@@ -168,6 +190,7 @@ class Tunsr(Learner):
             resume=resume,
             accelerator=acc,
             extra_state=lambda: {"sizes": dict(self.sizes or {})},
+            max_seconds=None if cfg.max_train_minutes is None else 60.0 * cfg.max_train_minutes,
         )
         self.model = acc.unwrap_model(model).to("cpu")
         if acc.is_main_process:
@@ -200,10 +223,12 @@ class Tunsr(Learner):
         log.info("tunsr run written to %s", run.path)
 
     # -- inference ------------------------------------------------------------------------
-    def _queries(self, kg: KG, split: str) -> torch.Tensor:
+    def _queries(self, kg: KG, split: str, rows: np.ndarray | None = None) -> torch.Tensor:
+        """Queries of ``split`` in both directions (only the triples ``rows`` when given)."""
         if split not in kg.queries:
             raise DataError(f"unknown split {split!r}", expected="|".join(kg.queries), found=split)
-        return both_directions(kg.queries[split], kg.n_relations)
+        triples = kg.queries[split] if rows is None else kg.queries[split][rows]
+        return both_directions(triples, kg.n_relations)
 
     def _filter(self, kg: KG) -> FilterIndex:
         key = id(kg)
@@ -215,16 +240,27 @@ class Tunsr(Learner):
     def _scores(
         self, m: torch.nn.Module, kg: KG, split: str, queries: torch.Tensor
     ) -> torch.Tensor:
+        """Scores ``(N, E)`` on the CPU; computed on the configured device (a model on the CPU
+        is moved there for the call and back)."""
         m.eval()
-        graph = self._graph(kg, split)
-        out = [
-            m(queries[i : i + self.config.eval_batch_size], graph)["scores"]
-            for i in range(0, len(queries), self.config.eval_batch_size)
-        ]
+        home = next(m.parameters()).device
+        device = self._device()
+        m.to(device)
+        graph = self._adjacency(kg, split, device)
+        queries = queries.to(device)
+        try:
+            out = [
+                m(queries[i : i + self.config.eval_batch_size], graph)["scores"].cpu()
+                for i in range(0, len(queries), self.config.eval_batch_size)
+            ]
+        finally:
+            m.to(home)
         return torch.cat(out)
 
-    def _rank(self, m: torch.nn.Module, kg: KG, split: str) -> dict[str, float]:
-        queries = self._queries(kg, split)
+    def _rank(
+        self, m: torch.nn.Module, kg: KG, split: str, rows: np.ndarray | None = None
+    ) -> dict[str, float]:
+        queries = self._queries(kg, split, rows)
         scores = self._scores(m, kg, split, queries)
         mask = self._filter(kg).mask(queries)
         if kg.inductive and split != "train":
@@ -328,7 +364,13 @@ class Tunsr(Learner):
     @torch.no_grad()
     def _fari_paths(self, kg: KG, beam: int) -> dict[int, list[Rule]]:
         model = self._require_model().eval()
-        queries = torch.as_tensor(kg.queries["train"])
+        rows = kg.queries["train"]
+        cap = self.config.fari_max_queries
+        if cap is not None and len(rows) > cap:
+            rows = rows[
+                np.sort(np.random.default_rng(self.config.seed).choice(len(rows), cap, False))
+            ]
+        queries = torch.as_tensor(rows)
         graph = self._graph(kg, "train")
         totals: dict[int, dict[tuple[int, ...], float]] = {}
         timings: dict[tuple[int, tuple[int, ...]], dict[tuple[int, ...], float]] = {}
@@ -428,9 +470,9 @@ def rank_rules(rules: dict[int, list[Rule]], kg: KG) -> dict[int, list[Rule]]:
     The statistics are computed on the training graph (facts + train queries, static
     projection): :math:`\mathrm{score} = c_{model} \cdot \mathrm{conf} \cdot \mathrm{hc}`.
     Among bodies the model rates alike, the one that holds more often (AnyBURL's confidence)
-    and explains more of the head (AMIE's head coverage) comes first: ``sibling <= sibling^-1``
-    over the narrower ``sibling <= brother^-1``, a direct ``A -> B`` over the bounce ``A, A^-1,
-    A``. The score is written as the rule's confidence; ties keep the model order.
+    and explains more of the head (AMIE's head coverage) comes first: ``uncle <= brother, parent``
+    over the looser ``uncle <= parent^-1, parent, parent``, a direct ``A -> B`` over the bounce
+    ``A, A^-1, A``. The score is written as the rule's confidence; ties keep the model order.
     """
     graph = np.concatenate([kg.facts, kg.queries["train"]])
     flat = [r for rs in rules.values() for r in rs]

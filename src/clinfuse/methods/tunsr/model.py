@@ -24,7 +24,10 @@ attention MLP of alpha follows RED-GNN (a purely linear :math:`w_\alpha` cannot 
 differently for different queries) [R]. Static KGs have no time inputs; the inductive scenario has
 no entity inputs, so :math:`x_c` is :math:`W_x \tau(t_c)` (or absent) and scores are invariant to
 relabelling entities. Entity scores: ``att`` :math:`s(e) = \sum_{c: e_c = e} A_c`; ``emd``
-:math:`s(e) = \sum_{c: e_c = e} \mathrm{relu}(w^\top h_c)`; ``both`` their sum; 0 when unreached.
+:math:`s(e) = \sum_{c: e_c = e} \phi(w^\top h_c)` with :math:`\phi` the ``emd_output`` map
+(linear under ``ce`` as RED-GNN, softplus under ``bce``/``nll``); ``both`` their sum; 0 when
+unreached. With ``message_weight = "gate"`` the messages into :math:`h_c` are weighted by
+:math:`a_\varepsilon` alone (RED-GNN) instead of the mass :math:`a_\varepsilon A_p`.
 """
 
 from __future__ import annotations
@@ -159,7 +162,8 @@ class TunsrModel(nn.Module):
             for i in range(cfg.n_layers)
         )
         self.w_emd = nn.Linear(d, 1) if cfg.score != "att" else None
-        if self.w_emd is not None:  # live relu at init: h >= 0 under relu, so w, b >= 0 [inferred]
+        if self.w_emd is not None and cfg.emd_map == "relu":
+            # live relu at init: h >= 0 under relu, so w, b >= 0 [inferred]
             with torch.no_grad():
                 self.w_emd.weight.abs_()
                 self.w_emd.bias.fill_(0.1)
@@ -304,6 +308,7 @@ class TunsrModel(nn.Module):
             keep = segment_topk(a, cand.query, cfg.max_nodes, b)
             cand, m, g_e, a = cand.select(keep), _take(m, keep), _take(g_e, keep), _take(a, keep)
             alpha, beta = alpha[keep], beta[keep]
+            gate = a
             a = a * _take(big_a, cand.parent)
             a = a / h.new_zeros(b).index_add(0, cand.query, a).clamp_min(1e-30)[cand.query]
             fol = beta * _take(big_b, cand.parent)
@@ -312,7 +317,8 @@ class TunsrModel(nn.Module):
             n = len(new.entity)
             if layer.w_h is not None:
                 x_node = self._child_feature(layer, new.entity, new.time, t_q[new.query])
-                msg = h.new_zeros(n, d).index_add(0, edges.child, a.unsqueeze(-1) * m)
+                w_msg = gate if cfg.message_weight == "gate" else a
+                msg = h.new_zeros(n, d).index_add(0, edges.child, w_msg.unsqueeze(-1) * m)
                 h = self.dropout(self.act(layer.w_h(torch.cat([msg, x_node], -1))))
             g = self.dropout(h.new_zeros(n, d).index_add(0, edges.child, a.unsqueeze(-1) * g_e))
             big_a = h.new_zeros(n).index_add(0, edges.child, a)
@@ -353,7 +359,12 @@ class TunsrModel(nn.Module):
         }
 
     def _emd(self, h: Tensor) -> Tensor:
-        return torch.relu(self.w_emd(h)).squeeze(-1)  # type: ignore[misc]
+        z = self.w_emd(h).squeeze(-1)  # type: ignore[misc]
+        return {
+            "linear": lambda: z,
+            "relu": lambda: torch.relu(z),
+            "softplus": lambda: F.softplus(z),
+        }[self.cfg.emd_map]()
 
 
 def _ce(scores: Tensor, targets: Tensor, eps: float) -> Tensor:
