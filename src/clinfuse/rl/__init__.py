@@ -1,6 +1,8 @@
 """Offline reinforcement learning for healthcare: trajectories, action grids, rewards, learners,
 off-policy evaluation and environments with exact values (see ``rl/README.md``)."""
 
+from clinfuse.rl.actions import ActionGrid
 from clinfuse.rl.data import Trajectories
+from clinfuse.rl.splits import split_patients
 
-__all__ = ["Trajectories"]
+__all__ = ["ActionGrid", "Trajectories", "split_patients"]
