@@ -7,7 +7,11 @@ import importlib
 from clinfuse.core.learner import METHODS
 
 #: modules whose import registers a method (heavy optional imports stay inside them)
-METHOD_MODULES = ("clinfuse.methods.dib.method", "clinfuse.methods.tunsr.method")
+METHOD_MODULES = (
+    "clinfuse.methods.dib.method",
+    "clinfuse.methods.tunsr.method",
+    "clinfuse.methods.deepen.method",
+)
 
 
 def load_all() -> None:
