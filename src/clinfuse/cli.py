@@ -59,10 +59,19 @@ def cmd_fit(args: argparse.Namespace) -> int:
     )
     metrics = rd.read_metrics()
     shown = {k: v for k, v in metrics.items() if k.startswith("test_")}
-    if shown:
+    table = _report_table(learner)
+    if table:
+        print(table)
+    elif shown:
         print(f"test metrics:\n{_fmt_metrics(shown)}")
     print(f"results written to {rd.path}")
     return 0
+
+
+def _report_table(learner: object) -> str:
+    """A method's own summary table (e.g. DeepEN's policy comparison), if it has one."""
+    fn = getattr(learner, "report_table", None)
+    return fn() if callable(fn) else ""
 
 
 def _load(args: argparse.Namespace):
@@ -84,7 +93,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         / f"{args.split}-{_slug(args.corrupt or 'clean')}.json"
     )
     atomic_write_json(out, {"split": args.split, "corrupt": args.corrupt, "metrics": metrics})
-    print(f"{args.name} on {args.split} ({args.corrupt or 'clean'}):\n{_fmt_metrics(metrics)}")
+    table = _report_table(learner)
+    shown = table or _fmt_metrics(metrics)
+    print(f"{args.name} on {args.split} ({args.corrupt or 'clean'}):\n{shown}")
+    writer = getattr(learner, "write_report", None)
+    if callable(writer):
+        folder = out.with_suffix("")
+        writer(folder)
+        print(f"tables and plots written to {folder}")
     print(f"results written to {out}")
     return 0
 

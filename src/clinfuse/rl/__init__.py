@@ -3,6 +3,16 @@ off-policy evaluation and environments with exact values (see ``rl/README.md``).
 
 from clinfuse.rl.actions import ActionGrid
 from clinfuse.rl.data import Trajectories
+from clinfuse.rl.learners import LEARNERS, BCLearner, BCQLearner, QLearner, make_learner
 from clinfuse.rl.splits import split_patients
 
-__all__ = ["ActionGrid", "Trajectories", "split_patients"]
+__all__ = [
+    "LEARNERS",
+    "ActionGrid",
+    "BCLearner",
+    "BCQLearner",
+    "QLearner",
+    "Trajectories",
+    "make_learner",
+    "split_patients",
+]

@@ -33,7 +33,7 @@ import torch
 
 from clinfuse.core.errors import DataError
 from clinfuse.core.learner import METHODS, DemoResult, Learner
-from clinfuse.core.runs import RunDir, atomic_write_json
+from clinfuse.core.runs import RunDir, atomic_path, atomic_write_json
 from clinfuse.core.seed import seed_everything
 from clinfuse.methods.deepen import simulator as sim
 from clinfuse.methods.deepen.config import DeepENConfig
@@ -207,6 +207,7 @@ class DeepEN(Learner):
         self.allowed: np.ndarray | None = None
         self.behaviour: BehaviourModel | None = None
         self.table: pd.DataFrame | None = None
+        self._last: dict[str, Any] = {}
 
     # -- data -----------------------------------------------------------------------------
     def load_data(self, path: str | None = None) -> DeepENData:
@@ -494,6 +495,7 @@ class DeepEN(Learner):
         table = self.comparison(data, split)
         safety = self.safety(data, split)
         dev = self.deviation(data, split)
+        self._last = {"safety": safety, "deviation": dev}
         metrics: dict[str, float] = {f"safety_{k}": v for k, v in safety.items()}
         for _, r in table.iterrows():
             for col in table.columns:
@@ -501,12 +503,29 @@ class DeepEN(Learner):
                     metrics[f"{split}_{r['policy']}_{col}"] = float(r[col])
         metrics[f"{split}_clinician_logged_mortality"] = table.attrs["clinician_logged_mortality"]
         if run is not None:
-            table.to_csv(run.path / "comparison.csv", index=False)
-            (run.path / "comparison.md").write_text(self.report_table() + "\n")
-            dev.to_csv(run.path / "deviation.csv", index=False)
-            atomic_write_json(run.path / "safety.json", safety)
+            self._write_tables(run.path)
             run.write_predictions(self.predict(data, split))
         return metrics
+
+    def _write_tables(self, folder: Path) -> None:
+        assert self.table is not None
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(folder / "comparison.csv") as tmp:
+            self.table.to_csv(tmp, index=False)
+        with atomic_path(folder / "deviation.csv") as tmp:
+            self._last["deviation"].to_csv(tmp, index=False)
+        with atomic_path(folder / "comparison.md") as tmp:
+            Path(tmp).write_text(self.report_table() + "\n")
+        atomic_write_json(folder / "safety.json", self._last["safety"])
+
+    def write_report(self, folder: str | Path) -> list[Path]:
+        """After :meth:`evaluate`: the comparison, deviation and safety tables and their plots
+        in ``folder`` (``clinfuse evaluate deepen`` calls it)."""
+        from clinfuse.methods.deepen.plots import plot_folder
+
+        folder = Path(folder)
+        self._write_tables(folder)
+        return plot_folder(folder, folder / "plots", self.config.selection)
 
     def report_table(self) -> str:
         """The comparison table as Markdown (printed by ``clinfuse fit/evaluate deepen``)."""

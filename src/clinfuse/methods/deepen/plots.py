@@ -92,20 +92,23 @@ def _deviation(df: pd.DataFrame, path: Path) -> Path:
     return save(fig, path)
 
 
-def plot_run(run: RunDir) -> list[Path]:
-    """Write every plot whose CSV exists in ``run``; returns the PNG paths."""
+def plot_folder(folder: Path, plots: Path, estimator: str = "wis") -> list[Path]:
+    """Write every plot whose CSV exists in ``folder`` into ``plots``; returns the PNG paths."""
     out = []
-    p = run.path
-    if (p / "training.csv").exists() and (p / "training.csv").stat().st_size > 1:
-        out.append(_training(pd.read_csv(p / "training.csv"), run.plots / "training.png"))
-    if (p / "alpha_sweep.csv").exists():
-        out.append(_sweep(pd.read_csv(p / "alpha_sweep.csv"), run.plots / "alpha_sweep.png"))
-    if (p / "comparison.csv").exists():
-        cfg = run.config_dict()
-        est = str(cfg.get("selection", "wis"))
-        out.append(
-            _comparison(pd.read_csv(p / "comparison.csv"), run.plots / "comparison.png", est)
-        )
-    if (p / "deviation.csv").exists():
-        out.append(_deviation(pd.read_csv(p / "deviation.csv"), run.plots / "deviation.png"))
+    folder, plots = Path(folder), Path(plots)
+    plots.mkdir(parents=True, exist_ok=True)
+    csv = {n: folder / f"{n}.csv" for n in ("training", "alpha_sweep", "comparison", "deviation")}
+    if csv["training"].exists() and csv["training"].stat().st_size > 1:
+        out.append(_training(pd.read_csv(csv["training"]), plots / "training.png"))
+    if csv["alpha_sweep"].exists():
+        out.append(_sweep(pd.read_csv(csv["alpha_sweep"]), plots / "alpha_sweep.png"))
+    if csv["comparison"].exists():
+        out.append(_comparison(pd.read_csv(csv["comparison"]), plots / "comparison.png", estimator))
+    if csv["deviation"].exists():
+        out.append(_deviation(pd.read_csv(csv["deviation"]), plots / "deviation.png"))
     return out
+
+
+def plot_run(run: RunDir) -> list[Path]:
+    """:func:`plot_folder` on a run directory (plots under ``run/plots``)."""
+    return plot_folder(run.path, run.plots, str(run.config_dict().get("selection", "wis")))
