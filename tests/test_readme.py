@@ -25,9 +25,25 @@ def readme_commands(path: Path) -> list[list[str]]:
     return cmds
 
 
+#: methods without epochs: the overrides that make their fit a smoke run
+SMOKE = {
+    "deepen": [
+        "n_patients=100",
+        "steps=30",
+        "hidden=16,16",
+        "alphas=1.0",
+        "n_boot=10",
+        "rollout_patients=100",
+    ],
+}
+
+
 def _shrink(argv: list[str]) -> list[str] | None:
     if argv[0] == "demo":
         return None  # covered by test_demo_report and the slow full demo
+    if argv[0] == "fit" and argv[1] in SMOKE:
+        smoke = [x for o in SMOKE[argv[1]] for x in ("--set", o)]
+        return [*argv, *smoke, "--set", "progress=false"]
     if argv[0] == "fit":
         if "--resume" in argv:
             i = argv.index("--set") if "--set" in argv else None

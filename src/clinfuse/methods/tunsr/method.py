@@ -200,8 +200,12 @@ class Tunsr(Learner):
 
     def _finish(self, kg: KG, run: RunDir, best_epoch: int) -> None:
         metrics: dict[str, Any] = {"best_epoch": best_epoch, "data": kg.name or kg.source}
-        for split in ("valid", "test"):
-            metrics.update({f"{split}_{k}": v for k, v in self.evaluate(kg, split).items()})
+        metrics.update({f"valid_{k}": v for k, v in self.evaluate(kg, "valid").items()})
+        test_q = self._queries(kg, "test")
+        test_scores = self._scores(self._require_model(), kg, "test", test_q)  # scored once
+        metrics.update(
+            {f"test_{k}": v for k, v in self._rank_scores(kg, "test", test_q, test_scores).items()}
+        )
         truth = kg.meta.get("ground_truth_rules")
         for variant in FARI_VARIANTS:
             if variant != self.config.fari and truth:
@@ -218,7 +222,7 @@ class Tunsr(Learner):
         if truth:
             metrics[f"fari_{self.config.fari}_true_body_top1"] = fari_recovery(rules, truth)
         run.write_metrics(metrics)
-        run.write_predictions(self.predict(kg, "test"))
+        run.write_predictions(self._predictions(kg, "test", test_q, test_scores))
         self.plot(run)
         log.info("tunsr run written to %s", run.path)
 
@@ -262,6 +266,12 @@ class Tunsr(Learner):
     ) -> dict[str, float]:
         queries = self._queries(kg, split, rows)
         scores = self._scores(m, kg, split, queries)
+        return self._rank_scores(kg, split, queries, scores)
+
+    def _rank_scores(
+        self, kg: KG, split: str, queries: torch.Tensor, scores: torch.Tensor
+    ) -> dict[str, float]:
+        """Filtered ranking metrics of precomputed ``scores`` of ``queries``."""
         mask = self._filter(kg).mask(queries)
         if kg.inductive and split != "train":
             # full ranking over the entities of the test graph (RED-GNN protocol)
@@ -282,9 +292,20 @@ class Tunsr(Learner):
         self, kg: KG, split: str = "test", *, top: int = 10, explain: bool = False
     ) -> pd.DataFrame:
         """Top answers per query (both directions); ``explain`` adds the top paths as rules."""
-        model = self._require_model()
         queries = self._queries(kg, split)
-        scores = self._scores(model, kg, split, queries)
+        scores = self._scores(self._require_model(), kg, split, queries)
+        return self._predictions(kg, split, queries, scores, top=top, explain=explain)
+
+    def _predictions(
+        self,
+        kg: KG,
+        split: str,
+        queries: torch.Tensor,
+        scores: torch.Tensor,
+        *,
+        top: int = 10,
+        explain: bool = False,
+    ) -> pd.DataFrame:
         best = scores.topk(min(top, kg.n_entities), dim=1)
         rows = []
         for i, q in enumerate(queries.tolist()):
