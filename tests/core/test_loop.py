@@ -107,3 +107,22 @@ def test_nan_loss_is_reported(tmp_path) -> None:
             monitor="loss",
             progress=False,
         )
+
+
+def test_time_budget_stops_after_the_epoch_that_spends_it(tmp_path) -> None:
+    import time
+
+    model, opt, loader, step, ev = _setup()
+    res = fit_loop(
+        model=model,
+        optimizer=opt,
+        train_loader=loader,
+        step_fn=step,
+        eval_fn=lambda m: (time.sleep(0.2), ev(m))[1],
+        run=None,
+        epochs=50,
+        monitor="loss",
+        progress=False,
+        max_seconds=0.5,
+    )
+    assert res.stopped_early and 3 <= res.epochs_run <= 4  # 0.2 s per epoch, budget 0.5 s

@@ -181,6 +181,13 @@ def test_rnnlogic_layout_splits_train_into_facts_and_queries(tmp_path: Path) -> 
     np.testing.assert_array_equal(kg.facts, again.facts)
     other = load_neurallp(tmp_path, fact_ratio=0.75, seed=4)
     assert not np.array_equal(kg.facts, other.facts)
+    # fact_ratio = 1: every train triple is a fact and a query (RNNLogic practice); the leak
+    # check skips train, and the model's guard hides each query's own fact (test_graph)
+    full = load_neurallp(tmp_path, fact_ratio=1.0)
+    np.testing.assert_array_equal(full.facts, full.queries["train"])
+    assert len(full.facts) == 40 and full.meta["train_queries_in_graph"]
+    with pytest.raises(DataError, match="fact_ratio"):
+        load_neurallp(tmp_path, fact_ratio=1.5)
 
 
 # ---------------------------------------------------------------------------------------------
