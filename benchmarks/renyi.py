@@ -27,7 +27,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -37,6 +36,7 @@ from typing import Any
 
 import torch
 
+from _machine import machine_info  # noqa: E402  (benchmarks/ is on sys.path)
 from clinfuse.info import gaussian_gram, knn_sigma, renyi_entropy
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -71,29 +71,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.out is None:
         args.out = Path(__file__).resolve().parent / "results" / f"renyi_{args.device}.json"
     return args
-
-
-def machine_info(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(
-                (ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu
-            )
-    except OSError:
-        pass
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
-    return {
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-        "device_name": name,
-        "loadavg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
 
 
 def sync(device: torch.device) -> None:

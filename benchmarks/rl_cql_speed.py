@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from _machine import describe, machine_info  # noqa: E402  (benchmarks/ is on sys.path)
 from clinfuse.core.runs import atomic_write_json, atomic_write_text
 from clinfuse.rl.data import Trajectories
 from clinfuse.rl.learners import QConfig, QLearner
@@ -68,27 +68,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="JSON path; the Markdown table goes next to it",
     )
     return p.parse_args(argv)
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(
-                (ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu
-            )
-    except OSError:
-        pass
-    return {
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "loadavg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
 
 
 def make_data(args: argparse.Namespace) -> Trajectories:
@@ -234,8 +213,7 @@ def to_markdown(payload: dict[str, Any]) -> str:
         if ratio is not None
         else "**Ratio: not measured** (d3rlpy is not installed).",
         "",
-        f"Machine: {m['platform']}, {m['cpu']}, {m['cpu_count']} CPUs, torch {m['torch']} with "
-        f"{m['torch_threads']} thread(s), 1-min load {m['loadavg_1_5_15'][0]:.2f} at the start"
+        describe(m)
         + (f"; d3rlpy {payload['d3rlpy_version']}." if payload["d3rlpy_version"] else "."),
         "",
     ]

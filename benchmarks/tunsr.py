@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _machine import machine_info  # noqa: E402  (benchmarks/ is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CLINFUSE_SHARED_DATA", REPO.parent / "shared" / "data")) / "kg"
@@ -182,7 +183,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     state = json.loads(out.read_text()) if out.exists() else {}
     state.setdefault("results", {})
-    state["machine"] = _machine()
+    state["machine"] = machine_info()
     pending = []
     for job in _plan(args):
         source = SETS[job["set"]][0]
@@ -233,19 +234,6 @@ def main() -> None:
     md.write_text(f"machine {state['machine']}\n\n{table}\n")
     print(table)
     print(f"results written to {out} and {md}")
-
-
-def _machine() -> dict:
-    info = {"platform": platform.platform(), "cpu_count": os.cpu_count()}
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
-        info["torch"] = torch.__version__
-    except Exception:  # noqa: BLE001 - machine notes are best effort
-        pass
-    return info
 
 
 if __name__ == "__main__":
