@@ -1,4 +1,4 @@
-"""DeepEN end to end on a small simulated cohort: run contents, OPE invariants, calibration, resume."""
+"""DeepEN end to end on a small simulated cohort: run contents, OPE invariants, resume."""
 
 from __future__ import annotations
 
