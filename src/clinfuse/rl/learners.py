@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import abc
 import copy
 import difflib
 import logging
@@ -394,7 +395,7 @@ POLICIES: dict[str, Callable[[Tensor, Tensor, float, float], Tensor]] = {
 # ------------------------------------------------------------------------------------------
 # Shared machinery: inputs, the training loop, checkpoints
 # ------------------------------------------------------------------------------------------
-class _OfflineLearner:
+class _OfflineLearner(abc.ABC):
     """Shared parts: input checks, the minibatch loop, policies and state dicts.
 
     Subclasses build their networks in ``__init__`` (under :meth:`_seeded`), list them in
@@ -421,20 +422,25 @@ class _OfflineLearner:
         self._data: tuple[Trajectories, dict[str, Tensor]] | None = None
 
     # -- to implement ----------------------------------------------------------------------
+    @abc.abstractmethod
     def _modules(self) -> dict[str, nn.Module]:
-        raise NotImplementedError
+        """Implemented by each learner (see the class docstring)."""
 
+    @abc.abstractmethod
     def _tensors(self, traj: Trajectories) -> dict[str, Tensor]:
-        raise NotImplementedError
+        """Implemented by each learner (see the class docstring)."""
 
+    @abc.abstractmethod
     def _loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        raise NotImplementedError
+        """Implemented by each learner (see the class docstring)."""
 
+    @abc.abstractmethod
     def _scores(self, x: Tensor, mask: Tensor | None) -> Tensor:
-        raise NotImplementedError
+        """Implemented by each learner (see the class docstring)."""
 
     def _after_step(self) -> None:
-        """Hook run after each optimizer step (target-network updates)."""
+        """Hook run after each optimizer step (target-network updates); none by default."""
+        return None
 
     # -- construction helpers --------------------------------------------------------------
     def _seeded(self, build: Callable[[], nn.Module], offset: int = 0) -> nn.Module:
@@ -588,7 +594,7 @@ class _OfflineLearner:
         return {}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
-        pass
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         """Networks, optimizer, step, sampler RNG and the config (as a dict)."""
