@@ -208,6 +208,8 @@ class DeepEN(Learner):
         self.behaviour: BehaviourModel | None = None
         self.table: pd.DataFrame | None = None
         self._last: dict[str, Any] = {}
+        # (data, raw splits, scaled splits): every report reads the same splits
+        self._split_cache: tuple[DeepENData, dict[str, Trajectories], Any] | None = None
 
     # -- data -----------------------------------------------------------------------------
     def load_data(self, path: str | None = None) -> DeepENData:
@@ -224,7 +226,11 @@ class DeepEN(Learner):
         return load_mimic(self.config, source)
 
     def _splits(self, data: DeepENData) -> dict[str, Trajectories]:
-        return split_patients(data.traj, tuple(self.config.split), seed=self.config.seed)
+        """Patient-level splits with raw observations (computed once per data set)."""
+        if self._split_cache is None or self._split_cache[0] is not data:
+            splits = split_patients(data.traj, tuple(self.config.split), seed=self.config.seed)
+            self._split_cache = (data, splits, None)
+        return self._split_cache[1]
 
     def _norm(self, obs: np.ndarray) -> np.ndarray:
         assert self.scale is not None
@@ -262,7 +268,12 @@ class DeepEN(Learner):
             self.allowed = counts >= self.config.support_min_count
             if not self.allowed.any():
                 self.allowed[:] = True
-        scaled = {k: self._scaled(v) for k, v in splits.items()}
+        cached = self._split_cache
+        assert cached is not None and cached[0] is data
+        scaled = cached[2]
+        if scaled is None:
+            scaled = {k: self._scaled(v) for k, v in splits.items()}
+            self._split_cache = (data, splits, scaled)
         if self.behaviour is None:
             kind = self.config.behaviour
             self.behaviour = fit_behaviour(scaled["train"], kind=kind, seed=self.config.seed)
@@ -602,6 +613,7 @@ class DeepEN(Learner):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._split_cache = None  # scaled splits depend on the loaded scale
         self.alpha = float(state["alpha"])
         self.scale = (np.asarray(state["mean"]), np.asarray(state["sd"]))
         self.allowed = np.asarray(state["allowed"], bool)
