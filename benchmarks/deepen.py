@@ -10,11 +10,14 @@ Checks:
 * the learned policy's true value exceeds the clinician's and the guideline's with
   non-overlapping 95% intervals: :math:`\text{low}(\pi_{RL}) > \text{high}(\pi)`;
 * WIS and CWPDIS of the clinician policy and of the near-behaviour policy
-  (:math:`0.9\,\hat\pi_b + 0.1` uniform): the bootstrap 95% CI contains the true value.
+  (:math:`0.9\,\hat\pi_b + 0.1\,U_s`, :math:`U_s` uniform over the actions
+  :math:`\hat\pi_b(\cdot|s)` gives at least 0.01): the bootstrap 95% CI contains the true value.
 
 Besides, for OPE's sake, the near-behaviour check is repeated for mixes
-:math:`(1-\lambda)\hat\pi_b + \lambda` uniform with several :math:`\lambda`: it shows how far
-from the clinicians importance sampling still works over 42 four-hour steps.
+:math:`(1-\lambda)\pi_b + \lambda U` with several :math:`\lambda`, :math:`U` uniform over all
+actions or over the clinician's support: it shows how far from the clinicians importance
+sampling still works over 42 four-hour steps, and that a uniform share over *all* actions fails
+for want of positivity (the clinicians never take some of them).
 
 **(b) Oberst-Sontag sepsis simulator** (:mod:`clinfuse.rl.envs.sepsis`): physician data
 (``--sepsis-episodes``, default 5000) with the observed features (diabetes hidden), a tabular
@@ -60,7 +63,7 @@ from clinfuse.api import run as fit_method
 from clinfuse.core.config import config_to_dict
 from clinfuse.core.runs import atomic_write_json, atomic_write_text
 from clinfuse.methods.deepen import simulator as sim
-from clinfuse.methods.deepen.method import DeepEN, DeepENData
+from clinfuse.methods.deepen.method import DeepEN, DeepENData, near_mix
 from clinfuse.rl.envs.sepsis import N_ACTIONS, SepsisConfig, build_sepsis_mdp
 from clinfuse.rl.ope import evaluate_policy, fit_behaviour
 
@@ -110,15 +113,18 @@ def _covers(low: float, high: float, value: float) -> bool:
 # (a) the ICU-nutrition simulator
 # ------------------------------------------------------------------------------------------
 def mix_checks(learner: DeepEN, data: DeepENData, mixes: tuple[float, ...]) -> list[dict]:
-    """OPE (WIS, CWPDIS) vs roll-out truth of :math:`(1-\\lambda)\\pi_b + \\lambda` uniform on the
-    test patients, for each :math:`\\lambda` in ``mixes``, with the fitted :math:`\\hat\\pi_b`
-    (as the pipeline's ``near_behaviour``) and with the simulator's exact clinician policy
-    (:func:`~clinfuse.methods.deepen.simulator.clinician_policy`) in both places."""
+    """OPE (WIS, CWPDIS) vs roll-out truth of :math:`(1-\\lambda)\\pi_b + \\lambda U` on the test
+    patients, for each :math:`\\lambda` in ``mixes``, with the fitted :math:`\\hat\\pi_b` (as the
+    pipeline's ``near_behaviour``) or the simulator's exact clinician policy
+    (:func:`~clinfuse.methods.deepen.simulator.clinician_policy`) in both places, and :math:`U`
+    uniform over all actions or over the clinician's support (``near_support``). Each row also
+    gives the mass per step that the target puts on actions the exact clinician takes with
+    probability below 1e-4 (``unsupported_mass``): importance sampling cannot see that mass."""
     cfg = learner.config
     traj = learner._prepare(data)["test"]
     raw = learner._splits(data)["test"]
-    n_a = data.traj.n_actions
     fitted = learner.policies(data)["clinician"]
+    exact_pb = sim.clinician_policy(raw.obs, data.sim_config)
 
     def exact(obs: np.ndarray) -> np.ndarray:
         return sim.clinician_policy(obs, data.sim_config)
@@ -126,35 +132,42 @@ def mix_checks(learner: DeepEN, data: DeepENData, mixes: tuple[float, ...]) -> l
     rows = []
     for behaviour, pi_b_fn in (("fitted", fitted), ("exact", exact)):
         pi_b = pi_b_fn(raw.obs)
-        for lam in mixes:
+        for support in (0.0, cfg.near_support):
+            for lam in mixes:
 
-            def policy(obs: np.ndarray, lam: float = lam, fn: Any = pi_b_fn) -> np.ndarray:
-                return (1.0 - lam) * fn(obs) + lam / n_a
+                def policy(
+                    obs: np.ndarray, lam: float = lam, fn: Any = pi_b_fn, sup: float = support
+                ) -> np.ndarray:
+                    return near_mix(fn(obs), lam, sup)
 
-            est = evaluate_policy(
-                traj,
-                policy(raw.obs),
-                pi_b,
-                cfg.gamma,
-                estimators=list(OPE_ESTIMATORS),
-                n_boot=cfg.n_boot,
-                seed=cfg.seed,
-            )
-            truth = learner._rollout(data, policy, cfg.rollout_patients)
-            for _, r in est.iterrows():
-                rows.append(
-                    {
-                        "pi_b": behaviour,
-                        "uniform_share": lam,
-                        "estimator": r["estimator"],
-                        "value": float(r["value"]),
-                        "ci_low": float(r["ci_low"]),
-                        "ci_high": float(r["ci_high"]),
-                        "ess": float(r["ess"]),
-                        "true_value": truth["true_value"],
-                        "covers": _covers(r["ci_low"], r["ci_high"], truth["true_value"]),
-                    }
+                pi_e = policy(raw.obs)
+                est = evaluate_policy(
+                    traj,
+                    pi_e,
+                    pi_b,
+                    cfg.gamma,
+                    estimators=list(OPE_ESTIMATORS),
+                    n_boot=cfg.n_boot,
+                    seed=cfg.seed,
                 )
+                truth = learner._rollout(data, policy, cfg.rollout_patients)
+                unsupported = float(np.mean(np.sum(pi_e * (exact_pb < 1e-4), axis=1)))
+                for _, r in est.iterrows():
+                    rows.append(
+                        {
+                            "pi_b": behaviour,
+                            "support": support,
+                            "uniform_share": lam,
+                            "unsupported_mass": unsupported,
+                            "estimator": r["estimator"],
+                            "value": float(r["value"]),
+                            "ci_low": float(r["ci_low"]),
+                            "ci_high": float(r["ci_high"]),
+                            "ess": float(r["ess"]),
+                            "true_value": truth["true_value"],
+                            "covers": _covers(r["ci_low"], r["ci_high"], truth["true_value"]),
+                        }
+                    )
     return rows
 
 
@@ -442,19 +455,26 @@ def to_markdown(payload: dict[str, Any]) -> str:
                     f"| {e['seed']} | {e['chosen_alpha']:g} | {' | '.join(cells)} | "
                     f"{t['d3qn_cql']['true_mortality']:.3f} | {_mark(ok)} |"
                 )
+        sim_cfg = sim["config"]
         lines += [
             "",
-            "Near-behaviour OPE against the uniform share lambda of (1 - lambda) pi_b + lambda "
-            "uniform, with pi_b the fitted clinician model (as the pipeline's near_behaviour, "
-            "lambda = 0.1) or the simulator's exact clinician policy, on the test patients "
-            "(does the bootstrap CI cover the roll-out truth?):",
+            "Near-behaviour OPE against the share lambda of (1 - lambda) pi_b + lambda U, with "
+            "pi_b the fitted clinician model (as the pipeline's near_behaviour) or the "
+            "simulator's exact clinician policy, and U uniform over all actions (support 0) or "
+            "over the actions pi_b gives at least `support` (the pipeline's near_behaviour: "
+            f"lambda {sim_cfg['near_share']:g}, support {sim_cfg['near_support']:g}), on the "
+            "test patients. `unsupported` is the target's mass per step on actions the exact "
+            "clinician takes with probability < 1e-4 (invisible to importance sampling). Does "
+            "the bootstrap CI cover the roll-out truth?",
             "",
-            "| pi_b | lambda | estimator | estimate (95% CI) | ESS | true value | covers |",
-            "|---|---|---|---|---|---|---|",
+            "| pi_b | support | lambda | unsupported | estimator | estimate (95% CI) | ESS | "
+            "true value | covers |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in sim["near_behaviour_mixes"]:
             lines.append(
-                f"| {r['pi_b']} | {r['uniform_share']:g} | {r['estimator']} | "
+                f"| {r['pi_b']} | {r.get('support', 0.0):g} | {r['uniform_share']:g} | "
+                f"{r.get('unsupported_mass', float('nan')):.4f} | {r['estimator']} | "
                 f"{_ci([r['value'], r['ci_low'], r['ci_high']])} | {r['ess']:.1f} | "
                 f"{r['true_value']:.2f} | {'yes' if r['covers'] else 'no'} |"
             )

@@ -10,7 +10,7 @@ import scipy.stats
 import clinfuse
 from clinfuse.core.errors import ConfigError, DataError
 from clinfuse.core.runs import RunDir
-from clinfuse.methods.deepen.method import DeepEN, mortality_calibration, wilson
+from clinfuse.methods.deepen.method import DeepEN, mortality_calibration, near_mix, wilson
 
 TINY = [
     "progress=false",
@@ -131,3 +131,17 @@ def test_bad_input() -> None:
         clinfuse.run("deepen", preset="quick", overrides=[*TINY, "alphas=-1"])
     with pytest.raises(ConfigError, match="split"):
         clinfuse.run("deepen", preset="quick", overrides=[*TINY, "split=0.5,0.5,0.5"])
+
+
+def test_near_mix_keeps_the_clinicians_support() -> None:
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.full(6, 0.3), size=50)
+    p[:, 0] = 0.0  # an action the clinician never takes
+    p /= p.sum(1, keepdims=True)
+    mix = near_mix(p, 0.1, 0.01)
+    np.testing.assert_allclose(mix.sum(1), 1.0)
+    assert np.all(mix[p < 0.01] <= 0.9 * p[p < 0.01] + 1e-12)  # no extra mass off support
+    assert np.all(mix[:, 0] == 0.0)
+    np.testing.assert_allclose(near_mix(p, 0.1, 0.0), 0.9 * p + 0.1 / 6)  # plain uniform mix
+    ratio = mix[p >= 0.01] / p[p >= 0.01]
+    assert ratio.min() >= 0.9 - 1e-12  # importance ratios of the mix stay bounded below

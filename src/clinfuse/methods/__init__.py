@@ -11,6 +11,7 @@ METHOD_MODULES = (
     "clinfuse.methods.dib.method",
     "clinfuse.methods.tunsr.method",
     "clinfuse.methods.deepen.method",
+    "clinfuse.methods.dpsurv.method",
 )
 
 

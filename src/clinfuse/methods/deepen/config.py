@@ -79,6 +79,13 @@ class DeepENConfig:
     eval_epsilon: float = 0.01
     """The learned policy is evaluated as (1 - eps) greedy + eps uniform over allowed actions
     (OPE needs a soft target policy, notes §1.6) [inferred]."""
+    near_share: float = 0.1
+    """Share of the near-behaviour policy (used to check OPE) that is not the clinician's:
+    (1 - share) pi_b + share U_s [inferred]."""
+    near_support: float = 0.01
+    """U_s is uniform over the actions to which pi_b(.|s) gives at least this probability (the
+    clinician's support at that state); 0 makes it uniform over all actions, which breaks the
+    positivity assumption of importance sampling (see the README) [inferred]."""
     calibration: Literal["linear", "binned"] = "linear"
     """Return-to-mortality map fitted on the test split's clinician episodes [inferred]."""
     n_boot: int = 200
@@ -108,6 +115,8 @@ class DeepENConfig:
                 "non-negative, at least one",
             ),
             "eval_epsilon": (0.0 < self.eval_epsilon < 1.0, "in (0, 1)"),
+            "near_share": (0.0 <= self.near_share <= 1.0, "in [0, 1]"),
+            "near_support": (0.0 <= self.near_support < 1.0, "in [0, 1)"),
             "n_boot": (self.n_boot >= 10, ">= 10"),
             "rollout_patients": (self.rollout_patients >= 100, ">= 100"),
             "support_min_count": (self.support_min_count >= 0, ">= 0"),

@@ -181,6 +181,26 @@ def mortality_calibration(
     return lambda v: np.clip(a + b * np.asarray(v, float), 0.0, 1.0)
 
 
+def near_mix(pi_b: np.ndarray, share: float, support: float) -> np.ndarray:
+    r"""Near-behaviour policy :math:`(1-\lambda)\pi_b + \lambda\,U_s`, with :math:`U_s` uniform
+    over :math:`\{a: \pi_b(a|s) \ge \text{support}\}` (all actions when ``support`` is 0).
+
+    Keeping the extra mass on actions the clinician takes keeps the positivity assumption of
+    importance sampling: a uniform share over all actions puts mass where the logged data have
+    none, and no IS estimate can see it.
+
+    Shape:
+        pi_b ``(N, A)`` -> ``(N, A)``.
+
+    Example:
+        >>> near_mix(np.array([[0.7, 0.3, 0.0]]), 0.1, 0.01).round(3)
+        array([[0.68, 0.32, 0.  ]])
+    """
+    keep = (pi_b >= support).astype(np.float64)
+    keep[keep.sum(1) == 0] = 1.0
+    return (1.0 - share) * pi_b + share * keep / keep.sum(1, keepdims=True)
+
+
 def wilson(k: np.ndarray, n: np.ndarray, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
     """Wilson score interval of binomial proportions ``k / n``."""
     n = np.maximum(n, 1)
@@ -313,8 +333,8 @@ class DeepEN(Learner):
             ids = np.abs(dose_day[None, :, :2] - target[:, None, :2]).sum(-1).argmin(1)
             return _soft(_one_hot(ids, n_a), eps)
 
-        def near_behaviour(obs: np.ndarray) -> np.ndarray:  # checks OPE: 0.9 pi_b + 0.1 uniform
-            return 0.9 * clinician(obs) + 0.1 / n_a
+        def near_behaviour(obs: np.ndarray) -> np.ndarray:  # checks OPE
+            return near_mix(clinician(obs), self.config.near_share, self.config.near_support)
 
         zero = int(np.abs(data.doses).sum(1).argmin())
         top = int((dose_day[:, :2] / dose_day[:, :2].max(0).clip(1e-9)).sum(1).argmax())

@@ -1,0 +1,1 @@
+"""DPsurv: evidential, prototype-based whole-slide survival analysis (arXiv 2510.00053)."""
