@@ -7,6 +7,7 @@ import logging
 import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from clinfuse.core.errors import ClinfuseError, ConfigError
 
@@ -128,6 +129,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         df = learner.predict(data, args.split)
     path = RunDir(args.run).write_predictions(df, name=f"predictions-{args.split}")
     print(f"{len(df)} predictions written to {path}")
+    figures = getattr(learner, "write_prediction_report", None)
+    if callable(figures):  # per-case figures (dpsurv: curve with band, assignment map, bars)
+        folder = Path(args.run) / f"predictions-{args.split}"
+        written = figures(data, args.split, folder, n_cases=args.show)
+        print(f"{len(written)} per-case figures for {args.show} cases written to {folder}")
     return 0
 
 
@@ -198,7 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--corrupt", help="e.g. gaussian:audio,vision:0.5 or drop:vision")
         if cmd == "predict":
             s.add_argument("--explain", action="store_true", help="top paths and rules (tunsr)")
-            s.add_argument("--show", type=int, default=5, help="explanations printed")
+            s.add_argument(
+                "--show",
+                type=int,
+                default=5,
+                help="explanations printed (tunsr), cases drawn (dpsurv)",
+            )
         if cmd == "sweep":
             s.add_argument(
                 "--corrupt", required=True, help="KIND:MODALITIES, e.g. gaussian:audio,vision"

@@ -260,6 +260,10 @@ class DPsurv(Learner):
             progress=progress,
         )
 
+    def bag_reps(self, bags: list[Bag]) -> Reps:
+        """Expert inputs of arbitrary bags (e.g. new slides) under the fitted prototypes."""
+        return _summaries_to_reps(self.summarise(bags))
+
     def _bag_reps(self, data: DPsurvData, idx: np.ndarray) -> Reps:
         cohort = data.cohort
         assert cohort is not None
@@ -397,7 +401,7 @@ class DPsurv(Learner):
                 (reps.take(val_i), time[val_i], event[val_i]),
             )  # fmt: skip
             sweep.append({"K": k, "valid_c": res.best_score, "best_epoch": res.best_epoch})
-            log.info("K=%d: inner C %.4f at epoch %d", k, res.best_score, res.best_epoch)
+            log.info("K=%d: inner %s %.4f at epoch %d", k, cfg.select_by, res.best_score, res.best_epoch)
         best = max(sweep, key=lambda r: r["valid_c"])
         self.n_prototypes = int(best["K"])
         self.model, _ = self._fit_net(

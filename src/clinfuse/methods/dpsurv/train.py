@@ -143,7 +143,7 @@ def train_module(
                 nn.utils.clip_grad_norm_(params, config.grad_clip)
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         row = {"epoch": float(epoch), "loss": float(np.mean(losses))}
         if score_fn is not None:
             module.eval()
