@@ -76,14 +76,19 @@ def test_demo_report(tmp_path) -> None:
     from clinfuse.report.demo import run_demo
 
     report = run_demo(
-        ["dib", "deepen"],
+        ["dib", "deepen", "dpsurv"],
         out=tmp_path / "demo",
         progress=False,
-        overrides={"dib": ["epochs=2", "progress=false"], "deepen": SMOKE["deepen"]},
+        overrides={
+            "dib": ["epochs=2", "progress=false"],
+            "deepen": SMOKE["deepen"],
+            "dpsurv": ["epochs=2", "progress=false"],
+        },
     )
     text = report.read_text()
     assert "| dib | synthetic_mosi | test non0_acc2 |" in text
     assert "| deepen | simulator (100 admissions) | policy value (true_value) |" in text
+    assert "| dpsurv | synthetic | test Harrell C |" in text
     assert (tmp_path / "demo" / "report.html").is_file()
     for png in re.findall(r"\]\(([^)]+\.png)\)", text):
         assert (tmp_path / "demo" / png).is_file()

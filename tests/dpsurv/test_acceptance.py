@@ -20,7 +20,15 @@ N_FOLDS = 5
 
 @pytest.fixture(scope="module")
 def oof(tmp_path_factory):
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        return _oof(tmp_path_factory)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _oof(tmp_path_factory):
     folds = []
     data = None
     for fold in range(N_FOLDS):

@@ -515,7 +515,7 @@ class DPsurv(Learner):
         rows = []
         for name, c in curves.items():
             m = survival_metrics(self.train_time, self.train_event, time, event, c["surv"], grid,
-                                 c["risk"])  # fmt: skip
+                                 c["risk"], tau=float(grid[-1]))  # fmt: skip
             if "s_low" in c:
                 cov = tercile_coverage(time, event, c["risk"], c["s_low"], c["s_up"], grid)
                 m.update({f"coverage_{k}": v for k, v in cov.items()})
