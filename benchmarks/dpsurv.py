@@ -3,7 +3,8 @@ r"""Benchmark: DPsurv against its baselines by 5-fold nested cross-validation.
 Data sets: the planted synthetic WSI cohort (400 cases, 6 morphologies; baselines ABMIL with the
 discrete head, mean-pool Cox, PANTHER + linear head) and, in tabular mode (the evidential head on
 the feature vector, one component; the ``tabular`` preset: z-scored features, continuous GRFN
-NLL), WHAS500 and veteran from the scikit-survival wheel (baseline: a linear Cox model). Per outer fold ``clinfuse fit dpsurv`` runs with
+NLL), WHAS500 and veteran from the scikit-survival wheel (baseline: a linear Cox model). Per
+outer fold ``clinfuse fit dpsurv`` runs with
 
 * ``dpsurv``: K (ENNreg prototypes per expert) chosen in {1, 2, 3, 4} on the inner 15% split of
   the outer training fold by the validation loss, then refitted on the whole outer training fold

@@ -401,7 +401,9 @@ class DPsurv(Learner):
                 (reps.take(val_i), time[val_i], event[val_i]),
             )  # fmt: skip
             sweep.append({"K": k, "valid_c": res.best_score, "best_epoch": res.best_epoch})
-            log.info("K=%d: inner %s %.4f at epoch %d", k, cfg.select_by, res.best_score, res.best_epoch)
+            log.info(
+                "K=%d: inner %s %.4f at epoch %d", k, cfg.select_by, res.best_score, res.best_epoch
+            )
         best = max(sweep, key=lambda r: r["valid_c"])
         self.n_prototypes = int(best["K"])
         self.model, _ = self._fit_net(
