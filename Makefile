@@ -9,7 +9,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev,dist,text,kg,mimic,surv]"
+	$(PY) -m pip install --quiet -e ".[dev,dist,text,kg,mimic,surv,ecg]"
 	touch $(STAMP)
 
 demo: $(STAMP)

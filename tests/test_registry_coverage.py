@@ -26,3 +26,17 @@ def test_every_method_has_quick_preset_and_readme() -> None:
     for name, cls in METHODS.items():
         assert cls.demo_preset in preset_names(name), name
         assert (src / name / "README.md").is_file(), name
+
+
+def test_every_builder_has_tests_quick_preset_and_readme() -> None:
+    from clinfuse.builders import load_all as load_builders
+    from clinfuse.core.builder import BUILDERS
+    from clinfuse.core.config import preset_names
+
+    load_builders()
+    assert BUILDERS.names(), "no builder registered"
+    src = Path(__file__).resolve().parents[1] / "src" / "clinfuse" / "builders"
+    for name, cls in BUILDERS.items():
+        assert list((TESTS / name).glob("test_*.py")), f"builder {name!r} has no tests/{name}/"
+        assert cls.demo_preset in preset_names(name), name
+        assert (src / name / "README.md").is_file(), name

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from clinfuse.core.builder import BUILDERS, Builder, DatasetCard
 from clinfuse.core.config import config_from_dict, config_to_dict, load_config, parse_overrides
 from clinfuse.core.learner import METHODS, Learner
 from clinfuse.core.loop import is_distributed_launch, resolve_device
@@ -124,6 +125,71 @@ def run(
         atomic_write_json(rd.config_path, meta)
     learner.fit(dataset, rd, resume=resume)
     return learner, rd
+
+
+def get_builder(name: str) -> type[Builder]:
+    from clinfuse.builders import load_all
+
+    load_all()
+    return BUILDERS.get(name)
+
+
+def build(
+    name: str,
+    config: Any = None,
+    *,
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: Sequence[str] | Mapping[str, Any] = (),
+    data: str | Path | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
+) -> tuple[Builder, DatasetCard, RunDir]:
+    """Build data set ``name`` into ``out`` (a run directory); return the builder, its card and
+    the run. With ``resume=True`` the saved config of ``out`` is reused (overrides on top) and
+    finished records are skipped."""
+    cls = get_builder(name)
+    if data is not None:
+        overrides = (
+            {**overrides, "data": str(data)} if isinstance(overrides, Mapping)
+            else [*overrides, f"data={data}"]
+        )  # fmt: skip
+    if resume:
+        if out is None:
+            from clinfuse.core.errors import RunDirError
+
+            raise RunDirError(
+                "--resume needs the build to continue",
+                expected="--out <build directory>",
+                found="no --out",
+                fix="clinfuse build NAME --out builds/... --resume",
+            )
+        rd = RunDir.open(out, method=name)
+        saved = config_from_dict(cls.config_cls, rd.config_dict())
+        cfg = _builder_config(cls, saved, overrides=overrides)
+    else:
+        if config is None:
+            cfg = load_config(cls.config_cls, method=name,
+                              preset=preset or (None if config_file else cls.demo_preset),
+                              path=config_file, overrides=overrides)  # fmt: skip
+        else:
+            cfg = _builder_config(cls, config, overrides=overrides)
+        if out is None:
+            import time
+
+            out = Path("builds") / name / time.strftime("%Y%m%d-%H%M%S")
+        rd = RunDir.create(out, name, config_to_dict(cfg), seed=getattr(cfg, "seed", None))
+    builder = cls(cfg)
+    card = builder.build(rd, resume=resume)
+    return builder, card, rd
+
+
+def _builder_config(cls: type[Builder], config: Any, overrides: Any) -> Any:
+    if not overrides:
+        return config
+    base = config_to_dict(config)
+    base.update(parse_overrides(overrides) if not isinstance(overrides, Mapping) else overrides)
+    return config_from_dict(cls.config_cls, base)
 
 
 def load(run_dir: str | Path, name: str | None = None, checkpoint: str = "best") -> Learner:

@@ -27,18 +27,24 @@ def _fmt_metrics(metrics: dict) -> str:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     from clinfuse.api import get_method
+    from clinfuse.builders import load_all as load_builders
+    from clinfuse.core.builder import BUILDERS
     from clinfuse.core.config import describe, preset_names
     from clinfuse.core.learner import METHODS
     from clinfuse.methods import load_all
 
     load_all()
+    load_builders()
     if args.name is None:
         print("methods:")
         for name, cls in METHODS.items():
             print(f"  {name:<12} {cls.description}  [presets: {', '.join(preset_names(name))}]")
-        print("\n`clinfuse ls NAME` lists a method's config fields (for --set key=value).")
+        print("builders:")
+        for name, bcls in BUILDERS.items():
+            print(f"  {name:<12} {bcls.description}  [presets: {', '.join(preset_names(name))}]")
+        print("\n`clinfuse ls NAME` lists a system's config fields (for --set key=value).")
         return 0
-    cls = get_method(args.name)
+    cls = BUILDERS.get(args.name) if args.name in BUILDERS.names() else get_method(args.name)
     print(f"{args.name}: {cls.description}\npaper: {cls.paper}")
     print(f"presets: {', '.join(preset_names(args.name))}\nconfig fields (--set key=value):")
     for fname, tname, default, doc in describe(cls.config_cls):
@@ -161,6 +167,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build(args: argparse.Namespace) -> int:
+    from clinfuse.api import build
+
+    overrides = list(args.set or [])
+    if args.executor:
+        overrides.append(f"executor={args.executor}")
+    _, card, rd = build(
+        args.name,
+        preset=args.preset,
+        config_file=args.config,
+        overrides=overrides,
+        data=args.data,
+        out=args.out,
+        resume=args.resume,
+    )
+    print(f"{card.n_records} records built, {card.n_skipped} already done, {card.n_failed} failed")
+    print(f"data set written to {rd.path} (card: {rd.path / 'dataset_card.md'})")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from clinfuse.report.demo import run_demo
 
@@ -218,6 +244,17 @@ def build_parser() -> argparse.ArgumentParser:
                 "--severities", type=float, nargs="+", default=[0.1, 0.25, 0.5, 1.0, 2.0]
             )
         s.set_defaults(func=func)
+
+    s = sub.add_parser("build", help="build a data set (resumable); writes a build directory")
+    s.add_argument("name")
+    s.add_argument("--preset", help="a preset of configs/NAME (default: quick)")
+    s.add_argument("--config", help="a TOML file (flat key = value; may set base = PRESET)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
+    s.add_argument("--data", help="input records (else the config's `data`: the embedded default)")
+    s.add_argument("--out", help="build directory (default builds/NAME/<time>)")
+    s.add_argument("--resume", action="store_true", help="continue the build in --out")
+    s.add_argument("--executor", choices=["process", "ray", "serial"], help="where records run")
+    s.set_defaults(func=cmd_build)
 
     s = sub.add_parser("demo", help="run every system's quick preset and write one report")
     s.add_argument("names", nargs="*", help="systems to run (default: all)")

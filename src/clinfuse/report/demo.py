@@ -101,13 +101,17 @@ def run_demo(
 
     ``overrides`` maps a system to extra ``key=value`` settings (tests shorten the training).
     """
-    from clinfuse.api import get_method, run
+    from clinfuse.api import build, get_method, run
+    from clinfuse.builders import load_all as load_builders
+    from clinfuse.core.builder import BUILDERS
     from clinfuse.methods import load_all
 
     load_all()
-    names = list(names) if names else METHODS.names()
+    load_builders()
+    names = list(names) if names else METHODS.names() + BUILDERS.names()
     for n in names:
-        get_method(n)  # unknown names fail before any work
+        if n not in BUILDERS:
+            get_method(n)  # unknown names fail before any work
     root = Path(out) if out else Path("runs") / "demo" / time.strftime("%Y%m%d-%H%M%S")
     root.mkdir(parents=True, exist_ok=True)
     results: list[DemoResult] = []
@@ -118,15 +122,18 @@ def run_demo(
         bar.set_postfix_str(name)
         t0 = time.perf_counter()
         try:
-            cls = get_method(name)
-            learner, rd = run(
-                name,
-                preset=cls.demo_preset,
-                out=root / name,
-                overrides=list((overrides or {}).get(name, [])),
-            )
-            data = learner.load_data(None)
-            results.append(learner.demo(data, rd))
+            extra = list((overrides or {}).get(name, []))
+            if name in BUILDERS:
+                bcls = BUILDERS.get(name)
+                builder, card, brd = build(
+                    name, preset=bcls.demo_preset, out=root / name, overrides=extra
+                )
+                results.append(builder.demo(brd, card))
+            else:
+                cls = get_method(name)
+                learner, rd = run(name, preset=cls.demo_preset, out=root / name, overrides=extra)
+                data = learner.load_data(None)
+                results.append(learner.demo(data, rd))
         except Exception:  # noqa: BLE001 - one failing system must not hide the others
             failures[name] = traceback.format_exc()
             log.error("demo of %s failed:\n%s", name, failures[name])

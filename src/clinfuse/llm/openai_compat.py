@@ -1,0 +1,357 @@
+"""A backend for any server that speaks the OpenAI chat-completions schema (standard library only).
+
+OpenAI itself, Azure-style proxies, vLLM, llama.cpp ``server``, Ollama, LM Studio, LiteLLM, ...::
+
+    POST {base_url}/chat/completions
+    {"model": ..., "temperature": ..., "max_tokens": ..., "seed": ..., "top_p": ...,
+     "stop": [...], "response_format": {"type": "json_object"},   # the last only with json_mode
+     "messages": [{"role": ..., "content": "<text>" | [
+         {"type": "text", "text": ...},
+         {"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}]}]}
+
+Failures and what happens to them:
+
+- connection refused/reset, timeout, HTTP 408/409/429, 5xx: retried ``max_retries`` times (the
+  official client's set). The wait before retry ``k`` (0-based) is ``backoff * 2**k`` seconds, or
+  the server's ``Retry-After`` when it sends one; either is capped at ``max_wait``.
+- any other 4xx (bad request, auth, unknown model): :class:`~clinfuse.llm.base.LLMError` at once,
+  with the server's own message and ``status``.
+- a 2xx whose body is not a chat completion: :class:`~clinfuse.llm.base.LLMError` at once.
+- still failing after the retries: :class:`~clinfuse.llm.base.LLMError` naming the last failure
+  (e.g. ``timed out after 60s``).
+
+There is no base URL by default, so that no prompt (which may hold patient data) goes to a cloud
+endpoint unless someone wrote that endpoint down. The API key is never logged, and is masked as
+``***`` in any server message that echoes it.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from clinfuse.core.errors import ConfigError
+from clinfuse.llm.base import (
+    BACKENDS,
+    Completion,
+    GenerationConfig,
+    ImagePart,
+    LLMError,
+    Message,
+    TextPart,
+    prompt_hash,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KEY_ENV = "OPENAI_API_KEY"
+BASE_URL_ENV = "OPENAI_BASE_URL"
+_RETRY_STATUS = frozenset({408, 409, 429})  # plus every 5xx; as the official client
+
+
+def _fix_for_status(status: int, key_env: str | None) -> str:
+    key_fix = f"set the API key in ${key_env} or pass api_key=" if key_env else "pass api_key="
+    fixes = {
+        400: "check the model name, max_tokens, and whether the server supports json_mode/images",
+        401: key_fix,
+        403: f"{key_fix}; check that the key may use this model",
+        404: "check base_url (OpenAI-compatible servers usually end in /v1) and the model name",
+        413: "shorten the prompt or send smaller images",
+        422: "check the model name, max_tokens, and whether the server supports json_mode/images",
+    }
+    return fixes.get(status, "see the server's message")
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date), or None.
+
+    Example:
+        >>> parse_retry_after("7"), parse_retry_after("soon")
+        (7.0, None)
+    """
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def server_message(body: bytes) -> str:
+    """The human-readable part of an error body (``{"error": {"message": ...}}``, ``detail``, text)."""
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text[:500] or "(empty body)"
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return err["message"]
+        for candidate in (err, data.get("message"), data.get("detail")):
+            if isinstance(candidate, str):
+                return candidate
+    return text[:500]
+
+
+def _content(m: Message) -> str | list[dict[str, Any]]:
+    parts = m.parts
+    if len(parts) == 1 and isinstance(parts[0], TextPart):
+        return parts[0].text
+    encoders: dict[type, Callable[[Any], dict[str, Any]]] = {
+        TextPart: lambda p: {"type": "text", "text": p.text},
+        ImagePart: lambda p: {"type": "image_url", "image_url": {"url": p.data_uri()}},
+    }
+    return [encoders[type(p)](p) for p in parts]
+
+
+class OpenAICompatBackend:
+    """Chat completions from an OpenAI-compatible HTTP server.
+
+    Args:
+        model: the server's model name (``gpt-4o-mini``, ``Qwen/Qwen2.5-VL-7B-Instruct``, ...).
+        base_url: the API root, e.g. ``http://localhost:8000/v1``; ``/chat/completions`` is appended.
+        api_key: the key itself; when None it is read from the environment variable ``api_key_env``.
+            With no key at all no ``Authorization`` header is sent (local servers need none).
+        api_key_env: environment variable holding the key (``OPENAI_API_KEY``).
+        timeout: seconds for connecting and for each read.
+        max_retries: retries after the first attempt for connection errors, timeouts, 429 and 5xx.
+        backoff: first wait in seconds; it doubles with each retry.
+        max_wait: cap on any single wait, ``Retry-After`` included.
+        sleep: the waiting function (tests pass a recorder).
+        headers: extra HTTP headers (e.g. an organisation or project header).
+
+    ``model_id`` is ``f"{model}@{base_url}"``.
+    """
+
+    backend = "openai"
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str,
+        api_key: str | None = None,
+        api_key_env: str | None = DEFAULT_KEY_ENV,
+        timeout: float = 60.0,
+        max_retries: int = 3,
+        backoff: float = 1.0,
+        max_wait: float = 120.0,
+        sleep: Callable[[float], None] = time.sleep,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        if not (isinstance(model, str) and model.strip()):
+            raise ConfigError("OpenAICompatBackend needs a model name", found=repr(model))
+        if not (isinstance(base_url, str) and base_url.startswith(("http://", "https://"))):
+            raise ConfigError(
+                "bad base_url for an OpenAI-compatible server",
+                expected="an http(s) URL such as 'http://localhost:8000/v1'",
+                found=repr(base_url),
+                fix="pass base_url=... or write the spec as 'openai:<model>@<url>'",
+            )
+        numbers = {"timeout": timeout, "backoff": backoff, "max_wait": max_wait}
+        for name, value in numbers.items():
+            if not (isinstance(value, int | float) and value >= 0):
+                raise ConfigError(f"bad {name}", expected="a number >= 0", found=repr(value))
+        if not (isinstance(max_retries, int) and max_retries >= 0):
+            raise ConfigError("bad max_retries", expected="an int >= 0", found=repr(max_retries))
+        self.model = model
+        self.base_url = base_url.rstrip("/")
+        self.url = f"{self.base_url}/chat/completions"
+        self.model_id = f"{model}@{self.base_url}"
+        self.api_key_env = api_key_env
+        self._api_key = api_key or (os.environ.get(api_key_env) if api_key_env else None) or None
+        self.timeout = float(timeout)
+        self.max_retries = max_retries
+        self.backoff = float(backoff)
+        self.max_wait = float(max_wait)
+        self._sleep = sleep
+        self._headers = dict(headers or {})
+
+    def __repr__(self) -> str:  # never the key itself
+        key = "set" if self._api_key else "none"
+        return f"OpenAICompatBackend(model_id={self.model_id!r}, api_key={key})"
+
+    # -- request ---------------------------------------------------------------------------------
+    def request_body(
+        self, messages: Sequence[Message], config: GenerationConfig | None = None
+    ) -> dict[str, Any]:
+        """The JSON body POSTed for ``messages`` (unset options are left out)."""
+        config = config or GenerationConfig()
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [{"role": m.role, "content": _content(m)} for m in messages],
+            "temperature": config.temperature,
+        }
+        optional = {
+            "max_tokens": config.max_tokens,
+            "seed": config.seed,
+            "top_p": config.top_p,
+            "stop": list(config.stop) or None,
+            "response_format": {"type": "json_object"} if config.json_mode else None,
+        }
+        body.update({k: v for k, v in optional.items() if v is not None})
+        return body
+
+    def generate(
+        self, messages: Sequence[Message], config: GenerationConfig | None = None
+    ) -> Completion:
+        """POST the request, retrying transient failures; see the module docstring."""
+        config = config or GenerationConfig()
+        digest = prompt_hash(messages, self.model_id, config)
+        body = json.dumps(self.request_body(messages, config)).encode("utf-8")
+        log.debug("POST %s model=%s prompt_hash=%s", self.url, self.model, digest[:12])
+        data = self._post(body)
+        text, usage = self._parse(data)
+        return Completion(
+            text=text,
+            model_id=self.model_id,
+            backend=self.backend,
+            prompt_hash=digest,
+            usage=usage,
+            raw=data,
+        )
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._api_key, "***") if self._api_key else text
+
+    def _post(self, body: bytes) -> dict[str, Any]:
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": "clinfuse-llm",
+            **self._headers,
+        }
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        attempts = self.max_retries + 1
+        last, last_status = "", None
+        for attempt in range(attempts):
+            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+            retry_after = None
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as resp:
+                    raw = resp.read()
+                return self._decode(raw)
+            except urllib.error.HTTPError as exc:
+                message = self._redact(server_message(_read(exc)))
+                last, last_status = f"HTTP {exc.code}: {message}", exc.code
+                if not (exc.code in _RETRY_STATUS or exc.code >= 500):
+                    raise LLMError(
+                        f"{self.model_id} refused the request: HTTP {exc.code}: {message}",
+                        status=exc.code,
+                        expected="a 2xx answer",
+                        found=f"HTTP {exc.code} from {self.url}",
+                        fix=_fix_for_status(exc.code, self.api_key_env),
+                    ) from None
+                retry_after = parse_retry_after(exc.headers.get("Retry-After"))
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+                last, last_status = self._describe(exc), None
+            if attempt + 1 == attempts:
+                break
+            wait = min(self.max_wait, self.backoff * 2**attempt if retry_after is None else retry_after)
+            log.warning(
+                "%s: %s; retry %d/%d in %.2fs",
+                self.model_id,
+                last,
+                attempt + 1,
+                self.max_retries,
+                wait,
+            )
+            self._sleep(wait)
+        raise LLMError(
+            f"{self.model_id}: no answer after {attempts} attempt(s): {last}",
+            status=last_status,
+            expected=f"a 2xx answer from {self.url}",
+            found=last,
+            fix="check that the server is up and reachable; raise timeout= or max_retries= "
+            "for slow or busy servers",
+        )
+
+    def _describe(self, exc: BaseException) -> str:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        if isinstance(reason, TimeoutError):
+            return f"timed out after {self.timeout:g}s"
+        return self._redact(f"{type(reason).__name__}: {reason}")
+
+    def _decode(self, raw: bytes) -> dict[str, Any]:
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise LLMError(
+                f"{self.model_id} answered with malformed JSON",
+                expected="a JSON object (an OpenAI chat completion)",
+                found=self._redact(raw[:200].decode("utf-8", "replace")) or "(empty body)",
+                fix="check that base_url points at an OpenAI-compatible API (usually .../v1)",
+            )
+        return data
+
+    def _parse(self, data: dict[str, Any]) -> tuple[str, dict[str, int]]:
+        if "choices" not in data and "error" in data:
+            message = self._redact(server_message(json.dumps(data).encode()))
+            raise LLMError(f"{self.model_id} answered with an error: {message}", found=message)
+        choices = data.get("choices")
+        first = choices[0] if isinstance(choices, list) and choices else None
+        message = first.get("message") if isinstance(first, dict) else None
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):  # some servers return text parts
+            texts = [p.get("text") for p in content if isinstance(p, dict)]
+            content = "".join(t for t in texts if isinstance(t, str)) if texts else None
+        if not isinstance(content, str):
+            reason = first.get("finish_reason") if isinstance(first, dict) else None
+            raise LLMError(
+                f"{self.model_id} answered without text",
+                expected='{"choices": [{"message": {"content": "<text>"}}]}',
+                found=self._redact(json.dumps(data)[:300]) + f" (finish_reason={reason!r})",
+                fix="check the server's logs; a refusal or tool call has no text content",
+            )
+        usage = data.get("usage")
+        usage = usage if isinstance(usage, dict) else {}
+        counts = {k: v for k, v in usage.items() if isinstance(v, int) and not isinstance(v, bool)}
+        return content, counts
+
+
+def _read(exc: urllib.error.HTTPError) -> bytes:
+    try:
+        return exc.read() or b""
+    except (OSError, http.client.HTTPException):
+        return b""
+
+
+@BACKENDS.register("openai")
+def _openai(arg: str, **kw: Any) -> OpenAICompatBackend:
+    """``openai:<model>[@<base_url>]``; without ``@url``: ``base_url=`` or ``$OPENAI_BASE_URL``."""
+    model, _, url = arg.partition("@")
+    if url and kw.get("base_url") not in (None, url):
+        raise ConfigError(
+            "two base URLs for one backend",
+            expected="the URL in the spec or base_url=, not both",
+            found=f"{url!r} and {kw['base_url']!r}",
+        )
+    base_url = url or kw.pop("base_url", None) or os.environ.get(BASE_URL_ENV)
+    kw.pop("base_url", None)
+    if not base_url:
+        raise ConfigError(
+            f"no base URL for 'openai:{arg}'",
+            expected="'openai:<model>@<base_url>', base_url=..., or $OPENAI_BASE_URL",
+            found=f"'openai:{arg}'",
+            fix=f"e.g. 'openai:{model or 'gpt-4o-mini'}@https://api.openai.com/v1'",
+        )
+    return OpenAICompatBackend(model, base_url, **kw)
