@@ -40,7 +40,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clinfuse.builders.meeti.params import ParamsConfig, delineate_record, detect_rpeaks
+from clinfuse.builders.meeti.params import (
+    ParamsConfig,
+    delineate_record,
+    detect_rpeaks,
+    summarise_record,
+)
 
 log = logging.getLogger("meeti_ludb")
 
@@ -70,9 +75,19 @@ MITBIH_BEATS = set("NLRBAaJSVrFejnE/fQ?")
 """MIT-BIH beat annotation symbols (the rest are rhythm, noise and comment marks)."""
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
-    "dwt": {"method": "dwt"},
-    "consensus": {"rpeak_mode": "consensus"},
+    "rpeaks_lead_II": {"rpeak_mode": "lead"},
+    "no_cross_lead": {"cross_lead": "none"},
+    "no_qrs_refine": {"qrs_refine_frac": 0.0, "align_ms": 0.0},
+    "as_is_polarity": {"polarity": "as_is"},
+    "plain_prominence": {
+        "rpeak_mode": "lead",
+        "polarity": "as_is",
+        "qrs_refine_frac": 0.0,
+        "align_ms": 0.0,
+        "cross_lead": "none",
+    },
     "no_clean": {"clean": False},
+    "dwt": {"method": "dwt"},
 }
 """Config overrides compared by ``--sweep``."""
 
@@ -109,31 +124,33 @@ def ludb_reference(symbols: Sequence[str], samples: Sequence[int]) -> dict[str, 
 
 def match(
     reference: np.ndarray, detected: np.ndarray, tolerance: float
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One-to-one nearest-first matching within a tolerance.
 
     Pairs are taken in order of increasing distance; each reference and each detection is used
     at most once.
 
     Shape:
-        reference: ``(n,)``, detected: ``(m,)`` (NaN ignored). Output: ``(errors, ref_index)``,
-        both ``(k,)``: ``detected - reference`` of each pair and the reference it matched.
+        reference: ``(n,)``, detected: ``(m,)`` (NaN ignored). Output: ``(errors, ref_index,
+        det_index)``, each ``(k,)``: ``detected - reference`` of each pair and the indices of its
+        reference and detection (into ``detected`` with NaNs dropped).
 
     Example:
-        >>> match(np.array([100, 200]), np.array([104.0, 150.0, 260.0]), 50)[0].tolist()
-        [4.0, 50.0]
+        >>> match(np.array([100, 200]), np.array([104.0, 150.0, 260.0, np.nan]), 50)[0].tolist()
+        [4.0, -50.0]
     """
     det = np.asarray(detected, dtype=float)
     det = det[np.isfinite(det)]
     ref = np.asarray(reference, dtype=float)
+    empty = np.array([], dtype=int)
     if not len(ref) or not len(det):
-        return np.array([]), np.array([], dtype=int)
+        return np.array([]), empty, empty
     dist = np.abs(det[None, :] - ref[:, None])
     ri, di = np.nonzero(dist <= tolerance)
     order = np.argsort(dist[ri, di], kind="stable")
     used_r: set[int] = set()
     used_d: set[int] = set()
-    errors, idx = [], []
+    errors, idx, jdx = [], [], []
     for k in order:
         r, d = int(ri[k]), int(di[k])
         if r in used_r or d in used_d:
@@ -142,7 +159,8 @@ def match(
         used_d.add(d)
         errors.append(det[d] - ref[r])
         idx.append(r)
-    return np.asarray(errors, dtype=float), np.asarray(idx, dtype=int)
+        jdx.append(d)
+    return np.asarray(errors, dtype=float), np.asarray(idx, dtype=int), np.asarray(jdx, dtype=int)
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,13 +169,26 @@ def match(
 
 def score_record(
     record: str | Path, config: ParamsConfig, tol_ms: float = TOL_MS
-) -> list[dict[str, Any]]:
-    """Errors of one LUDB record, one row per (lead, point) with the matched errors in ms."""
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Errors of one LUDB record and its summary.
+
+    Returns:
+        One row per (lead, point) with the counts and the matched errors in ms, and the
+        record's :func:`~clinfuse.builders.meeti.params.summarise_record` with the seconds
+        :func:`~clinfuse.builders.meeti.params.delineate_record` took.
+    """
     import wfdb
 
     rec = wfdb.rdrecord(str(record))
     fs = float(rec.fs)
+    t0 = time.perf_counter()
     beats = delineate_record(rec.p_signal, fs, rec.sig_name, config)
+    seconds = time.perf_counter() - t0
+    summary = {
+        "record": Path(record).name,
+        "seconds": seconds,
+        **summarise_record(beats, rec.sig_name, fs),
+    }
     ms = 1000.0 / fs
     rows = []
     for lead in rec.sig_name:
@@ -168,19 +199,22 @@ def score_record(
         for point in POINTS:
             det = ours[point].to_numpy(dtype=float) if len(ours) else np.array([])
             det = det[np.isfinite(det)]
-            in_span = det[(det >= lo) & (det <= hi)]
-            errors, _ = match(ref[point], in_span, tol_ms / ms)
+            # a point just outside the span can still match the span's first or last mark
+            near = det[(det >= lo - tol_ms / ms) & (det <= hi + tol_ms / ms)]
+            errors, _, used = match(ref[point], near, tol_ms / ms)
+            inside = (near >= lo) & (near <= hi)
             rows.append(
                 {
                     "record": Path(record).name,
                     "lead": lead,
                     "point": point,
                     "n_ref": len(ref[point]),
-                    "n_det": len(in_span),
+                    "n_det": int(inside.sum()),
+                    "n_det_matched": int(inside[used].sum()),
                     "errors_ms": (errors * ms).tolist(),
                 }
             )
-    return rows
+    return rows, summary
 
 
 def aggregate(rows: Iterable[dict[str, Any]], by: Sequence[str]) -> pd.DataFrame:
@@ -191,6 +225,7 @@ def aggregate(rows: Iterable[dict[str, Any]], by: Sequence[str]) -> pd.DataFrame
     for key, g in groups:
         err = np.concatenate([np.asarray(e, dtype=float) for e in g["errors_ms"]] + [np.array([])])
         n_ref, n_det = int(g["n_ref"].sum()), int(g["n_det"].sum())
+        n_det_matched = int(g["n_det_matched"].sum())
         key = key if isinstance(key, tuple) else (key,)
         out.append(
             {
@@ -198,7 +233,7 @@ def aggregate(rows: Iterable[dict[str, Any]], by: Sequence[str]) -> pd.DataFrame
                 "n_ref": n_ref,
                 "n_matched": len(err),
                 "match_rate": len(err) / n_ref if n_ref else np.nan,
-                "ppv": len(err) / n_det if n_det else np.nan,
+                "ppv": n_det_matched / n_det if n_det else np.nan,
                 "mean_ms": float(err.mean()) if len(err) else np.nan,
                 "sd_ms": float(err.std(ddof=1)) if len(err) > 1 else np.nan,
                 "within_40": float((np.abs(err) <= NEAR_MS).mean()) if len(err) else np.nan,
@@ -213,12 +248,32 @@ def ludb_records(root: Path = LUDB, limit: int | None = None) -> list[Path]:
     return recs[:limit] if limit else recs
 
 
-def evaluate_ludb(records: Sequence[Path], config: ParamsConfig) -> list[dict[str, Any]]:
-    """Rows of :func:`score_record` over several records."""
+def evaluate_ludb(
+    records: Sequence[Path], config: ParamsConfig
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows and summaries of :func:`score_record` over several records."""
     rows: list[dict[str, Any]] = []
+    summaries = []
     for rec in records:
-        rows += score_record(rec, config)
-    return rows
+        r, summary = score_record(rec, config)
+        rows += r
+        summaries.append(summary)
+    return rows, summaries
+
+
+def ludb_labels(csv_path: Path) -> dict[str, dict[str, str]]:
+    """Rhythm and electric-axis labels per record id from ``ludb.csv`` (cells hold newlines)."""
+    import csv
+
+    out = {}
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            axis = row["Electric axis of the heart"].strip()
+            out[row["ID"].strip()] = {
+                "rhythm": row["Rhythms"].strip().splitlines()[0] if row["Rhythms"].strip() else "",
+                "axis": axis.replace("Electric axis of the heart:", "").strip(),
+            }
+    return out
 
 
 def targets_met(point_table: pd.DataFrame) -> dict[str, bool]:
@@ -243,7 +298,9 @@ def evaluate_mitbih(record: Path, config: ParamsConfig, tol_ms: float = TOL_MS) 
     rec = wfdb.rdrecord(str(record))
     ann = wfdb.rdann(str(record), "atr")
     fs = float(rec.fs)
-    ref = np.asarray([s for s, sym in zip(ann.sample, ann.symbol, strict=True) if sym in MITBIH_BEATS])
+    ref = np.asarray(
+        [s for s, sym in zip(ann.sample, ann.symbol, strict=True) if sym in MITBIH_BEATS]
+    )
     mode = "lead" if config.rpeak_lead.lower() in {n.lower() for n in rec.sig_name} else "consensus"
     cfg = dataclasses.replace(config, rpeak_mode=config.rpeak_mode if mode == "lead" else mode)
     t0 = time.perf_counter()
@@ -320,6 +377,48 @@ def to_markdown(payload: dict[str, Any], describe_machine: str) -> str:
     for lead in by_lp["lead"].unique():
         sub = by_lp[by_lp["lead"] == lead].set_index("point")
         lines.append(f"| {lead} | " + " | ".join(_cells(sub.loc[p]) for p in POINTS) + " |")
+    first, second = (
+        pd.DataFrame(default["halves"][h]).set_index("point") for h in default["halves"]
+    )
+    lines += [
+        "",
+        "## Stability: the two halves of the records",
+        "",
+        "The defaults were chosen on all the records scored here (no held-out set); the halves "
+        f"(records before / from {default['split_at_record']}) show how much the numbers move.",
+        "",
+        "| point | first half | second half |",
+        "|---|---|---|",
+    ]
+    for point in POINTS:
+        lines.append(f"| {point} | {_cells(first.loc[point])} | {_cells(second.loc[point])} |")
+    labels = payload.get("ludb_labels") or {}
+    if labels:
+        summ = pd.DataFrame(default["summaries"])
+        summ["axis_label"] = summ["record"].map(lambda r: labels.get(r, {}).get("axis", ""))
+        summ["rhythm"] = summ["record"].map(lambda r: labels.get(r, {}).get("rhythm", ""))
+        lines += [
+            "",
+            "## Record summaries against the LUDB diagnoses (not a target; a plausibility check)",
+            "",
+            "QRS axis (net I / aVF amplitudes) by the cardiologists' axis label, and heart rate, "
+            "beats with a visible P wave (>= 0.02 mV in half the leads) by rhythm: median "
+            "[min, max] over the records.",
+            "",
+            "| group | records | QRS axis deg | HR bpm | share of beats with P | QRS ms "
+            "| QTc Bazett ms |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for col in ("axis_label", "rhythm"):
+            for name, g in summ.groupby(col, sort=True):
+                p_share = g["n_beats_with_p"] / g["n_beats"]
+                cells = [
+                    f"{v.median():.0f} [{v.min():.0f}, {v.max():.0f}]"
+                    for v in (g["qrs_axis_deg"], g["hr_bpm"])
+                ]
+                cells.append(f"{p_share.median():.2f} [{p_share.min():.2f}, {p_share.max():.2f}]")
+                cells += [f"{g[c].median():.0f}" for c in ("qrs_ms", "qtc_bazett_ms")]
+                lines.append(f"| {name or '(none)'} | {len(g)} | " + " | ".join(cells) + " |")
     mit = default["mitbih_100"]
     lines += [
         "",
@@ -335,7 +434,9 @@ def to_markdown(payload: dict[str, Any], describe_machine: str) -> str:
             "",
             "## Options compared (overall per point: match rate / mean / SD / within 40 ms)",
             "",
-            "| variant | " + " | ".join(POINTS) + " | MIT-BIH Se / PPV | targets met | s / record |",
+            "| variant | "
+            + " | ".join(POINTS)
+            + " | MIT-BIH Se / PPV | targets met | s / record |",
             "|---|" + "---|" * (len(POINTS) + 3),
         ]
         for name, v in payload["variants"].items():
@@ -362,18 +463,24 @@ def to_markdown(payload: dict[str, Any], describe_machine: str) -> str:
 
 def run_variant(config: ParamsConfig, records: Sequence[Path]) -> dict[str, Any]:
     """LUDB scores and MIT-BIH 100 detection for one config."""
-    t0 = time.perf_counter()
-    rows = evaluate_ludb(records, config)
-    seconds = (time.perf_counter() - t0) / max(len(records), 1)
+    rows, summaries = evaluate_ludb(records, config)
     by_point = aggregate(rows, ["point"])
+    mid = records[len(records) // 2].name  # first record of the second half
+    halves = {}
+    for name, part in (("first", True), ("second", False)):
+        sub = [r for r in rows if (int(r["record"]) < int(mid)) == part]
+        halves[name] = aggregate(sub, ["point"]).to_dict("records") if sub else []
     return {
         "config": dataclasses.asdict(config),
         "by_point": by_point.to_dict("records"),
         "by_lead_point": aggregate(rows, ["lead", "point"]).to_dict("records"),
         "overall": aggregate(rows, []).to_dict("records")[0],
+        "halves": halves,
+        "split_at_record": mid,
         "targets_met": targets_met(by_point),
+        "summaries": summaries,
         "mitbih_100": evaluate_mitbih(MITBIH_100, dataclasses.replace(config, rpeak_lead="MLII")),
-        "seconds_per_record": seconds,
+        "seconds_per_record": float(np.mean([s["seconds"] for s in summaries])),
     }
 
 
@@ -388,7 +495,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _machine import describe, machine_info
-
     from clinfuse.core.runs import atomic_write_json, atomic_write_text
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -405,11 +511,17 @@ def main(argv: list[str] | None = None) -> int:
         cfg = dataclasses.replace(ParamsConfig(), **VARIANTS[name])
         log.info("variant %s ...", name)
         variants[name] = run_variant(cfg, records)
+        if name != "default":  # the detail tables of the default only
+            for key in ("by_lead_point", "summaries"):
+                variants[name].pop(key)
         log.info("  targets met: %s", variants[name]["targets_met"])
     payload = {
         "benchmark": "meeti_ludb",
         "config": dataclasses.asdict(ParamsConfig()),
         "ludb_records": f"{records[0].name}-{records[-1].name}",
+        "ludb_labels": ludb_labels(LUDB.parent / "ludb.csv")
+        if (LUDB.parent / "ludb.csv").exists()
+        else {},
         "tolerance_ms": TOL_MS,
         "near_ms": NEAR_MS,
         "variants": variants,

@@ -27,8 +27,6 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from clinfuse.core.errors import RunDirError
 
 RUN_MARK = "clinfuse_run"
@@ -79,6 +77,8 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     buf = io.BytesIO()
+    import torch
+
     torch.save(obj, buf)
     return atomic_write_bytes(path, buf.getvalue())
 
@@ -101,6 +101,7 @@ def git_sha() -> str | None:
 def environment(seed: int | None = None, device: str | None = None) -> dict[str, Any]:
     """Versions and machine facts recorded in ``env.json``."""
     import numpy
+    import torch
 
     import clinfuse
 
@@ -298,7 +299,7 @@ class RunDir:
     def save_checkpoint(self, kind: str, state: Mapping[str, Any]) -> Path:
         return atomic_torch_save(dict(state), self.checkpoint_path(kind))
 
-    def load_checkpoint(self, kind: str, map_location: str | torch.device = "cpu") -> dict:
+    def load_checkpoint(self, kind: str, map_location: Any = "cpu") -> dict:
         p = self.checkpoint_path(kind)
         if not p.exists():
             raise RunDirError(
@@ -307,6 +308,8 @@ class RunDir:
                 found=f"{sorted(x.name for x in self.checkpoints.iterdir())}",
                 fix="the run may have been stopped before its first epoch ended; fit it again",
             )
+        import torch
+
         return torch.load(p, map_location=map_location, weights_only=True)
 
     def __repr__(self) -> str:

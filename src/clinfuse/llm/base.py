@@ -1,4 +1,4 @@
-"""Messages, generation settings, completions, the ``TextBackend`` protocol and the backend registry.
+"""Messages, generation settings, completions, the ``TextBackend`` protocol, the backend registry.
 
 Every text/vision model in clinfuse sits behind one protocol::
 
@@ -48,6 +48,19 @@ class LLMError(ClinfuseError):
     def __init__(self, message: str, *, status: int | None = None, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.status = status
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keep the fields across process pools
+        kw = {
+            "status": self.status,
+            "expected": self.expected,
+            "found": self.found,
+            "fix": self.fix,
+        }
+        return (_rebuild_llm_error, (self.message, kw))
+
+
+def _rebuild_llm_error(message: str, kw: dict[str, Any]) -> LLMError:
+    return LLMError(message, **kw)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,7 +202,7 @@ class GenerationConfig:
     """Sampling settings sent with a request (``None`` leaves the server's default)."""
 
     temperature: float = 0.0
-    """Sampling temperature; 0 is greedy, the only setting whose answers are cached without a seed."""
+    """Sampling temperature; 0 is greedy (the only setting cached without a seed)."""
     max_tokens: int | None = None
     """Upper bound on generated tokens."""
     seed: int | None = None
@@ -217,8 +230,7 @@ class GenerationConfig:
             ),
             (self.seed is None or _is_int(self.seed), "seed", "None or an int"),
             (
-                self.top_p is None
-                or (isinstance(self.top_p, int | float) and 0 < self.top_p <= 1),
+                self.top_p is None or (isinstance(self.top_p, int | float) and 0 < self.top_p <= 1),
                 "top_p",
                 "None or a number in (0, 1]",
             ),
@@ -290,7 +302,9 @@ class Completion:
             "created": str,
             "cached": bool,
         }
-        bad = [k for k, t in types.items() if not isinstance(d, dict) or not isinstance(d.get(k), t)]
+        bad = [
+            k for k, t in types.items() if not isinstance(d, dict) or not isinstance(d.get(k), t)
+        ]
         if bad:
             raise DataError(
                 "not a serialised Completion",
@@ -339,7 +353,9 @@ def canonical_request(
 
 def canonical_json(obj: Any) -> str:
     """Key-sorted, whitespace-free, ASCII-only JSON (one byte string per value, on any machine)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    )
 
 
 def prompt_hash(
@@ -353,7 +369,7 @@ def prompt_hash(
 
     Example:
         >>> prompt_hash([Message("user", "hi")], "echo")[:16]
-        '26f5eb7c9af0e0b1'
+        'f860d7d32a136482'
     """
     blob = canonical_json(canonical_request(messages, model_id, config)).encode("ascii")
     return hashlib.sha256(blob).hexdigest()

@@ -94,7 +94,7 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
 
 
 def server_message(body: bytes) -> str:
-    """The human-readable part of an error body (``{"error": {"message": ...}}``, ``detail``, text)."""
+    """The readable part of an error body: ``{"error": {"message": ...}}``, ``detail``, or text."""
     text = body.decode("utf-8", "replace").strip()
     try:
         data = json.loads(text)
@@ -126,7 +126,7 @@ class OpenAICompatBackend:
 
     Args:
         model: the server's model name (``gpt-4o-mini``, ``Qwen/Qwen2.5-VL-7B-Instruct``, ...).
-        base_url: the API root, e.g. ``http://localhost:8000/v1``; ``/chat/completions`` is appended.
+        base_url: the API root, e.g. ``http://localhost:8000/v1`` (``/chat/completions`` is added).
         api_key: the key itself; when None it is read from the environment variable ``api_key_env``.
             With no key at all no ``Authorization`` header is sent (local servers need none).
         api_key_env: environment variable holding the key (``OPENAI_API_KEY``).
@@ -264,7 +264,9 @@ class OpenAICompatBackend:
                 last, last_status = self._describe(exc), None
             if attempt + 1 == attempts:
                 break
-            wait = min(self.max_wait, self.backoff * 2**attempt if retry_after is None else retry_after)
+            wait = min(
+                self.max_wait, self.backoff * 2**attempt if retry_after is None else retry_after
+            )
             log.warning(
                 "%s: %s; retry %d/%d in %.2fs",
                 self.model_id,

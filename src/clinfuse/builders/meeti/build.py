@@ -208,14 +208,14 @@ def process_record(ref: Any, cfg_dict: dict[str, Any], root: str) -> dict[str, A
         rr = beats.groupby("beat")["rr_ms"].median().dropna()
         rr_sd = float(rr.std()) if len(rr) > 2 else None
         _write_npz(p["waveform"], rec.signal, rec.fs, rec.leads)
+        flags = {k: list(v) for k, v in rec.flags.items()}
         if cfg.images:
-            plot.write_ecg_png(
-                rec.signal,
-                rec.fs,
-                rec.leads,
-                p["image"],
-                plot.PlotConfig(dpi=cfg.dpi, layout=cfg.image_layout),
+            image = plot.render(
+                rec.signal, rec.fs, rec.leads, plot.PlotConfig(dpi=cfg.dpi, layout=cfg.image_layout)
             )
+            image.save_png(p["image"])
+            if image.clipped_leads:
+                flags["clipped_in_image"] = list(image.clipped_leads)
         _write_parquet(beats.assign(study_id=study), p["beats"])
         messages = text.build_prompt(
             study,
@@ -223,7 +223,7 @@ def process_record(ref: Any, cfg_dict: dict[str, Any], root: str) -> dict[str, A
             per_lead,
             report=ref.report,
             machine=ref.machine,
-            flags=rec.flags,
+            flags=flags,
             fs=rec.fs,
             rr_sd_ms=rr_sd,
         )
@@ -240,7 +240,7 @@ def process_record(ref: Any, cfg_dict: dict[str, Any], root: str) -> dict[str, A
             "fs": float(rec.fs),
             "n_samples": int(rec.signal.shape[0]),
             "leads": list(rec.leads),
-            "flags": {k: list(v) for k, v in rec.flags.items()},
+            "flags": flags,
             "summary": _jsonable(dict(summary)),
             "files": files,
             "text_model_id": completion.model_id,

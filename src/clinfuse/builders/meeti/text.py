@@ -225,7 +225,7 @@ def _axis(s: Mapping[str, float]) -> str | None:
         word = "right axis deviation"
     else:
         word = "extreme axis deviation"
-    return f"Frontal QRS axis {ax:.0f} degrees ({word})."
+    return f"Frontal QRS axis {round(ax) + 0:d} degrees ({word})."
 
 
 def _intervals(s: Mapping[str, float]) -> list[str]:
