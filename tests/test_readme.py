@@ -11,7 +11,12 @@ import pytest
 from clinfuse.cli import main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-METHOD_READMES = sorted((README.parent / "src/clinfuse/methods").glob("*/README.md"))
+METHOD_READMES = sorted(
+    [
+        *(README.parent / "src/clinfuse/methods").glob("*/README.md"),
+        *(README.parent / "src/clinfuse/builders").glob("*/README.md"),
+    ]
+)
 
 
 def readme_commands(path: Path) -> list[list[str]]:
@@ -41,6 +46,9 @@ SMOKE = {
 def _shrink(argv: list[str]) -> list[str] | None:
     if argv[0] == "demo":
         return None  # covered by test_demo_report and the slow full demo
+    if argv[0] == "build" and "--resume" not in argv:
+        fast = ["n_simulated=2", "executor=serial", "dpi=100", "progress=false"]
+        return [*argv, *[x for o in fast for x in ("--set", o)]]
     if argv[0] == "fit" and argv[1] in SMOKE:
         smoke = [x for o in SMOKE[argv[1]] for x in ("--set", o)]
         return [*argv, *smoke, "--set", "progress=false"]
@@ -59,7 +67,7 @@ def _shrink(argv: list[str]) -> list[str] | None:
 )
 def test_readme_commands_run(readme: Path, tmp_path, monkeypatch, capsys) -> None:
     cmds = readme_commands(readme)
-    assert any(c[0] == "fit" for c in cmds)
+    assert any(c[0] in ("fit", "build") for c in cmds)
     monkeypatch.chdir(tmp_path)
     for argv in cmds:
         shrunk = _shrink(list(argv))
@@ -68,7 +76,7 @@ def test_readme_commands_run(readme: Path, tmp_path, monkeypatch, capsys) -> Non
         rc = main(shrunk)
         out = capsys.readouterr()
         assert rc == 0, f"{argv}: {out.err[-2000:]}"
-        if argv[0] in ("fit", "evaluate", "predict", "sweep"):
+        if argv[0] in ("fit", "evaluate", "predict", "sweep", "build"):
             assert "written to" in out.out, argv  # every command says where its results went
 
 
@@ -76,19 +84,21 @@ def test_demo_report(tmp_path) -> None:
     from clinfuse.report.demo import run_demo
 
     report = run_demo(
-        ["dib", "deepen", "dpsurv"],
+        ["dib", "deepen", "dpsurv", "meeti"],
         out=tmp_path / "demo",
         progress=False,
         overrides={
             "dib": ["epochs=2", "progress=false"],
             "deepen": SMOKE["deepen"],
             "dpsurv": ["epochs=2", "progress=false"],
+            "meeti": ["n_simulated=2", "executor=serial", "dpi=100", "progress=false"],
         },
     )
     text = report.read_text()
     assert "| dib | synthetic_mosi | test non0_acc2 |" in text
     assert "| deepen | simulator (100 admissions) | policy value (true_value) |" in text
     assert "| dpsurv | synthetic | test Harrell C |" in text
+    assert "| meeti | default (2 simulated + packaged real records) |" in text
     assert (tmp_path / "demo" / "report.html").is_file()
     for png in re.findall(r"\]\(([^)]+\.png)\)", text):
         assert (tmp_path / "demo" / png).is_file()

@@ -695,7 +695,12 @@ def delineate_record(
     """The beat x lead table of one record: fiducials, intervals, amplitudes and flags.
 
     Beats are timed once per record (:func:`detect_rpeaks`), so beat ``k`` is the same heartbeat
-    in every lead; each lead is then delineated at those beats. A flat or all-NaN lead keeps its
+    in every lead; each lead is then delineated at those beats (module docstring, steps 3-6).
+    ``r_peak`` is the lead's own maximum within its QRS (NaN for a QS complex), ``q_peak`` /
+    ``s_peak`` its minimum before / after it; ``rr_ms`` is the beat's RR, the same in every
+    measured lead. A ``*_missing`` flag is set when that wave has no point in the lead, after the
+    cross-lead repair has filled what it could (so a lead with a flat T wave usually shows a T
+    with ``t_amp`` near 0). NaN gaps in a lead are interpolated; a flat or all-NaN lead keeps its
     rows, all NaN with every wave flagged missing; a record with no beat gives an empty table.
 
     Shape:
@@ -823,10 +828,12 @@ def summarise_record(
     * ``sokolow_lyon_mv`` :math:`= |S(V1)| + \max(R(V5), R(V6))` from per-lead medians;
     * ``n_beats``; ``n_beats_with_p``: beats whose P wave reaches ``p_visible_mv`` (absolute) in
       at least half of the leads measured at that beat (on LUDB 1-40 this tells the annotated
-      P waves from atrial fibrillation and paced beats in 90% of beats; flutter waves count).
+      P waves from atrial fibrillation and paced beats in about 90% of beats; flutter waves
+      count).
 
-    Only the rows of ``leads`` are used (lead names are matched case-insensitively for I, II,
-    III, aVF, V1, V5, V6). Every value is a float, NaN when it cannot be measured.
+    Only the rows of ``leads`` are used (names match case-insensitively; ``MLII`` is II). ``fs``
+    is only checked: the table's intervals are already in ms. Every value is a float, NaN when
+    it cannot be measured.
 
     Shape:
         beats: ``(n_leads * n_beats, len(COLUMNS))``. Output: a dict with the :data:`SUMMARY_KEYS`.
