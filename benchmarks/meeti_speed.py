@@ -4,8 +4,8 @@ Both run in this one process (records per second per core), on the same 10-s 12-
 records, in the same run:
 
 * **ours**: :func:`clinfuse.builders.meeti.params.delineate_record` (multi-lead R-peak vote,
-  ``prominence`` delineation of every lead) + :func:`~clinfuse.builders.meeti.params.summarise_record` + the
-  numpy/Pillow renderer :func:`~clinfuse.builders.meeti.plot.write_ecg_png` (3x4 + rhythm strip);
+  ``prominence`` delineation of every lead) +
+  :func:`~clinfuse.builders.meeti.params.summarise_record` + the numpy/Pillow renderer :func:`~clinfuse.builders.meeti.plot.write_ecg_png` (3x4 + rhythm strip);
 * **naive**: ``neurokit2.ecg_process`` on each of the 12 leads (what a user would call first) +
   a plain matplotlib 3x4 figure with a grid saved at 300 dpi
   (:func:`~clinfuse.builders.meeti.plot.naive_render_png`).
@@ -120,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         "# MEETI speed: parameters + 300-dpi image per record, one core",
         "",
         "ours = multi-lead R-peak vote + prominence delineation of 12 leads + summary + "
-        "numpy/Pillow renderer; naive = neurokit2 `ecg_process` per lead + plain matplotlib 3x4 figure at "
-        "300 dpi. Same records, same process, one torch thread.",
+        "numpy/Pillow renderer; naive = neurokit2 `ecg_process` per lead + plain matplotlib "
+        "3x4 figure at 300 dpi. Same records, same process, one torch thread.",
         "",
         "| records | n | ours (s/record) | naive (s/record) | ours records/s/core | speed-up |",
         "|---|---|---|---|---|---|",
