@@ -5,7 +5,8 @@ records, in the same run:
 
 * **ours**: :func:`clinfuse.builders.meeti.params.delineate_record` (multi-lead R-peak vote,
   ``prominence`` delineation of every lead) +
-  :func:`~clinfuse.builders.meeti.params.summarise_record` + the numpy/Pillow renderer :func:`~clinfuse.builders.meeti.plot.write_ecg_png` (3x4 + rhythm strip);
+  :func:`~clinfuse.builders.meeti.params.summarise_record` + the numpy/Pillow renderer
+  :func:`~clinfuse.builders.meeti.plot.write_ecg_png` (3x4 + rhythm strip);
 * **naive**: ``neurokit2.ecg_process`` on each of the 12 leads (what a user would call first) +
   a plain matplotlib 3x4 figure with a grid saved at 300 dpi
   (:func:`~clinfuse.builders.meeti.plot.naive_render_png`).
