@@ -85,16 +85,7 @@ def run(
     """
     cls = get_method(name)
     if resume:
-        if out is None:
-            from clinfuse.core.errors import RunDirError
-
-            raise RunDirError(
-                "--resume needs the run to continue",
-                expected="--out <run directory>",
-                found="no --out",
-                fix="clinfuse fit NAME --out runs/... --resume",
-            )
-        rd = RunDir.open(out, method=name)
+        rd = _open_to_resume(out, name, "fit")
         saved = config_from_dict(cls.config_cls, rd.config_dict())
         cfg = make_config(name, saved, overrides=overrides)
     else:
@@ -127,6 +118,20 @@ def run(
     return learner, rd
 
 
+def _open_to_resume(out: str | Path | None, name: str, command: str) -> RunDir:
+    """The run directory that ``--resume`` continues (``out`` is required)."""
+    if out is None:
+        from clinfuse.core.errors import RunDirError
+
+        raise RunDirError(
+            "--resume needs the run to continue",
+            expected="--out <run directory>",
+            found="no --out",
+            fix=f"clinfuse {command} NAME --out DIR --resume",
+        )
+    return RunDir.open(out, method=name)
+
+
 def get_builder(name: str) -> type[Builder]:
     from clinfuse.builders import load_all
 
@@ -155,16 +160,7 @@ def build(
             else [*overrides, f"data={data}"]
         )  # fmt: skip
     if resume:
-        if out is None:
-            from clinfuse.core.errors import RunDirError
-
-            raise RunDirError(
-                "--resume needs the build to continue",
-                expected="--out <build directory>",
-                found="no --out",
-                fix="clinfuse build NAME --out builds/... --resume",
-            )
-        rd = RunDir.open(out, method=name)
+        rd = _open_to_resume(out, name, "build")
         saved = config_from_dict(cls.config_cls, rd.config_dict())
         cfg = _builder_config(cls, saved, overrides=overrides)
     else:
