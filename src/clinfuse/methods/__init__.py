@@ -12,6 +12,7 @@ METHOD_MODULES = (
     "clinfuse.methods.tunsr.method",
     "clinfuse.methods.deepen.method",
     "clinfuse.methods.dpsurv.method",
+    "clinfuse.methods.ehrprompt.method",
 )
 
 

@@ -17,7 +17,7 @@ from numpy.typing import ArrayLike
 
 from clinfuse.core.errors import DataError
 
-__all__ = ["accuracy", "balanced_accuracy", "confusion_counts", "f1_weighted"]
+__all__ = ["accuracy", "balanced_accuracy", "confusion_counts", "f1_weighted", "roc_auc"]
 
 
 def _as_pair(pred: ArrayLike, true: ArrayLike, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -125,3 +125,69 @@ def balanced_accuracy(pred: ArrayLike, true: ArrayLike) -> float:
     present = support > 0
     recall = np.diag(c)[present] / support[present]
     return float(np.mean(recall))
+
+
+def roc_auc(scores: ArrayLike, true: ArrayLike) -> float:
+    r"""Area under the ROC curve of binary ``true`` labels ranked by ``scores`` (higher = positive).
+
+    The Mann-Whitney form, with a tie between a positive and a negative counting one half:
+
+    .. math::
+        \mathrm{AUROC} = \frac{1}{n_+ n_-}\sum_{i: y_i = 1}\sum_{j: y_j = 0}
+        \Big(1[s_i > s_j] + \tfrac12\,1[s_i = s_j]\Big)
+        = \frac{R_+ - n_+(n_+ + 1)/2}{n_+ n_-},
+
+    with :math:`R_+` the sum of the average ranks of the positives. Equal to
+    ``sklearn.metrics.roc_auc_score(true, scores)``. ``true`` must hold exactly two distinct labels;
+    the **greater** one is the positive class (1 of {0, 1}, True of {False, True}, 1 of {-1, 1}).
+    Unlike the label metrics above, the first argument is a continuous score (a probability or a
+    logit), not a predicted label.
+
+    Shape:
+        scores: ``(N,)`` finite real scores. true: ``(N,)`` binary labels. Output: float in [0, 1].
+
+    Example:
+        >>> roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])
+        0.75
+        >>> roc_auc([0.5, 0.5], [0, 1])   # a tie counts one half
+        0.5
+    """
+    from scipy.stats import rankdata
+
+    s, t = _as_pair(scores, true, "roc_auc")
+    try:
+        s = s.astype(np.float64)
+    except (TypeError, ValueError) as exc:
+        raise DataError(
+            "roc_auc: scores are not numeric",
+            expected="real-valued scores (probabilities or logits)",
+            found=f"dtype {s.dtype}",
+            fix="pass predicted probabilities, not class names",
+        ) from exc
+    if not np.all(np.isfinite(s)):
+        raise DataError(
+            "roc_auc: scores hold NaN or inf",
+            expected="finite scores",
+            found=f"{int((~np.isfinite(s)).sum())} non-finite score(s)",
+            fix="check the model output for NaN (diverged training?)",
+        )
+    if t.dtype.kind == "f" and np.isnan(t).any():
+        raise DataError(
+            "roc_auc: true labels hold NaN",
+            expected="binary labels with no missing value",
+            found=f"{int(np.isnan(t).sum())} NaN label(s)",
+            fix="drop the rows with a missing label before scoring",
+        )
+    classes, pos = np.unique(t, return_inverse=True)
+    if classes.size != 2:
+        raise DataError(
+            "roc_auc: AUROC needs exactly two classes in true",
+            expected="both a positive and a negative label",
+            found=f"{classes.size} distinct label(s): {classes.tolist()[:5]}",
+            fix="evaluate on a split that holds both classes (stratify the split)",
+        )
+    positive = pos.reshape(-1) == 1
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    ranks = rankdata(s, method="average")
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))

@@ -1,0 +1,604 @@
+r"""ehrprompt as a clinfuse learner: ``clinfuse fit | evaluate | predict ehrprompt``.
+
+1. Every cell of the table becomes a sentence (:func:`~.prompts.render`: the column's template,
+   numbers with units, "not recorded" for missing cells, notes as text cells scrubbed of outcome
+   phrases). The sentence encoder embeds each *distinct* sentence once, through the on-disk
+   :class:`~.encoders.EmbeddingCache`, so later epochs, corruption sweeps and reruns never encode
+   a sentence twice; rows keep only indices into the table of distinct embeddings.
+2. :class:`~.model.PromptTransformer` ([CLS] + cell embeddings + column-id embeddings, a
+   transformer encoder, one head per task) is trained with early stopping on a validation part
+   of the training rows (checkpointed every epoch; ``--resume`` continues).
+3. On the test rows: BACC / AUROC (classification), RMSE / MAE (regression), for the model and for
+   logistic/ridge and gradient-boosting baselines on the raw table, and the robustness curves:
+   structured test cells masked or resampled from the training marginal at each rate, with
+   bootstrap confidence intervals.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from clinfuse.core.errors import ConfigError, DataError
+from clinfuse.core.learner import METHODS, DemoResult, Learner
+from clinfuse.core.loop import fit_loop
+from clinfuse.core.runs import RunDir, atomic_path, atomic_write_text
+from clinfuse.methods.ehrprompt.config import EHRPromptConfig
+from clinfuse.methods.ehrprompt.data import EHRTable
+from clinfuse.metrics.classification import balanced_accuracy, roc_auc
+from clinfuse.metrics.regression import mae, rmse
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EHRPrompt", "EHRData"]
+
+
+@dataclass
+class EHRData:
+    """The table, its split (row positions) and the templates in use."""
+
+    table: EHRTable
+    train: np.ndarray
+    valid: np.ndarray
+    test: np.ndarray
+    templates: Any
+
+    @property
+    def name(self) -> str:
+        return self.table.name
+
+
+def _cache_root(cfg: EHRPromptConfig) -> Path:
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir)
+    base = os.environ.get("CLINFUSE_CACHE") or Path.home() / ".cache" / "clinfuse"
+    return Path(base) / "embeddings"
+
+
+def _split(table: EHRTable, cfg: EHRPromptConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(cfg.seed)
+    if table.split is not None:
+        train, test = (np.asarray(p, dtype=np.int64) for p in table.split)
+    else:
+        perm = rng.permutation(table.n_rows)
+        n_test = int(round(cfg.test_fraction * table.n_rows))
+        test, train = np.sort(perm[:n_test]), np.sort(perm[n_test:])
+    if cfg.max_rows is not None:
+        train, test = train[: cfg.max_rows], test[: max(20, cfg.max_rows // 4)]
+    perm = rng.permutation(len(train))
+    n_valid = max(1, int(round(cfg.valid_fraction * len(train))))
+    valid, fit = np.sort(train[perm[:n_valid]]), np.sort(train[perm[n_valid:]])
+    return fit, valid, test
+
+
+@METHODS.register("ehrprompt")
+class EHRPrompt(Learner):
+    """Prompt sentences + frozen sentence encoder + transformer fusion for EHR prediction."""
+
+    name = "ehrprompt"
+    config_cls = EHRPromptConfig
+    description = "multimodal EHR prediction from prompt sentences and notes"
+    paper = "arXiv 2508.20460 (Ruan, Lan, Tan, Abdullah, Feng; P-Transformer 2303.17408)"
+
+    def __init__(self, config: EHRPromptConfig) -> None:
+        super().__init__(config)
+        self.model: Any = None
+        self.columns: list[str] = []
+        self.tasks: dict[str, str] = {}
+        self.target_scale: dict[str, tuple[float, float]] = {}
+        self.deciles: dict[str, np.ndarray] | None = None
+        self.table: pd.DataFrame | None = None
+        self.curves: pd.DataFrame | None = None
+        self._encoder: Any = None
+        self._baseline_models: dict[tuple[str, str], Any] = {}
+        self._matrix: Any = None
+        self.thresholds: dict[str, float] = {}
+
+    # -- data -----------------------------------------------------------------------------
+    def load_data(self, path: str | None = None) -> EHRData:
+        from clinfuse.methods.ehrprompt import data as ehr_data
+        from clinfuse.methods.ehrprompt import prompts
+
+        cfg = self.config
+        source = path or cfg.data
+        loaders = {
+            "support2": ehr_data.load_support2,
+            "synthetic": lambda: _synthetic("ehr", cfg.seed),
+            "surgical": lambda: _synthetic("surgical", cfg.seed),
+        }
+        if source in loaders:
+            table = loaders[source]()
+        elif source.startswith(("mimic-iv:", "mimic-iii:")):
+            from clinfuse.methods.ehrprompt.mimic import build_mimic_cohort
+
+            version, root = source.split(":", 1)
+            table = build_mimic_cohort(root, version=version.split("-")[1])
+        else:
+            raise DataError(
+                f"unknown ehrprompt data {source!r}",
+                expected="support2, synthetic, surgical, mimic-iv:<root> or mimic-iii:<root>",
+                found=source,
+                fix="--set data=support2",
+            )
+        if cfg.targets:
+            unknown = [t for t in cfg.targets if t not in table.tasks]
+            if unknown:
+                raise ConfigError(
+                    f"unknown targets {unknown}", expected=sorted(table.tasks), found=cfg.targets
+                )
+        if not cfg.use_notes and table.note_columns:
+            table = table.drop_columns(list(table.note_columns))
+        table.validate()
+        if cfg.templates:
+            templates = prompts.TemplateSet.from_yaml(cfg.templates)
+        elif source == "support2":
+            templates = prompts.support2_templates()
+        else:
+            templates = prompts.auto_templates(table.frame, list(table.specs))
+        templates = templates.select(list(table.frame.columns))
+        fit, valid, test = _split(table, cfg)
+        return EHRData(table, fit, valid, test, templates)
+
+    # -- sentences and embeddings ---------------------------------------------------------
+    def encoder(self) -> Any:
+        """The cached sentence encoder (built once)."""
+        if self._encoder is None:
+            from clinfuse.methods.ehrprompt.encoders import EmbeddingCache, make_encoder
+
+            cfg = self.config
+            self._encoder = EmbeddingCache(_cache_root(cfg), make_encoder(cfg.encoder))
+        return self._encoder
+
+    def sentences(self, data: EHRData, frame: pd.DataFrame) -> np.ndarray:
+        """``(n, m)`` sentences of ``frame`` (training deciles when ``numeric = decile``)."""
+        from clinfuse.methods.ehrprompt import prompts
+
+        cfg = self.config
+        if cfg.numeric == "decile" and self.deciles is None:
+            self.deciles = prompts.fit_deciles(data.table.frame.iloc[data.train], data.templates)
+        return prompts.render(
+            frame[self.columns or list(data.templates.names)],
+            data.templates,
+            mode=cfg.prompt_mode,
+            numeric=cfg.numeric,
+            deciles=self.deciles,
+            on_bad_value="skip" if cfg.on_bad_value == "skip" else "raise",
+        )
+
+    def embed(self, sentences: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Distinct-sentence embeddings ``(u, d)`` and the ``(n, m)`` index into them."""
+        uniq, inverse = np.unique(sentences.astype(str), return_inverse=True)
+        emb = self.encoder().encode(list(uniq), batch_size=self.config.encoder_batch)
+        return torch.as_tensor(emb, dtype=torch.float32), torch.as_tensor(
+            inverse.reshape(sentences.shape), dtype=torch.long
+        )
+
+    # -- targets --------------------------------------------------------------------------
+    def _targets(self, data: EHRData, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, kind in self.tasks.items():
+            if kind == "classification":
+                out[name] = torch.as_tensor(data.table.target_codes(name)[rows], dtype=torch.long)
+            else:
+                mean, sd = self.target_scale[name]
+                y = np.asarray(data.table.targets[name], dtype=np.float64)[rows]
+                out[name] = torch.as_tensor((y - mean) / sd, dtype=torch.float32)
+        return out
+
+    # -- training -------------------------------------------------------------------------
+    def fit(self, data: EHRData, run: RunDir, *, resume: bool = False) -> EHRPrompt:
+        from clinfuse.methods.ehrprompt.model import (
+            PromptTransformer,
+            PromptTransformerConfig,
+            multitask_loss,
+        )
+
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        table = data.table
+        self.columns = list(data.templates.names)
+        self.tasks = {t: k for t, k in table.tasks.items() if not cfg.targets or t in cfg.targets}
+        for name, kind in self.tasks.items():
+            if kind == "regression":
+                y = np.asarray(table.targets[name], dtype=np.float64)[data.train]
+                self.target_scale[name] = (float(y.mean()), float(y.std() or 1.0))
+            elif len(table.classes[name]) == 2:  # decide at the training prevalence (BACC)
+                self.thresholds[name] = float(table.target_codes(name)[data.train].mean())
+        t0 = time.perf_counter()
+        sents = self.sentences(data, table.frame)
+        t_render = time.perf_counter() - t0
+        emb, index = self.embed(sents)
+        stats = self.encoder().stats
+        t_embed = time.perf_counter() - t0 - t_render
+        n_classes = {
+            t: len(table.classes[t]) for t, k in self.tasks.items() if k == "classification"
+        }
+        self.model = PromptTransformer(
+            emb.shape[1],
+            len(self.columns),
+            self.tasks,
+            n_classes,
+            PromptTransformerConfig(
+                d_model=cfg.d_model,
+                layers=cfg.layers,
+                heads=cfg.heads,
+                ff=2 * cfg.d_model,
+                dropout=cfg.dropout,
+            ),
+        )
+        model = self.model
+        targets = self._targets(data, np.arange(table.n_rows))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        fit_rows = torch.as_tensor(data.train)
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(fit_rows),
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            generator=gen,
+        )
+
+        def step(m: torch.nn.Module, batch: Any, epoch: int) -> tuple[torch.Tensor, dict]:
+            (rows,) = batch
+            out = m(emb[index[rows]])
+            loss = multitask_loss(
+                out,
+                {k: v[rows] for k, v in targets.items()},
+                self.tasks,
+                regression_loss=cfg.regression_loss,
+            )
+            return loss, {}
+
+        valid_rows = torch.as_tensor(data.valid)
+
+        def evaluate(m: torch.nn.Module) -> dict[str, float]:
+            with torch.no_grad():
+                out = m(emb[index[valid_rows]])
+                loss = multitask_loss(
+                    out,
+                    {k: v[valid_rows] for k, v in targets.items()},
+                    self.tasks,
+                    regression_loss=cfg.regression_loss,
+                )
+            return {"loss": float(loss)}
+
+        t1 = time.perf_counter()
+        result = fit_loop(
+            model=model,
+            optimizer=optimizer,
+            train_loader=loader,
+            step_fn=step,
+            eval_fn=evaluate,
+            run=run,
+            epochs=cfg.epochs,
+            monitor="loss",
+            mode="min",
+            patience=cfg.patience or None,
+            grad_clip=1.0,
+            progress=cfg.progress,
+            resume=resume,
+            extra_state=lambda: {"columns": list(self.columns)},
+        )
+        t_train = time.perf_counter() - t1
+        model.load_state_dict(run.load_checkpoint("best")["model"])
+        model.eval()
+        run.save_checkpoint("best", {**run.load_checkpoint("best"), **self._extra_state()})
+        metrics: dict[str, Any] = {
+            "data": data.name,
+            "n_train": int(len(data.train)),
+            "n_valid": int(len(data.valid)),
+            "n_test": int(len(data.test)),
+            "n_columns": len(self.columns),
+            "distinct_sentences": int(emb.shape[0]),
+            "cells": int(index.numel()),
+            "seconds_render": t_render,
+            "seconds_embed": t_embed,
+            "cache_hits": int(stats.hits),
+            "cache_misses": int(stats.misses),
+            "seconds_train": t_train,
+            "seconds_per_epoch": t_train / max(1, len(result.history)),
+            "best_epoch": result.best_epoch,
+            "encoder": getattr(self.encoder(), "model_id", cfg.encoder),
+        }
+        self._fit_baselines(data)
+        metrics.update(self._report(data, run))
+        run.write_metrics(metrics)
+        run.write_predictions(self.predict(data, "test"))
+        self.plot(run)
+        log.info("ehrprompt run written to %s", run.path)
+        return self
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {
+            "columns": list(self.columns),
+            "tasks": dict(self.tasks),
+            "target_scale": {k: list(v) for k, v in self.target_scale.items()},
+            "thresholds": dict(self.thresholds),
+            "d_enc": int(self.model.d_enc),
+            "n_classes": dict(self.model.n_classes),
+            "deciles": None
+            if self.deciles is None
+            else {k: torch.as_tensor(v) for k, v in self.deciles.items()},
+        }
+
+    # -- prediction -----------------------------------------------------------------------
+    def _outputs(self, data: EHRData, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Per task: positive-class probability (binary), class probabilities, or the value."""
+        model = self._require_model()
+        emb, index = self.embed(self.sentences(data, frame))
+        out: dict[str, list[np.ndarray]] = {t: [] for t in self.tasks}
+        with torch.no_grad():
+            for start in range(0, len(index), 1024):
+                res = model(emb[index[start : start + 1024]])
+                for t, kind in self.tasks.items():
+                    if kind == "classification":
+                        p = torch.softmax(res[t], dim=1).numpy()
+                        out[t].append(p[:, 1] if p.shape[1] == 2 else p)
+                    else:
+                        mean, sd = self.target_scale[t]
+                        out[t].append(res[t].numpy() * sd + mean)
+        return {t: np.concatenate(v) for t, v in out.items()}
+
+    def _scores(
+        self,
+        data: EHRData,
+        rows: np.ndarray,
+        preds: dict[str, np.ndarray],
+        system: str = "ehrprompt",
+    ) -> dict:
+        """Test metrics. ehrprompt's binary decisions use the training prevalence as threshold
+        (the baselines are fitted with balanced class weights and use 0.5) [inferred]."""
+        table, scores = data.table, {}
+        for t, kind in self.tasks.items():
+            y = np.asarray(table.targets[t])[rows]
+            if kind == "classification":
+                codes = table.target_codes(t)[rows]
+                p = preds[t]
+                scores[f"{t}_auroc"] = roc_auc(p, codes) if p.ndim == 1 else float("nan")
+                cut = self.thresholds.get(t, 0.5) if system == "ehrprompt" else 0.5
+                label = (p >= cut).astype(int) if p.ndim == 1 else p.argmax(1)
+                scores[f"{t}_bacc"] = balanced_accuracy(label, codes)
+            else:
+                scores[f"{t}_rmse"] = rmse(preds[t], y.astype(float))
+                scores[f"{t}_mae"] = mae(preds[t], y.astype(float))
+        return scores
+
+    def evaluate(self, data: EHRData, split: str = "test", corrupt: str | None = None) -> dict:
+        rows = {"test": data.test, "valid": data.valid, "train": data.train}.get(split)
+        if rows is None:
+            raise DataError(f"unknown split {split!r}", expected="train | valid | test")
+        frame = data.table.frame.iloc[rows]
+        if corrupt is not None:
+            frame = self._corrupt(data, frame, *_parse_corrupt(corrupt))
+        return self._scores(data, rows, self._outputs(data, frame))
+
+    def predict(self, data: EHRData, split: str = "test") -> pd.DataFrame:
+        rows = {"test": data.test, "valid": data.valid, "train": data.train}[split]
+        preds = self._outputs(data, data.table.frame.iloc[rows])
+        df = pd.DataFrame({"row": rows})
+        for t in self.tasks:
+            df[f"{t}_true"] = np.asarray(data.table.targets[t])[rows]
+            p = preds[t]
+            df[f"{t}_pred"] = p if p.ndim == 1 else p.argmax(1)
+        return df
+
+    # -- baselines and robustness ---------------------------------------------------------
+    def _structured(self, data: EHRData) -> list[str]:
+        return [c for c in self.columns if c not in data.table.note_columns]
+
+    def _fit_baselines(self, data: EHRData) -> None:
+        from clinfuse.methods.ehrprompt.baselines import fit_baseline, tabular_matrix
+
+        frame = data.table.frame
+        train = np.concatenate([data.train, data.valid])
+        x_train, self._matrix = tabular_matrix(
+            frame.iloc[train], list(data.table.specs), fit_on=frame.iloc[train]
+        )
+        for kind in self.config.baselines:
+            for t, task in self.tasks.items():
+                y = (
+                    data.table.target_codes(t)
+                    if task == "classification"
+                    else np.asarray(data.table.targets[t], dtype=float)
+                )[train]
+                self._baseline_models[(kind, t)] = fit_baseline(
+                    kind, task, x_train, y, seed=self.config.seed
+                )
+
+    def _baseline_outputs(self, data: EHRData, frame: pd.DataFrame, kind: str) -> dict:
+        from clinfuse.methods.ehrprompt.baselines import predict
+
+        x = self._matrix.transform(frame)
+        return {t: predict(self._baseline_models[(kind, t)], x) for t in self.tasks}
+
+    def _corrupt(
+        self, data: EHRData, frame: pd.DataFrame, mode: str, rate: float, seed: int = 0
+    ) -> pd.DataFrame:
+        from clinfuse.methods.ehrprompt.corrupt import corrupt_cells
+
+        reference = data.table.frame.iloc[data.train]
+        out, _ = corrupt_cells(
+            frame,
+            rate,
+            mode,
+            self._structured(data),
+            np.random.default_rng(seed),
+            reference=reference,
+        )
+        return out
+
+    def _report(self, data: EHRData, run: RunDir | None) -> dict[str, float]:
+        from clinfuse.methods.ehrprompt.corrupt import bootstrap_ci
+
+        cfg = self.config
+        table, rows = data.table, data.test
+        frame = table.frame.iloc[rows]
+        systems = ["ehrprompt", *cfg.baselines]
+        clean = {"ehrprompt": self._outputs(data, frame)}
+        for kind in cfg.baselines:
+            clean[kind] = self._baseline_outputs(data, frame, kind)
+        comparison = [{"model": s, **self._scores(data, rows, clean[s], s)} for s in systems]
+        self.table = pd.DataFrame(comparison)
+        main = next(iter(self.tasks))
+        metric = f"{main}_auroc" if self.tasks[main] == "classification" else f"{main}_mae"
+        y_main = (
+            table.target_codes(main)
+            if self.tasks[main] == "classification"
+            else np.asarray(table.targets[main], dtype=float)
+        )[rows]
+        fn = roc_auc if metric.endswith("auroc") else mae
+        curves = []
+        for mode in cfg.corruption_modes:
+            for rate in cfg.corruption_rates:
+                bad = self._corrupt(data, frame, mode, rate, seed=cfg.seed) if rate > 0 else frame
+                outs = {"ehrprompt": self._outputs(data, bad)}
+                for kind in cfg.baselines:
+                    outs[kind] = self._baseline_outputs(data, bad, kind)
+                for s in systems:
+                    pred = outs[s][main]
+                    low, high = bootstrap_ci(fn, y_main, pred, n_boot=cfg.n_boot, seed=cfg.seed)
+                    curves.append(
+                        {
+                            "mode": mode,
+                            "rate": rate,
+                            "model": s,
+                            "metric": metric,
+                            "value": float(fn(pred, y_main)),
+                            "ci_low": low,
+                            "ci_high": high,
+                        }
+                    )
+        self.curves = pd.DataFrame(curves)
+        if run is not None:
+            self.table.to_csv(run.path / "comparison_test.csv", index=False)
+            self.curves.to_csv(run.path / "robustness.csv", index=False)
+        flat: dict[str, float] = {}
+        for r in comparison:
+            for k, v in r.items():
+                if k != "model":
+                    flat[f"test_{k}" if r["model"] == "ehrprompt" else f"test_{r['model']}_{k}"] = v
+        return flat
+
+    # -- persistence ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self._require_model().state_dict(), **self._extra_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        from clinfuse.methods.ehrprompt.model import PromptTransformer, PromptTransformerConfig
+
+        cfg = self.config
+        self.columns = list(state["columns"])
+        self.tasks = dict(state["tasks"])
+        self.target_scale = {
+            k: (float(v[0]), float(v[1])) for k, v in state["target_scale"].items()
+        }
+        self.thresholds = {k: float(v) for k, v in state.get("thresholds", {}).items()}
+        if state.get("deciles"):
+            self.deciles = {k: v.numpy() for k, v in state["deciles"].items()}
+        self.model = PromptTransformer(
+            int(state["d_enc"]),
+            len(self.columns),
+            self.tasks,
+            dict(state["n_classes"]),
+            PromptTransformerConfig(
+                d_model=cfg.d_model,
+                layers=cfg.layers,
+                heads=cfg.heads,
+                ff=2 * cfg.d_model,
+                dropout=cfg.dropout,
+            ),
+        )
+        self.model.load_state_dict(state["model"])
+        self.model.eval()
+
+    # -- report ---------------------------------------------------------------------------
+    def report_table(self) -> str:
+        if self.table is None:
+            return ""
+        cols = list(self.table.columns)
+        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for _, r in self.table.iterrows():
+            cells = [str(r["model"])] + [f"{r[c]:.4f}" for c in cols[1:]]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+    def write_report(self, folder: str | Path) -> list[Path]:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        return [atomic_write_text(folder / "comparison.md", self.report_table() + "\n")]
+
+    def plot(self, run: RunDir) -> list[Path]:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        if self.curves is None or self.curves.empty:
+            return []
+        out = []
+        modes = list(dict.fromkeys(self.curves["mode"]))
+        fig, axes = plt.subplots(1, len(modes), figsize=(5 * len(modes), 3.6), squeeze=False)
+        for ax, mode in zip(axes[0], modes, strict=True):
+            sub = self.curves[self.curves["mode"] == mode]
+            for model, g in sub.groupby("model", sort=False):
+                ax.plot(g["rate"], g["value"], marker="o", label=model)
+                ax.fill_between(g["rate"], g["ci_low"], g["ci_high"], alpha=0.15)
+            ax.set_xlabel("share of structured test cells corrupted")
+            ax.set_ylabel(sub["metric"].iloc[0])
+            ax.set_title(f"corruption: {mode}")
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = run.plots / "robustness.png"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+        plt.close(fig)
+        out.append(path)
+        return out
+
+    def demo(self, data: EHRData, run: RunDir) -> DemoResult:
+        assert self.table is not None
+        by = self.table.set_index("model")
+        main = next(iter(self.tasks))
+        metric = f"{main}_auroc" if self.tasks[main] == "classification" else f"{main}_mae"
+        base = "linear" if "linear" in by.index else by.index[-1]
+        return DemoResult(
+            system="ehrprompt",
+            data=f"{data.name} ({len(data.train) + len(data.valid)} train rows)",
+            metric=f"test {metric}",
+            value=float(by.loc["ehrprompt", metric]),
+            baseline=base,
+            baseline_value=float(by.loc[base, metric]),
+            higher_is_better=metric.endswith("auroc"),
+            extra={k: float(v) for k, v in by.loc["ehrprompt"].items()},
+            plots=sorted(run.plots.glob("*.png")),
+        )
+
+
+def _synthetic(kind: str, seed: int) -> EHRTable:
+    from clinfuse.methods.ehrprompt import synthetic
+
+    return {"ehr": synthetic.make_synthetic_ehr, "surgical": synthetic.make_surgical_table}[kind](
+        seed=seed
+    )
+
+
+def _parse_corrupt(spec: str) -> tuple[str, float]:
+    """``mask:0.3`` / ``marginal:0.1`` -> (mode, rate)."""
+    try:
+        mode, rate = spec.split(":")
+        value = float(rate)
+    except ValueError:
+        raise ConfigError(
+            f"bad corruption {spec!r}", expected="mask:RATE or marginal:RATE", found=spec
+        ) from None
+    if mode not in ("mask", "marginal") or not 0.0 <= value <= 1.0:
+        raise ConfigError(f"bad corruption {spec!r}", expected="mask|marginal:RATE in [0, 1]")
+    return mode, value
