@@ -1,1 +1,2 @@
-"""ehrprompt: multimodal EHR prediction from prompt sentences and clinical notes (arXiv 2508.20460)."""
+"""ehrprompt: multimodal EHR prediction from prompt sentences and clinical notes
+(arXiv 2508.20460)."""
