@@ -1,0 +1,2 @@
+"""ProCon: projection-constrained instruction fine-tuning that keeps the refusal direction
+(arXiv 2509.06795)."""
