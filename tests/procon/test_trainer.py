@@ -32,6 +32,15 @@ VOCAB, LR = 256, 0.05
 logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny matmuls run faster single-threaded on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
     """A random 2-layer, d=64 Llama (eager attention), deterministic in ``seed``."""
     torch.manual_seed(seed)
@@ -98,7 +107,7 @@ def make_trainer(model, procon, batch, accum, tmp_path, steps=1, callbacks=None,
         seed=0,
         dataloader_drop_last=False,
         disable_tqdm=True,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         bf16=False,
     )
     return ProConSFTTrainer(
@@ -234,3 +243,24 @@ def test_drift_callback_one_record_per_logging_step(tmp_path):
     for entry in train_logs:
         assert {"drift_cos/L0", "drift_cos/L1", "proj_mean/L1", "proj_std/L1"} <= set(entry)
         assert entry["proj_std/L1"] >= 0.0
+
+
+def test_disable_adapter_anchors_are_the_frozen_base_model(tmp_path):
+    peft = pytest.importorskip("peft")
+    model = tiny_llama()
+    procon = ProConConfig(lam=0.5, layers=(0, 1), anchor_source="disable_adapter")
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"])
+    trainer = make_trainer(
+        model, procon, 2, 1, tmp_path, steps=2, directions=unit_directions(), peft_config=lora
+    )
+    assert trainer.anchor_cache == {}  # nothing cached: anchors come from the base model
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    pos = last_prompt_positions(batch)
+    base = trainer._anchors(trainer.model, batch, pos)
+    trainer.args.learning_rate = 0.5
+    trainer.train()
+    # LoRA starts as the identity, so the constraint is exactly zero on the first step only
+    assert trainer.state.log_history[0]["procon"] == 0.0
+    assert trainer.state.log_history[1]["procon"] > 0.0
+    torch.testing.assert_close(trainer._anchors(trainer.model, batch, pos), base, rtol=0, atol=0)
+    assert not torch.equal(trainer._projections(trainer.model, batch), base)

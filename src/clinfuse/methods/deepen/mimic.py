@@ -72,6 +72,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from clinfuse.core.errors import ConfigError, DataError, require
+from clinfuse.core.tables import duckdb_reader, find_table_file
 
 __all__ = [
     "FEATURE_ITEMS",
@@ -320,10 +321,9 @@ def find_table(root: Path, name: str) -> Path:
         DataError: no file of that name (the message lists what the folder holds).
     """
     folder = Path(root) / TABLES[name][0]
-    for suffix in (".csv.gz", ".csv", ".parquet"):
-        path = folder / f"{name}{suffix}"
-        if path.is_file():
-            return path
+    path = find_table_file(folder, [name])
+    if path is not None:
+        return path
     found = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else "no such folder"
     raise DataError(
         f"MIMIC-IV table {TABLES[name][0]}/{name} not found under {root}",
@@ -333,20 +333,13 @@ def find_table(root: Path, name: str) -> Path:
     )
 
 
-def _reader(path: Path) -> str:
-    quoted = str(path).replace("'", "''")
-    if path.suffix == ".parquet":
-        return f"read_parquet('{quoted}')"
-    return f"read_csv('{quoted}', header = true, all_varchar = true)"
-
-
 def _register_tables(con: Any, root: Path) -> dict[str, str]:
     """Create one typed view per MIMIC-IV table, after checking the columns it needs."""
     duckdb = require("duckdb", "mimic")
     paths: dict[str, str] = {}
     for name, (_, columns) in TABLES.items():
         path = find_table(root, name)
-        source = _reader(path)
+        source = duckdb_reader(path)
         try:
             present = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
         except duckdb.Error as exc:

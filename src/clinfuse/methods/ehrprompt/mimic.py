@@ -54,6 +54,7 @@ import pandas as pd
 
 from clinfuse.core.errors import ConfigError, DataError, require
 from clinfuse.core.runs import atomic_path
+from clinfuse.core.tables import duckdb_reader, find_table_file
 from clinfuse.methods.ehrprompt.data import EHRTable
 from clinfuse.methods.ehrprompt.prompts import ColumnSpec
 
@@ -331,7 +332,6 @@ _LAYOUT_HINT = {
     "iii": "MIMIC-III v1.4: <root>/{PATIENTS,ADMISSIONS,ICUSTAYS,CHARTEVENTS,LABEVENTS}, "
     "optional <root>/NOTEEVENTS (upper-case names)",
 }
-_SUFFIXES = (".csv.gz", ".csv", ".parquet")
 _STAGES: dict[str, tuple[str, ...]] = {
     "iv": ("01_stays_iv.sql", "02_cohort.sql", "03_features.sql"),
     "iii": ("01_stays_iii.sql", "02_cohort.sql", "03_features.sql"),
@@ -359,11 +359,9 @@ def find_mimic_table(
     rel = Path(_LAYOUT[version][name].path)
     base = Path(root)
     stems = [rel.name, rel.name.lower()] if version == "iii" else [rel.name]
-    for stem in stems:
-        for suffix in _SUFFIXES:
-            path = base / rel.parent / f"{stem}{suffix}"
-            if path.is_file():
-                return path
+    path = find_table_file(base / rel.parent, stems)
+    if path is not None:
+        return path
     if not required:
         return None
     folder = base / rel.parent
@@ -376,18 +374,11 @@ def find_mimic_table(
     )
 
 
-def _reader(path: Path) -> str:
-    quoted = str(path).replace("'", "''")
-    if path.suffix == ".parquet":
-        return f"read_parquet('{quoted}')"
-    return f"read_csv('{quoted}', header = true, all_varchar = true)"
-
-
 def _register(con: Any, version: str, name: str, path: Path) -> None:
     """Create the typed view ``name`` over ``path`` after checking its columns."""
     duckdb = require("duckdb", "mimic")
     spec = _LAYOUT[version][name]
-    source = _reader(path)
+    source = duckdb_reader(path)
     try:
         present = [row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()]
     except duckdb.Error as exc:

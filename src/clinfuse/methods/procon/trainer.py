@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from clinfuse.core.errors import ConfigError, DataError, require
+from clinfuse.methods.procon.directions import decoder_layers
 from clinfuse.methods.procon.loss import ProConConfig, procon_terms, projection, warmup_weight
 
 require("trl", "llm")
@@ -60,28 +61,6 @@ __all__ = [
     "decoder_layers",
     "last_prompt_positions",
 ]
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder blocks of a causal LM, through PEFT and accelerate wrappers."""
-    m = model
-    for _ in range(4):
-        if hasattr(m, "get_base_model"):
-            m = m.get_base_model()
-        elif hasattr(m, "module") and isinstance(m.module, nn.Module):
-            m = m.module
-        else:
-            break
-    decoder = m.get_decoder() if hasattr(m, "get_decoder") else getattr(m, "model", None)
-    layers = getattr(decoder, "layers", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise ConfigError(
-            "cannot find the decoder blocks of the model",
-            expected="a causal LM with model.get_decoder().layers (Llama, Qwen2, ...)",
-            found=type(model).__name__,
-            fix="use a decoder-only transformers model (optionally wrapped by PEFT)",
-        )
-    return layers
 
 
 @contextlib.contextmanager
