@@ -13,6 +13,7 @@ METHOD_MODULES = (
     "clinfuse.methods.deepen.method",
     "clinfuse.methods.dpsurv.method",
     "clinfuse.methods.ehrprompt.method",
+    "clinfuse.methods.procon.method",
 )
 
 

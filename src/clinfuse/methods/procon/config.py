@@ -1,0 +1,116 @@
+"""ProCon learner configuration (arXiv 2509.06795). Fields marked [inferred] are our choices: only
+the paper's opening was available (notes/llm.md section 1.3), so they are all configurable."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from clinfuse.core.errors import ConfigError
+
+Constraint = Literal["none", "procon", "procon_wu", "procon_wu_safe"]
+
+
+@dataclass(frozen=True)
+class ProConMethodConfig:
+    """LoRA instruction fine-tuning with a projection constraint on the refusal direction."""
+
+    model: str = "smollm2-135m"
+    """Model spec for ``models.load_model``: ``smollm2-135m``, ``tiny-llama[:LxH]`` or a folder."""
+    constraint: Constraint = "procon_wu"
+    """``none`` (plain LoRA IFT, lam = 0), ``procon`` (constant lam), ``procon_wu`` (+ warm-up),
+    ``procon_wu_safe`` (+ harmful prompt-only rows in every batch, anchored) [inferred]."""
+    lam: float = 0.1
+    """Weight lambda of the constraint after warm-up (notes 1.4 used 0.1) [inferred]."""
+    layers: str = ""
+    """Constrained layers, comma separated (e.g. ``10,15,20,25``); empty = every layer >= L/3."""
+    warmup_steps: int | None = None
+    """Warm-up length in optimiser steps; None = ceil(10% of steps) [inferred]."""
+    warmup_factor: float = 5.0
+    """Multiplier k of lambda during the warm-up [inferred]."""
+    safe_per_batch: int = 2
+    """``procon_wu_safe`` only: harmful prompt-only rows added to every batch (no CE, only the
+    ProCon term, anchored to their initial projections) [inferred]."""
+    lora_r: int = 8
+    """LoRA rank (paper: 8); alpha = 2 r."""
+    steps: int = 40
+    """Optimiser steps."""
+    lr: float = 3e-3
+    """AdamW learning rate (constant schedule) [inferred]."""
+    batch_size: int = 4
+    """Benign rows per micro-batch."""
+    grad_accum: int = 1
+    """Gradient accumulation steps."""
+    n_benign: int = 64
+    """Synthetic benign instruction/response pairs for fine-tuning (``data.benign_sft``)."""
+    safety_data: str | None = None
+    """Folder with the four safety split JSON files; None = the builtin 30 + 30 smoke set."""
+    directions: str | None = None
+    """A saved ``directions.pt`` to reuse instead of recomputing (checked against the model)."""
+    n_direction: int = 24
+    """Harmful and harmless train instructions per class for the difference of means."""
+    n_eval: int = 8
+    """Prompts per class for the refusal / over-refusal rates and held-out benign tasks."""
+    max_new_tokens: int = 32
+    """Greedy generation length in the evaluation."""
+    eval_base: bool = True
+    """Also evaluate the model before fine-tuning (the baseline of the report)."""
+    drift_every: int = 5
+    """Measure cos(r_t, r_0) per layer every this many optimiser steps."""
+    seed: int = 0
+    """Seed of the data order, LoRA init and benign data."""
+    progress: bool = False
+    """Show the trainer's progress bar."""
+    preset: str | None = None
+    """Name of the preset the config came from (set by the CLI)."""
+
+    def __post_init__(self) -> None:
+        checks = {
+            "steps >= 1": self.steps >= 1,
+            "batch_size >= 1": self.batch_size >= 1,
+            "grad_accum >= 1": self.grad_accum >= 1,
+            "lora_r >= 1": self.lora_r >= 1,
+            "n_benign >= batch_size": self.n_benign >= self.batch_size,
+            "n_direction >= 1": self.n_direction >= 1,
+            "n_eval >= 1": self.n_eval >= 1,
+            "max_new_tokens >= 1": self.max_new_tokens >= 1,
+            "drift_every >= 1": self.drift_every >= 1,
+            "safe_per_batch >= 0": self.safe_per_batch >= 0,
+            "lam >= 0 and finite": self.lam >= 0 and math.isfinite(self.lam),
+            "lr > 0": self.lr > 0,
+            "warmup_steps >= 0": self.warmup_steps is None or self.warmup_steps >= 0,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError(
+                "invalid ProCon configuration",
+                expected=", ".join(bad),
+                found={k: getattr(self, k) for k in ("steps", "batch_size", "n_benign", "lam")},
+                fix="fix the listed fields (--set key=value)",
+            )
+        self.layer_list()
+
+    def layer_list(self) -> tuple[int, ...]:
+        """The ``layers`` string parsed to ints; () means the default (every layer >= L/3)."""
+        parts = [p.strip() for p in self.layers.split(",") if p.strip()]
+        try:
+            return tuple(int(p) for p in parts)
+        except ValueError:
+            raise ConfigError(
+                "layers must be comma-separated integers",
+                expected="e.g. '10,15,20,25' or '' (all layers >= L/3)",
+                found=self.layers,
+            ) from None
+
+    @property
+    def effective_lam(self) -> float:
+        """Lambda actually used: 0 for ``constraint='none'``."""
+        return 0.0 if self.constraint == "none" else self.lam
+
+    @property
+    def effective_warmup(self) -> int:
+        """Warm-up steps actually used: 0 without ``_wu``; None resolves to ceil(steps / 10)."""
+        if self.constraint in ("none", "procon"):
+            return 0
+        return math.ceil(self.steps / 10) if self.warmup_steps is None else self.warmup_steps
