@@ -14,6 +14,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from clinfuse.core.errors import DataError
+from clinfuse.metrics.classification import _as_pair as same_size_pair
 
 __all__ = ["mae", "r2", "rmse"]
 
@@ -30,20 +31,7 @@ def _as_pair(pred: ArrayLike, true: ArrayLike, what: str) -> tuple[np.ndarray, n
             found=f"{type(exc).__name__}: {exc}",
             fix="convert predictions and targets to float arrays",
         ) from exc
-    if p.size != t.size:
-        raise DataError(
-            f"{what}: predictions and targets differ in size",
-            expected="pred and true with the same number of elements",
-            found=f"pred shape {np.shape(pred)}, true shape {np.shape(true)}",
-            fix="pass one prediction per sample",
-        )
-    if t.size == 0:
-        raise DataError(
-            f"{what}: empty input",
-            expected="at least one sample",
-            found="0 samples",
-            fix="check the split or the batch you are evaluating",
-        )
+    p, t = same_size_pair(p, t, what)
     for name, a in (("pred", p), ("true", t)):
         bad = ~np.isfinite(a)
         if bad.any():
