@@ -344,3 +344,32 @@ def describe(cls: type) -> list[tuple[str, str, Any, str]]:
         default = f.default if f.default is not dataclasses.MISSING else None
         rows.append((f.name, _type_name(hints[f.name]), default, docs.get(f.name, "")))
     return rows
+
+
+def check_fields(config: Any, checks: Mapping[str, tuple[bool, str]]) -> None:
+    """Raise a :class:`ConfigError` for the first field whose check failed.
+
+    ``checks`` maps a field name to ``(ok, expected)``; the error names the field, what was
+    expected, the value found and the ``--set`` that fixes it.
+
+    Example:
+        >>> from dataclasses import dataclass
+        >>> @dataclass
+        ... class C:
+        ...     lr: float = -1.0
+        >>> check_fields(C(), {"lr": (C().lr > 0, "> 0")})
+        Traceback (most recent call last):
+        ...
+        clinfuse.core.errors.ConfigError: bad value for lr
+          expected: > 0
+          found:    -1.0
+          fix:      --set lr=...
+    """
+    for name, (ok, expected) in checks.items():
+        if not ok:
+            raise ConfigError(
+                f"bad value for {name}",
+                expected=expected,
+                found=getattr(config, name),
+                fix=f"--set {name}=...",
+            )

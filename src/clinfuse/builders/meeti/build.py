@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from clinfuse.core.builder import BUILDERS, Builder, DatasetCard
+from clinfuse.core.config import check_fields
 from clinfuse.core.errors import ClinfuseError, ConfigError, DataError
 from clinfuse.core.learner import DemoResult
 from clinfuse.core.loop import progress_enabled
@@ -94,14 +95,7 @@ class MEETIConfig:
             "require_leads": (1 <= self.require_leads <= 12, "in [1, 12]"),
             "limit": (self.limit is None or self.limit >= 1, ">= 1 or none"),
         }
-        for name, (ok, expected) in checks.items():
-            if not ok:
-                raise ConfigError(
-                    f"bad value for {name}",
-                    expected=expected,
-                    found=getattr(self, name),
-                    fix=f"--set {name}=...",
-                )
+        check_fields(self, checks)
 
 
 # ------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from clinfuse.core.errors import ConfigError
+from clinfuse.core.config import check_fields
 
 Estimator = Literal["is", "wis", "pdis", "cwpdis", "dr", "wdr"]
 
@@ -121,11 +121,4 @@ class DeepENConfig:
             "rollout_patients": (self.rollout_patients >= 100, ">= 100"),
             "support_min_count": (self.support_min_count >= 0, ">= 0"),
         }
-        for name, (ok, expected) in checks.items():
-            if not ok:
-                raise ConfigError(
-                    f"bad value for {name}",
-                    expected=expected,
-                    found=getattr(self, name),
-                    fix=f"--set {name}=...",
-                )
+        check_fields(self, checks)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from clinfuse.core.errors import ConfigError
+from clinfuse.core.config import check_fields
 
 Endpoint = Literal["os", "dss", "dfi", "pfi"]
 Baseline = Literal["abmil", "meanpool_cox", "panther_linear", "cox"]
@@ -119,11 +119,4 @@ class DPsurvConfig:
             "n_cases": (self.n_cases >= 20, ">= 20"),
             "grid_points": (self.grid_points >= 10, ">= 10"),
         }
-        for name, (ok, expected) in checks.items():
-            if not ok:
-                raise ConfigError(
-                    f"bad value for {name}",
-                    expected=expected,
-                    found=getattr(self, name),
-                    fix=f"--set {name}=...",
-                )
+        check_fields(self, checks)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from clinfuse.core.errors import ConfigError
+from clinfuse.core.config import check_fields
 
 
 @dataclass(frozen=True)
@@ -108,11 +108,4 @@ class EHRPromptConfig:
             "n_boot": (self.n_boot >= 10, ">= 10"),
             "max_rows": (self.max_rows is None or self.max_rows >= 20, ">= 20 or none"),
         }
-        for name, (ok, expected) in checks.items():
-            if not ok:
-                raise ConfigError(
-                    f"bad value for {name}",
-                    expected=expected,
-                    found=getattr(self, name),
-                    fix=f"--set {name}=...",
-                )
+        check_fields(self, checks)
