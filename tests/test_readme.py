@@ -45,11 +45,18 @@ SMOKE = {
 }
 
 
+#: builders: the overrides that make their build a smoke run
+BUILD_FAST = {
+    "meeti": ["n_simulated=2", "executor=serial", "dpi=100", "progress=false"],
+    "medbanana": ["executor=serial", "progress=false"],
+}
+
+
 def _shrink(argv: list[str]) -> list[str] | None:
     if argv[0] == "demo":
         return None  # covered by test_demo_report and the slow full demo
     if argv[0] == "build" and "--resume" not in argv:
-        fast = ["n_simulated=2", "executor=serial", "dpi=100", "progress=false"]
+        fast = BUILD_FAST.get(argv[1], ["progress=false"])
         return [*argv, *[x for o in fast for x in ("--set", o)]]
     if argv[0] == "fit" and argv[1] in SMOKE:
         smoke = [x for o in SMOKE[argv[1]] for x in ("--set", o)]
@@ -86,14 +93,15 @@ def test_demo_report(tmp_path) -> None:
     from clinfuse.report.demo import run_demo
 
     report = run_demo(
-        ["dib", "deepen", "dpsurv", "meeti"],
+        ["dib", "deepen", "dpsurv", "meeti", "medbanana"],
         out=tmp_path / "demo",
         progress=False,
         overrides={
             "dib": ["epochs=2", "progress=false"],
             "deepen": SMOKE["deepen"],
             "dpsurv": ["epochs=2", "progress=false"],
-            "meeti": ["n_simulated=2", "executor=serial", "dpi=100", "progress=false"],
+            "meeti": BUILD_FAST["meeti"],
+            "medbanana": BUILD_FAST["medbanana"],
         },
     )
     text = report.read_text()
@@ -101,6 +109,7 @@ def test_demo_report(tmp_path) -> None:
     assert "| deepen | simulator (100 admissions) | policy value (true_value) |" in text
     assert "| dpsurv | synthetic | test Harrell C |" in text
     assert "| meeti | default (2 simulated + packaged real records) |" in text
+    assert "| medbanana | default (3 packaged real images" in text
     assert (tmp_path / "demo" / "report.html").is_file()
     for png in re.findall(r"\]\(([^)]+\.png)\)", text):
         assert (tmp_path / "demo" / png).is_file()

@@ -8,7 +8,7 @@ import importlib
 from clinfuse.core.builder import BUILDERS
 
 #: modules whose import registers a builder (heavy optional imports stay inside them)
-BUILDER_MODULES = ("clinfuse.builders.meeti.build",)
+BUILDER_MODULES = ("clinfuse.builders.meeti.build", "clinfuse.builders.medbanana.build")
 
 
 def load_all() -> None:

@@ -17,6 +17,8 @@ Failures and what happens to them:
 - any other 4xx (bad request, auth, unknown model): :class:`~clinfuse.llm.base.LLMError` at once,
   with the server's own message and ``status``.
 - a 2xx whose body is not a chat completion: :class:`~clinfuse.llm.base.LLMError` at once.
+- with a :class:`~clinfuse.llm.ratelimit.RateLimiter`, every attempt (retries too) first waits
+  for a token.
 - still failing after the retries: :class:`~clinfuse.llm.base.LLMError` naming the last failure
   (e.g. ``timed out after 60s``).
 
@@ -37,6 +39,7 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from functools import partial
 from typing import Any
 
 from clinfuse.core.errors import ConfigError
@@ -50,6 +53,7 @@ from clinfuse.llm.base import (
     TextPart,
     prompt_hash,
 )
+from clinfuse.llm.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +114,149 @@ def server_message(body: bytes) -> str:
     return text[:500]
 
 
+def redact(text: str, secret: str | None) -> str:
+    """``text`` with every occurrence of ``secret`` (an API key) masked as ``***``.
+
+    Example:
+        >>> redact("bad key sk-123", "sk-123")
+        'bad key ***'
+    """
+    return text.replace(secret, "***") if secret else text
+
+
+class HTTPTransport:
+    """POSTs a body under the retry rules of the module docstring; shared by the HTTP backends.
+
+    Args:
+        label: what messages call the caller (its ``model_id``).
+        timeout: seconds for connecting and for each read.
+        max_retries: retries after the first attempt for connection errors, timeouts, 408/409/429
+            and 5xx.
+        backoff: first wait in seconds; it doubles with each retry.
+        max_wait: cap on any single wait, ``Retry-After`` included.
+        sleep: the waiting function (tests pass a recorder).
+        rate_limiter: acquired before every attempt (retries too); None for no limit.
+        fix: the ``fix`` text for a status that is not retried (default: generic advice).
+        retry_hint: seconds to wait read from an error body, used when the reply has no
+            ``Retry-After`` header (Gemini sends ``google.rpc.RetryInfo``).
+
+    Holds no secret: :meth:`post` masks the one it is given in all it logs and raises.
+    """
+
+    def __init__(
+        self,
+        label: str,
+        *,
+        timeout: float = 60.0,
+        max_retries: int = 3,
+        backoff: float = 1.0,
+        max_wait: float = 120.0,
+        sleep: Callable[[float], None] = time.sleep,
+        rate_limiter: RateLimiter | None = None,
+        fix: Callable[[int], str] | None = None,
+        retry_hint: Callable[[bytes], float | None] | None = None,
+    ) -> None:
+        numbers = {"timeout": timeout, "backoff": backoff, "max_wait": max_wait}
+        for name, value in numbers.items():
+            if not (isinstance(value, int | float) and value >= 0):
+                raise ConfigError(f"bad {name}", expected="a number >= 0", found=repr(value))
+        if not (isinstance(max_retries, int) and max_retries >= 0):
+            raise ConfigError("bad max_retries", expected="an int >= 0", found=repr(max_retries))
+        if not (rate_limiter is None or isinstance(rate_limiter, RateLimiter)):
+            raise ConfigError(
+                "bad rate_limiter",
+                expected="a clinfuse.llm.ratelimit.RateLimiter or None",
+                found=type(rate_limiter).__name__,
+            )
+        self.label = label
+        self.timeout = float(timeout)
+        self.max_retries = max_retries
+        self.backoff = float(backoff)
+        self.max_wait = float(max_wait)
+        self.sleep = sleep
+        self.rate_limiter = rate_limiter
+        self.fix = fix or partial(_fix_for_status, key_env=None)
+        self.retry_hint = retry_hint
+
+    def post(
+        self, url: str, body: bytes, headers: Mapping[str, str], secret: str | None = None
+    ) -> bytes:
+        """The body of the first 2xx answer to ``POST url``; :class:`LLMError` if none came."""
+        attempts = self.max_retries + 1
+        last, last_status = "", None
+        for attempt in range(attempts):
+            if self.rate_limiter is not None:
+                self.rate_limiter.acquire()
+            request = urllib.request.Request(url, data=body, headers=dict(headers), method="POST")
+            retry_after = None
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as resp:
+                    return resp.read()
+            except urllib.error.HTTPError as exc:
+                error_body = _read(exc)
+                message = redact(server_message(error_body), secret)
+                last, last_status = f"HTTP {exc.code}: {message}", exc.code
+                if not (exc.code in _RETRY_STATUS or exc.code >= 500):
+                    raise LLMError(
+                        f"{self.label} refused the request: HTTP {exc.code}: {message}",
+                        status=exc.code,
+                        expected="a 2xx answer",
+                        found=f"HTTP {exc.code} from {url}",
+                        fix=self.fix(exc.code),
+                    ) from None
+                retry_after = parse_retry_after(exc.headers.get("Retry-After"))
+                if retry_after is None and self.retry_hint is not None:
+                    retry_after = self.retry_hint(error_body)
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+                last, last_status = redact(self.describe(exc), secret), None
+            if attempt + 1 == attempts:
+                break
+            wait = min(
+                self.max_wait, self.backoff * 2**attempt if retry_after is None else retry_after
+            )
+            log.warning(
+                "%s: %s; retry %d/%d in %.2fs",
+                self.label,
+                last,
+                attempt + 1,
+                self.max_retries,
+                wait,
+            )
+            self.sleep(wait)
+        raise LLMError(
+            f"{self.label}: no answer after {attempts} attempt(s): {last}",
+            status=last_status,
+            expected=f"a 2xx answer from {url}",
+            found=last,
+            fix="check that the server is up and reachable; raise timeout= or max_retries= "
+            "for slow or busy servers",
+        )
+
+    def describe(self, exc: BaseException) -> str:
+        """One line on a connection failure: ``timed out after 60s``, ``ConnectionRefused...``."""
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        if isinstance(reason, TimeoutError):
+            return f"timed out after {self.timeout:g}s"
+        return f"{type(reason).__name__}: {reason}"
+
+    def decode_json(
+        self, raw: bytes, *, expected: str, fix: str, secret: str | None = None
+    ) -> dict[str, Any]:
+        """``raw`` as a JSON object; anything else raises :class:`LLMError` (not retried)."""
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise LLMError(
+                f"{self.label} answered with malformed JSON",
+                expected=expected,
+                found=redact(raw[:200].decode("utf-8", "replace"), secret) or "(empty body)",
+                fix=fix,
+            )
+        return data
+
+
 def _content(m: Message) -> str | list[dict[str, Any]]:
     parts = m.parts
     if len(parts) == 1 and isinstance(parts[0], TextPart):
@@ -136,6 +283,8 @@ class OpenAICompatBackend:
         max_wait: cap on any single wait, ``Retry-After`` included.
         sleep: the waiting function (tests pass a recorder).
         headers: extra HTTP headers (e.g. an organisation or project header).
+        rate_limiter: a :class:`~clinfuse.llm.ratelimit.RateLimiter` taken before every attempt
+            (share one between backends that share a quota); None for no limit.
 
     ``model_id`` is ``f"{model}@{base_url}"``.
     """
@@ -154,6 +303,7 @@ class OpenAICompatBackend:
         max_wait: float = 120.0,
         sleep: Callable[[float], None] = time.sleep,
         headers: Mapping[str, str] | None = None,
+        rate_limiter: RateLimiter | None = None,
     ) -> None:
         if not (isinstance(model, str) and model.strip()):
             raise ConfigError("OpenAICompatBackend needs a model name", found=repr(model))
@@ -164,23 +314,26 @@ class OpenAICompatBackend:
                 found=repr(base_url),
                 fix="pass base_url=... or write the spec as 'openai:<model>@<url>'",
             )
-        numbers = {"timeout": timeout, "backoff": backoff, "max_wait": max_wait}
-        for name, value in numbers.items():
-            if not (isinstance(value, int | float) and value >= 0):
-                raise ConfigError(f"bad {name}", expected="a number >= 0", found=repr(value))
-        if not (isinstance(max_retries, int) and max_retries >= 0):
-            raise ConfigError("bad max_retries", expected="an int >= 0", found=repr(max_retries))
         self.model = model
         self.base_url = base_url.rstrip("/")
         self.url = f"{self.base_url}/chat/completions"
         self.model_id = f"{model}@{self.base_url}"
         self.api_key_env = api_key_env
         self._api_key = api_key or (os.environ.get(api_key_env) if api_key_env else None) or None
-        self.timeout = float(timeout)
+        self._transport = HTTPTransport(
+            self.model_id,
+            timeout=timeout,
+            max_retries=max_retries,
+            backoff=backoff,
+            max_wait=max_wait,
+            sleep=sleep,
+            rate_limiter=rate_limiter,
+            fix=partial(_fix_for_status, key_env=api_key_env),
+        )
+        self.timeout = self._transport.timeout
         self.max_retries = max_retries
-        self.backoff = float(backoff)
-        self.max_wait = float(max_wait)
-        self._sleep = sleep
+        self.backoff = self._transport.backoff
+        self.max_wait = self._transport.max_wait
         self._headers = dict(headers or {})
 
     def __repr__(self) -> str:  # never the key itself
@@ -228,7 +381,7 @@ class OpenAICompatBackend:
         )
 
     def _redact(self, text: str) -> str:
-        return text.replace(self._api_key, "***") if self._api_key else text
+        return redact(text, self._api_key)
 
     def _post(self, body: bytes) -> dict[str, Any]:
         headers = {
@@ -239,71 +392,13 @@ class OpenAICompatBackend:
         }
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
-        attempts = self.max_retries + 1
-        last, last_status = "", None
-        for attempt in range(attempts):
-            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-            retry_after = None
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as resp:
-                    raw = resp.read()
-                return self._decode(raw)
-            except urllib.error.HTTPError as exc:
-                message = self._redact(server_message(_read(exc)))
-                last, last_status = f"HTTP {exc.code}: {message}", exc.code
-                if not (exc.code in _RETRY_STATUS or exc.code >= 500):
-                    raise LLMError(
-                        f"{self.model_id} refused the request: HTTP {exc.code}: {message}",
-                        status=exc.code,
-                        expected="a 2xx answer",
-                        found=f"HTTP {exc.code} from {self.url}",
-                        fix=_fix_for_status(exc.code, self.api_key_env),
-                    ) from None
-                retry_after = parse_retry_after(exc.headers.get("Retry-After"))
-            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-                last, last_status = self._describe(exc), None
-            if attempt + 1 == attempts:
-                break
-            wait = min(
-                self.max_wait, self.backoff * 2**attempt if retry_after is None else retry_after
-            )
-            log.warning(
-                "%s: %s; retry %d/%d in %.2fs",
-                self.model_id,
-                last,
-                attempt + 1,
-                self.max_retries,
-                wait,
-            )
-            self._sleep(wait)
-        raise LLMError(
-            f"{self.model_id}: no answer after {attempts} attempt(s): {last}",
-            status=last_status,
-            expected=f"a 2xx answer from {self.url}",
-            found=last,
-            fix="check that the server is up and reachable; raise timeout= or max_retries= "
-            "for slow or busy servers",
+        raw = self._transport.post(self.url, body, headers, secret=self._api_key)
+        return self._transport.decode_json(
+            raw,
+            expected="a JSON object (an OpenAI chat completion)",
+            fix="check that base_url points at an OpenAI-compatible API (usually .../v1)",
+            secret=self._api_key,
         )
-
-    def _describe(self, exc: BaseException) -> str:
-        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        if isinstance(reason, TimeoutError):
-            return f"timed out after {self.timeout:g}s"
-        return self._redact(f"{type(reason).__name__}: {reason}")
-
-    def _decode(self, raw: bytes) -> dict[str, Any]:
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            raise LLMError(
-                f"{self.model_id} answered with malformed JSON",
-                expected="a JSON object (an OpenAI chat completion)",
-                found=self._redact(raw[:200].decode("utf-8", "replace")) or "(empty body)",
-                fix="check that base_url points at an OpenAI-compatible API (usually .../v1)",
-            )
-        return data
 
     def _parse(self, data: dict[str, Any]) -> tuple[str, dict[str, int]]:
         if "choices" not in data and "error" in data:
@@ -337,9 +432,15 @@ def _read(exc: urllib.error.HTTPError) -> bytes:
         return b""
 
 
-@BACKENDS.register("openai")
-def _openai(arg: str, **kw: Any) -> OpenAICompatBackend:
-    """``openai:<model>[@<base_url>]``; without ``@url``: ``base_url=`` or ``$OPENAI_BASE_URL``."""
+def resolve_base_url(kind: str, arg: str, kw: dict[str, Any]) -> tuple[str, str]:
+    """``(model, base_url)`` of a spec ``<kind>:<model>[@<url>]``; pops ``base_url`` from ``kw``.
+
+    Without ``@url`` the URL is ``kw["base_url"]`` or ``$OPENAI_BASE_URL``.
+
+    Example:
+        >>> resolve_base_url("openai", "gpt-image-1@http://127.0.0.1:8000/v1", {})
+        ('gpt-image-1', 'http://127.0.0.1:8000/v1')
+    """
     model, _, url = arg.partition("@")
     if url and kw.get("base_url") not in (None, url):
         raise ConfigError(
@@ -351,9 +452,16 @@ def _openai(arg: str, **kw: Any) -> OpenAICompatBackend:
     kw.pop("base_url", None)
     if not base_url:
         raise ConfigError(
-            f"no base URL for 'openai:{arg}'",
-            expected="'openai:<model>@<base_url>', base_url=..., or $OPENAI_BASE_URL",
-            found=f"'openai:{arg}'",
-            fix=f"e.g. 'openai:{model or 'gpt-4o-mini'}@https://api.openai.com/v1'",
+            f"no base URL for '{kind}:{arg}'",
+            expected=f"'{kind}:<model>@<base_url>', base_url=..., or ${BASE_URL_ENV}",
+            found=f"'{kind}:{arg}'",
+            fix=f"e.g. '{kind}:{model or 'gpt-4o-mini'}@https://api.openai.com/v1'",
         )
+    return model, base_url
+
+
+@BACKENDS.register("openai")
+def _openai(arg: str, **kw: Any) -> OpenAICompatBackend:
+    """``openai:<model>[@<base_url>]``; without ``@url``: ``base_url=`` or ``$OPENAI_BASE_URL``."""
+    model, base_url = resolve_base_url("openai", arg, kw)
     return OpenAICompatBackend(model, base_url, **kw)

@@ -1,0 +1,217 @@
+r"""Image metrics of an edit (source vs edited), the checks built on them and the verdict rule.
+
+No weights: everything is computed locally on greyscale luminance at <= 512 px (notes §5).
+
+* The **edited region** :math:`R`: pixels whose Gaussian-smoothed (:math:`\sigma=1.5`) absolute
+  difference exceeds ``change_tol``, connected components smaller than ``max(16, 2\cdot10^{-4}
+  N)`` pixels dropped, dilated by 3 px. Outside it lies everything the edit should not touch.
+* Fidelity: mean SSIM outside :math:`R` (MedEBench's SSIM_context) and the changed-pixel
+  fraction outside :math:`R`; a global change shows as a large changed fraction overall.
+* Compliance: the 95th percentile of the absolute change inside :math:`R`.
+* Realism: the noise-grain ratio :math:`\operatorname{sd}(x_e - G_1 x_e)_R /
+  \operatorname{sd}(x_s - G_1 x_s)_R` and, per component, the ratio of mean Sobel gradient
+  magnitude (burned-in text and hard edges raise it).
+* Structure: the share of :math:`R` inside the allowed mask (organ, or a given mask).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["CHECKS", "decide", "edit_metrics", "gray", "metric_scores"]
+
+METRIC_SIDE = 512
+"""Metrics are computed at this longer side at most (both images downscaled alike)."""
+
+
+def gray(img: Image.Image, side: int = METRIC_SIDE) -> np.ndarray:
+    """Luminance in [0, 1] as float32 ``(H, W)``, downscaled to ``side`` at most."""
+    g = img.convert("L")
+    if max(g.size) > side:
+        s = side / max(g.size)
+        g = g.resize((max(1, round(g.size[0] * s)), max(1, round(g.size[1] * s))),
+                     Image.Resampling.BILINEAR)  # fmt: skip
+    return np.asarray(g, dtype=np.float32) / 255.0
+
+
+def _effectively_same_mode(src: Image.Image, edt: Image.Image) -> bool:
+    if src.mode == edt.mode:
+        return True
+    if src.mode == "L" and edt.mode in ("RGB", "RGBA"):  # a grey image returned as RGB
+        a = np.asarray(edt.convert("RGB"), dtype=np.int16)
+        return int(np.abs(a[..., 0] - a[..., 1]).max()) <= 8 and int(
+            np.abs(a[..., 1] - a[..., 2]).max()) <= 8  # fmt: skip
+    return False
+
+
+def edit_metrics(
+    source: Image.Image,
+    edited: Image.Image,
+    allowed: np.ndarray | None = None,
+    change_tol: float = 0.03,
+) -> dict[str, float]:
+    """The metrics of one edit (see the module docstring); NaN where undefined.
+
+    Shape:
+        ``allowed``: boolean ``(H, W)`` at the source's size, or None (everywhere allowed).
+        Output: a flat dict of floats.
+
+    Example:
+        >>> img = Image.new("L", (64, 64), 100)
+        >>> m = edit_metrics(img, img.copy())
+        >>> m["size_kept"], m["region_fraction"], m["ssim_outside"]
+        (1.0, 0.0, 1.0)
+    """
+    from scipy import ndimage
+    from skimage.filters import sobel
+    from skimage.metrics import structural_similarity
+
+    nan = math.nan
+    out: dict[str, float] = {
+        "size_kept": float(source.size == edited.size),
+        "mode_kept": float(_effectively_same_mode(source, edited)),
+        "width": float(edited.size[0]),
+        "height": float(edited.size[1]),
+    }
+    if not out["size_kept"]:
+        return out
+    s, e = gray(source), gray(edited)
+    diff = np.abs(ndimage.gaussian_filter(e, 1.5) - ndimage.gaussian_filter(s, 1.5))
+    changed = diff > change_tol
+    labels, n = ndimage.label(changed)
+    min_px = max(16, int(2e-4 * s.size))
+    sizes = ndimage.sum_labels(changed, labels, index=np.arange(1, n + 1)) if n else np.zeros(0)
+    keep = [i + 1 for i, sz in enumerate(sizes) if sz >= min_px]
+    region = ndimage.binary_dilation(np.isin(labels, keep), iterations=3) if keep else \
+        np.zeros_like(changed)  # fmt: skip
+    outside = ~region
+    _, smap = structural_similarity(s, e, data_range=1.0, full=True)
+    out.update(
+        changed_fraction=float(changed.mean()),
+        region_fraction=float(region.mean()),
+        n_regions=float(len(keep)),
+        changed_outside=float(changed[outside].mean()) if outside.any() else 0.0,
+        ssim_outside=float(smap[outside].mean()) if outside.any() else nan,
+        ssim=float(smap.mean()),
+    )
+    if not region.any():
+        out.update(roi_change_p95=0.0, roi_signed_change=0.0, grain_ratio=1.0, edge_ratio=1.0,
+                   inside_allowed=1.0)  # fmt: skip
+        return out
+    out["roi_change_p95"] = float(np.percentile(np.abs(e - s)[region], 95))
+    out["roi_signed_change"] = float((e - s)[region].mean())
+    hp_s, hp_e = s - ndimage.gaussian_filter(s, 1.0), e - ndimage.gaussian_filter(e, 1.0)
+    out["grain_ratio"] = float(hp_e[region].std() / max(hp_s[region].std(), 1e-4))
+    gs, ge = sobel(s), sobel(e)
+    comp_labels, nc = ndimage.label(region)
+    ratios = [
+        float(ge[comp_labels == i].mean() / max(gs[comp_labels == i].mean(), 2e-3))
+        for i in range(1, nc + 1)
+    ]
+    out["edge_ratio"] = max(ratios) if ratios else 1.0
+    if allowed is not None:
+        a = allowed
+        if a.shape != region.shape:
+            a = np.asarray(Image.fromarray(a.astype(np.uint8) * 255).resize(
+                (region.shape[1], region.shape[0]), Image.Resampling.NEAREST)) > 0  # fmt: skip
+        out["inside_allowed"] = float((region & a).sum() / region.sum())
+    else:
+        out["inside_allowed"] = 1.0
+    return out
+
+
+Check = tuple[str, Callable[[Mapping[str, float], Any], bool], Callable[[Mapping, Any], str]]
+
+
+def _get(m: Mapping[str, float], k: str, default: float) -> float:
+    v = m.get(k, default)
+    return default if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+CHECKS: tuple[Check, ...] = (
+    ("resized", lambda m, c: _get(m, "size_kept", 1) < 1,
+     lambda m, c: f"resized output: {m['width']:.0f}x{m['height']:.0f} differs from the source"),
+    ("mode_changed", lambda m, c: _get(m, "mode_kept", 1) < 1,
+     lambda m, c: "colour mode changed (grey source returned in colour, or the reverse)"),
+    ("no_edit", lambda m, c: _get(m, "region_fraction", 0) == 0,
+     lambda m, c: "no visible change: the finding was not drawn / removed"),
+    ("global_change", lambda m, c: _get(m, "changed_fraction", 0) > c.max_changed_fraction,
+     lambda m, c: f"global change: {m['changed_fraction']:.0%} of the image changed "
+                  f"(brightness, contrast or gamma altered everywhere)"),
+    ("sharp_edges", lambda m, c: _get(m, "edge_ratio", 1) > c.max_edge_ratio,
+     lambda m, c: f"burned-in text or sharp edges in the edited region (gradient ratio "
+                  f"{m['edge_ratio']:.2f} > {c.max_edge_ratio})"),
+    ("outside_mask", lambda m, c: _get(m, "inside_allowed", 1) < c.min_inside,
+     lambda m, c: f"edit outside the target anatomy ({m['inside_allowed']:.0%} inside)"),
+    ("fidelity", lambda m, c: _get(m, "ssim_outside", 1) < c.min_ssim_outside
+     or _get(m, "changed_outside", 0) > c.max_changed_outside,
+     lambda m, c: f"image changed outside the edit (SSIM {m['ssim_outside']:.3f}, "
+                  f"{m['changed_outside']:.1%} changed pixels)"),
+    ("grain", lambda m, c: not c.grain_range[0] <= _get(m, "grain_ratio", 1) <= c.grain_range[1],
+     lambda m, c: f"noise grain not preserved in the edit (ratio {m['grain_ratio']:.2f})"),
+    ("weak_edit", lambda m, c: _get(m, "roi_change_p95", 0) < c.min_roi_change,
+     lambda m, c: f"change too faint to be seen ({m['roi_change_p95']:.3f} < "
+                  f"{c.min_roi_change})"),
+)  # fmt: skip
+"""Ordered checks: (reason code, fails(metrics, config), message). The first failing one is the
+verdict's reason."""
+
+
+def metric_scores(m: Mapping[str, float], cfg: Any) -> dict[str, float]:
+    r"""Rubric scores in [0, 1] from the metrics (the local judge). Each equals 0.6 exactly at
+    its metric limit: compliance :math:`0.6\,p_{95}/\text{min\_roi\_change}`, structure the
+    share inside the mask scaled likewise, realism from the grain and gradient ratios, fidelity
+    :math:`1 - 0.4\,(1-\mathrm{SSIM}_{out})/(1-\text{min\_ssim\_outside})`; all 0 for a
+    resized or unchanged output."""
+    if _get(m, "size_kept", 1) < 1 or _get(m, "region_fraction", 0) == 0:
+        return {"compliance": 0.0, "structure": 0.0, "realism": 0.0, "fidelity": 0.0}
+
+    def clip(x: float) -> float:
+        return float(min(1.0, max(0.0, x)))
+
+    g = _get(m, "grain_ratio", 1)
+    lo, hi = cfg.grain_range
+    bound = lo if g < 1 else hi
+    grain_bad = abs(math.log(max(g, 1e-6))) / max(abs(math.log(bound)), 1e-6)
+    edge_bad = (_get(m, "edge_ratio", 1) - 1) / max(cfg.max_edge_ratio - 1, 1e-6)
+    return {
+        "compliance": clip(0.6 * _get(m, "roi_change_p95", 0) / cfg.min_roi_change),
+        "structure": clip(0.6 * _get(m, "inside_allowed", 1) / max(cfg.min_inside, 1e-6)),
+        "realism": clip(1 - 0.4 * max(grain_bad, edge_bad, 0.0)),
+        "fidelity": clip(
+            1
+            - 0.4
+            * max(
+                (1 - _get(m, "ssim_outside", 1)) / max(1 - cfg.min_ssim_outside, 1e-6),
+                _get(m, "changed_outside", 0) / max(cfg.max_changed_outside, 1e-6),
+            )
+        ),  # fmt: skip
+    }
+
+
+def decide(
+    scores: Mapping[str, float | None],
+    metrics: Mapping[str, float],
+    cfg: Any,
+    *,
+    gates: bool = True,
+    model_reason: str = "",
+) -> tuple[bool, str, str]:
+    """``(qualified, reason_code, reason)``: the first failing metric check (when ``gates``),
+    else the first rubric score below its ``min_<name>`` threshold, else qualified."""
+    if gates:
+        for code, fails, message in CHECKS:
+            if fails(metrics, cfg):
+                return False, code, message(metrics, cfg)
+    for name in ("compliance", "structure", "realism", "fidelity"):
+        v = scores.get(name)
+        thr = getattr(cfg, f"min_{name}")
+        if v is None or not v >= thr:
+            why = model_reason or f"{name} score {v} below {thr}"
+            return False, f"low_{name}", why
+    return True, "ok", model_reason or "all rubric scores and image checks pass"
