@@ -1,5 +1,6 @@
 """The local judge on the real packaged chest radiograph: an honest edit passes; global gamma,
-burned-in text and a resized output fail with the right reason; scores are normalised."""
+burned-in text, a duplicated (copy-moved) patch and a resized output fail with the right reason;
+scores are normalised."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ def test_honest_local_edit_passes(cxr) -> None:
     v = local.LocalJudge(CFG).judge(TASK, img, sources.from_array(out), lungs)
     assert v.qualified, v.reason
     assert v.metrics["ssim_outside"] > 0.99 and v.metrics["inside_allowed"] == 1.0
+    assert v.metrics["dup_score"] < 0.5  # a drawn lesion copies nothing
     assert all(s >= 0.6 for s in v.scores().values())
 
 
@@ -63,6 +65,31 @@ def test_corrupted_edits_fail_with_the_right_reason(cxr, corrupt, code, word) ->
         edited = corrupt(edited)
     v = local.LocalJudge(CFG).judge(TASK, img, edited, lungs)
     assert not v.qualified and v.reason_code == code and word in v.reason
+
+
+@pytest.mark.parametrize(
+    ("donor", "target"),
+    [
+        ((150, 300), "lesion"),  # right lung -> over the drawn lesion (inside the edited region)
+        ((150, 300), (180, 100)),  # right lung -> upper left lung, away from the lesion
+        ((430, 200), (150, 320)),  # below the lungs -> right lung
+    ],
+    ids=["into_edit", "lung_to_lung_outside_edit", "body_to_lung"],
+)
+def test_duplicated_patch_fails_and_its_displacement_is_found(cxr, donor, target) -> None:
+    img, arr, lungs = cxr
+    out, lesion = local.draw_lesion(arr, "chest_xray", "Lung_Opacity", lungs,
+                                    np.random.default_rng(0), 1.6)  # fmt: skip
+    side = 64
+    if target == "lesion":
+        ys, xs = np.nonzero(lesion)
+        target = (int(ys.mean()) - side // 2, int(xs.mean()) - side // 2)
+    (sy, sx), (ty, tx) = donor, target
+    out[ty : ty + side, tx : tx + side] = arr[sy : sy + side, sx : sx + side]
+    v = local.LocalJudge(CFG).judge(TASK, img, sources.from_array(out), lungs)
+    assert not v.qualified and v.reason_code == "duplicated_patch" and "duplicated" in v.reason
+    assert (v.metrics["dup_dy"], v.metrics["dup_dx"]) == (sy - ty, sx - tx)  # planted shift
+    assert v.metrics["dup_score"] > 0.9 and v.realism < CFG.min_realism
 
 
 def test_faint_edit_fails_as_weak_and_removal_restores_the_planted_normal(cxr) -> None:

@@ -61,7 +61,15 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """The ``default=`` of :func:`json.dumps` for run files: numpy scalars and arrays (``item`` /
+    ``tolist``) and paths (``str``); anything else raises :class:`TypeError`.
+
+    Example:
+        >>> import numpy as np
+        >>> json.dumps({"n": np.int64(3), "p": Path("a/b")}, default=json_default)
+        '{"n": 3, "p": "a/b"}'
+    """
     if hasattr(obj, "item"):
         return obj.item()
     if hasattr(obj, "tolist"):
@@ -71,8 +79,11 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+_json_default = json_default  # the former private name, kept for existing callers
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+    return atomic_write_text(path, json.dumps(obj, indent=2, default=json_default) + "\n")
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:

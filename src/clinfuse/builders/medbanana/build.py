@@ -1,7 +1,8 @@
 """The Med-Banana builder: ``clinfuse build medbanana``.
 
 Tasks (:mod:`.tasks`) run through :func:`.loop.run_task` on a bounded thread pool (API-bound
-work; ``executor=thread``), a process pool, Ray (``--executor ray``) or inline. The build is
+work; ``executor=thread``), a process pool (CPU-bound local editor; ``executor=process``), Ray
+(``--executor ray``, :func:`run_one` as a remote function) or inline (``serial``). The build is
 resumable: a task with a line in ``tasks.jsonl`` is skipped; attempts and images of unfinished
 tasks are discarded and redone, so a resumed build equals an uninterrupted one. At the end the
 logs are joined into Parquet manifests (``tasks``, ``attempts``, ``preference_pairs``,
@@ -31,7 +32,7 @@ from clinfuse.core.runs import RunDir, atomic_path
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MedBanana", "MedBananaConfig", "resume_state", "run_one"]
+__all__ = ["MedBanana", "MedBananaConfig", "progress_stats", "resume_state", "run_one"]
 
 _ROLES: dict[tuple[str, str], Any] = {}
 
@@ -45,6 +46,20 @@ def run_one(task: dict[str, Any], cfg_dict: dict[str, Any], root: str) -> dict[s
     if key not in _ROLES:
         _ROLES[key] = make_roles(cfg, root)
     return run_task(Task(**task), cfg, root, _ROLES[key])
+
+
+def progress_stats(n: int, n_ok: int, seconds: float) -> dict[str, float]:
+    r"""Throughput and success of the tasks run so far: ``tasks_per_min`` :math:`= 60\,n/t` and
+    ``success_rate`` :math:`= n_{ok}/n` (0 when nothing ran). The progress bar shows both.
+
+    Example:
+        >>> progress_stats(6, 5, 30.0)
+        {'tasks_per_min': 12.0, 'success_rate': 0.8333333333333334}
+    """
+    return {
+        "tasks_per_min": 60.0 * n / seconds if n and seconds > 0 else 0.0,
+        "success_rate": n_ok / n if n else 0.0,
+    }
 
 
 def resume_state(root: Path) -> set[str]:
@@ -125,13 +140,16 @@ class MedBanana(Builder):
         ctx = mp.get_context("spawn")
         with ProcessPoolExecutor(max_workers=self.config.workers, mp_context=ctx) as pool:
             futs = [pool.submit(run_one, t.to_dict(), cfg, root) for t in todo]
-            for fut in as_completed(futs):
-                yield fut.result()
+            try:
+                for fut in as_completed(futs):
+                    yield fut.result()
+            finally:  # a failed build does not wait for the tasks not yet started
+                pool.shutdown(wait=True, cancel_futures=True)
 
     def _ray(self, todo: Sequence[Task], root: str) -> Iterator[dict[str, Any]]:
         from clinfuse.core.errors import require
 
-        ray = require("ray", "dist")
+        ray = require("ray", "ray")
         started = not ray.is_initialized()
         if started:
             kw = ({"address": self.config.ray_address} if self.config.ray_address
@@ -175,16 +193,17 @@ class MedBanana(Builder):
             n += 1
             n_ok += res["status"] == "success"
             bar.update(1)
-            minutes = max(time.perf_counter() - t0, 1e-9) / 60
-            bar.set_postfix(tasks_per_min=f"{n / minutes:.1f}", success=f"{n_ok / n:.0%}")
+            now = progress_stats(n, n_ok, time.perf_counter() - t0)
+            bar.set_postfix({"tasks_per_min": f"{now['tasks_per_min']:.1f}",
+                             "success_rate": f"{now['success_rate']:.0%}"})  # fmt: skip
         bar.close()
         seconds = time.perf_counter() - t0
-        card = self.assemble(run, skipped)
-        card.stats.update(build_seconds=seconds, tasks_per_minute=60 * n / seconds if n else 0.0)
+        speed = progress_stats(n, n_ok, seconds)["tasks_per_min"]
+        card = self.assemble(run, skipped)  # its success_rate counts every finished task
+        card.stats.update(build_seconds=seconds, tasks_per_min=speed)
         card.write(root)
-        run.write_metrics({"n_run_now": n, "build_seconds": seconds,
-                           "tasks_per_minute": card.stats["tasks_per_minute"],
-                           **self.evaluate(run)})  # fmt: skip
+        run.write_metrics({"n_run_now": n, "n_success_now": n_ok, "build_seconds": seconds,
+                           "tasks_per_min": speed, **self.evaluate(run)})  # fmt: skip
         self._plot(run)
         log.info("medbanana data set written to %s", root)
         return card
@@ -320,7 +339,7 @@ class MedBanana(Builder):
                     "mean_rounds",
                     "failed_attempts",
                     "preference_pairs_rows",
-                    "tasks_per_minute",
+                    "tasks_per_min",
                 )
             },  # fmt: skip
             plots=sorted(run.plots.glob("*.png")),

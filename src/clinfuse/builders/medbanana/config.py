@@ -66,6 +66,9 @@ class MedBananaConfig:
     max_edge_ratio: float = 2.5
     """Largest ratio of gradient magnitude in the edited region, edit over source (text,
     sharp edges)."""
+    max_duplicate_score: float = 0.85
+    """Largest copy-move score of an edited block (1: an exact copy of another place of the
+    source; see `metrics.copy_move_score`)."""
     grain_range: tuple[float, ...] = (0.6, 1.6)
     """Allowed ratio of high-pass noise std in the edited region, edit over source."""
     local_subtle_rate: float = 0.4
@@ -76,7 +79,11 @@ class MedBananaConfig:
     image_format: Literal["png", "jpeg"] = "png"
     """Format of the written images (the paper wrote JPEG q95)."""
     llm_cache: bool = True
-    """Cache model answers under `<out>/llm_cache` (keyed by prompt hash)."""
+    """Cache model answers under `<out>/llm_cache` and model edits under `<out>/image_cache`
+    (keyed by prompt hash; a resumed or repeated build does not pay twice)."""
+    rate_limit_per_min: float | None = None
+    """Requests a minute for each model role (writer, editor, judge: one limiter each, shared by
+    the threads; each process / Ray worker has its own). None: no limit."""
     executor: Literal["thread", "process", "ray", "serial"] = "thread"
     """Where tasks run: a bounded thread pool (API-bound), a process pool, Ray, or inline."""
     workers: int = 4
@@ -101,6 +108,10 @@ class MedBananaConfig:
                 **unit,
                 "max_rounds": (1 <= self.max_rounds <= 20, "in [1, 20]"),
                 "workers": (self.workers >= 1, ">= 1"),
+                "rate_limit_per_min": (
+                    self.rate_limit_per_min is None or self.rate_limit_per_min > 0,
+                    "> 0 or none",
+                ),
                 "max_side": (self.max_side is None or self.max_side >= 32, ">= 32 or none"),
                 "limit": (self.limit is None or self.limit >= 1, ">= 1 or none"),
                 "directions": (len(self.directions) >= 1, "add and/or remove"),
@@ -109,6 +120,7 @@ class MedBananaConfig:
                     "two numbers 0 < low < high",
                 ),
                 "max_changed_fraction": (0 < self.max_changed_fraction <= 1, "in (0, 1]"),
+                "max_duplicate_score": (0 < self.max_duplicate_score <= 1, "in (0, 1]"),
                 "local_subtle_rate": (0 <= self.local_subtle_rate <= 1, "in [0, 1]"),
                 "local_flaw_rate": (0 <= self.local_flaw_rate <= 1, "in [0, 1]"),
             },

@@ -281,20 +281,23 @@ class LocalWriter:
 
 
 class LocalEditor:
-    """Seeded lesion drawing (add) and inpainting (remove), steered by the instruction's words.
-
-    The loop calls :meth:`edit_task`, which also gets the task and its mask (an API editor gets
-    the image and the instruction only)."""
+    """Seeded lesion drawing (add) and inpainting (remove), steered by the instruction's words;
+    unlike a model editor it reads the task (direction, disease, modality) and its mask."""
 
     model_id = EDITOR_ID
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
 
-    def edit_task(
-        self, task: Task, source: Image.Image, instruction: str, seed: int,
-        mask: np.ndarray | None,
-    ) -> Edit:  # fmt: skip
+    def edit(
+        self,
+        source: Image.Image,
+        instruction: str,
+        seed: int,
+        *,
+        task: Task,
+        mask: np.ndarray | None = None,
+    ) -> Edit:
         low = instruction.lower()
         rng = np.random.default_rng(seed)
         flaw = rng.random() < self.cfg.local_flaw_rate
@@ -312,9 +315,6 @@ class LocalEditor:
         digest = prompt_hash([Message("user", [instruction, image_part(source)])],
                              EDITOR_ID)  # fmt: skip
         return Edit(from_array(out), EDITOR_ID, digest)
-
-    def edit(self, source: Image.Image, instruction: str, seed: int) -> Edit:
-        raise NotImplementedError("the loop calls LocalEditor.edit_task (it needs the task)")
 
 
 class LocalJudge:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from clinfuse.builders.medbanana.local import LocalEditor, allowed_region, task_seed
+from clinfuse.builders.medbanana.local import allowed_region, task_seed
 from clinfuse.builders.medbanana.records import append_jsonl, image_path, save_image
 from clinfuse.builders.medbanana.roles import AttemptError, HistoryEntry, Roles
 from clinfuse.builders.medbanana.sources import load_image, load_mask, to_array
@@ -88,10 +88,7 @@ def run_task(
                            writer_prompt_hash=w.prompt_hash)  # fmt: skip
                 extra.update(writer_request=w.request, writer_reply=w.reply)
                 seed = task_seed(cfg.seed, task.task_id, rnd)
-                if isinstance(roles.editor, LocalEditor):
-                    edit = roles.editor.edit_task(task, source, w.instruction, seed, mask)
-                else:
-                    edit = roles.editor.edit(source, w.instruction, seed)
+                edit = roles.editor.edit(source, w.instruction, seed, task=task, mask=mask)
                 rec.update(editor_model=edit.model_id, editor_prompt_hash=edit.prompt_hash,
                            editor_seed=seed)  # fmt: skip
                 v = roles.judge.judge(task, source, edit.image, allowed)

@@ -12,6 +12,8 @@ No weights: everything is computed locally on greyscale luminance at <= 512 px (
   \operatorname{sd}(x_s - G_1 x_s)_R` and, per component, the ratio of mean Sobel gradient
   magnitude (burned-in text and hard edges raise it).
 * Structure: the share of :math:`R` inside the allowed mask (organ, or a given mask).
+* Duplicated patch (copy-move): :func:`copy_move_score`, block matching of the edit's high-pass
+  texture against every other place of the source.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-__all__ = ["CHECKS", "decide", "edit_metrics", "gray", "metric_scores"]
+__all__ = ["CHECKS", "copy_move_score", "decide", "edit_metrics", "gray", "metric_scores"]
 
 METRIC_SIDE = 512
 """Metrics are computed at this longer side at most (both images downscaled alike)."""
@@ -37,6 +39,112 @@ def gray(img: Image.Image, side: int = METRIC_SIDE) -> np.ndarray:
         g = g.resize((max(1, round(g.size[0] * s)), max(1, round(g.size[1] * s))),
                      Image.Resampling.BILINEAR)  # fmt: skip
     return np.asarray(g, dtype=np.float32) / 255.0
+
+
+COPY_BLOCK = 32
+"""Side of the blocks :func:`copy_move_score` matches (metric pixels)."""
+
+
+def copy_move_score(
+    source: np.ndarray,
+    edited: np.ndarray,
+    block: int = COPY_BLOCK,
+    max_blocks: int = 8,
+    min_shift: int = 4,
+    min_std: float = 2e-3,
+) -> tuple[float, int, int]:
+    r"""How much an edited block is a copy of another place of the source (copy-move forgery).
+
+    On the high-pass images :math:`h = x - G_1 x`, blocks of side ``block`` on a half-block grid
+    whose texture the edit replaced (local correlation of :math:`h_e` with :math:`h_s` below 0.5,
+    :math:`\operatorname{sd}(h_e) \ge` ``min_std``; at most ``max_blocks``, least correlated
+    first) are matched by normalised cross-correlation against every block of :math:`h_s`
+    displaced by at least ``min_shift`` px. For a block :math:`B` and its best displacement
+    :math:`d`,
+
+    .. math:: c(B, d) = \mathrm{NCC}(h_e[B], h_s[B+d]) - \max(0, \mathrm{NCC}(h_s[B], h_s[B+d])),
+
+    and the score is the second largest :math:`c(B', d)` over :math:`B` and its 8 half-block
+    neighbours :math:`B'`: a copied patch (at least 2 blocks wide) scores about 1, as its grain
+    is found elsewhere, in agreeing neighbouring blocks; periodic texture (grid lines), which also
+    matches in the source itself, fresh noise, and a smooth lesion that happens to resemble one
+    spot of the source score low. Copies made at another resolution (a half-pixel shift after
+    the downscale to the metric size) score lower (about 0.6-0.8).
+
+    Shape:
+        ``source``, ``edited``: ``(H, W)`` float in [0, 1]. Output: ``(score, dy, dx)``, the best
+        block's score and the displacement from it to its donor in the source.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> src = rng.random((128, 128)).astype(np.float32)
+        >>> edt = src.copy()
+        >>> edt[10:70, 60:120] = src[50:110, 30:90]  # a 60 px block moved by (+40, -30)
+        >>> score, dy, dx = copy_move_score(src, edt)
+        >>> bool(score > 0.9), dy, dx
+        (True, 40, -30)
+        >>> copy_move_score(src, src)[0]
+        0.0
+    """
+    from scipy import ndimage, signal
+
+    h, w = source.shape
+    b = int(block)
+    if min(h, w) < 3 * b:
+        return 0.0, 0, 0
+    hs = source - ndimage.gaussian_filter(source, 1.0)
+    he = edited - ndimage.gaussian_filter(edited, 1.0)
+
+    def local_mean(x: np.ndarray) -> np.ndarray:
+        return ndimage.uniform_filter(x, b, mode="constant")
+
+    me, ms = local_mean(he), local_mean(hs)
+    ve = local_mean(he * he) - me**2
+    corr = (local_mean(he * hs) - me * ms) / np.sqrt(
+        np.maximum(ve * (local_mean(hs * hs) - ms**2), 1e-12)
+    )
+    cy, cx = np.meshgrid(np.arange(b // 2, h - b // 2 + 1, b // 2),
+                         np.arange(b // 2, w - b // 2 + 1, b // 2), indexing="ij")  # fmt: skip
+    c, sd = corr[cy, cx].ravel(), np.sqrt(np.maximum(ve[cy, cx], 0.0)).ravel()
+    idx = np.flatnonzero((sd >= min_std) & (c < 0.5))
+    idx = idx[np.argsort(c[idx], kind="stable")][:max_blocks]
+    if idx.size == 0:
+        return 0.0, 0, 0
+    ones = np.ones((b, b), np.float32)
+    s1 = signal.fftconvolve(hs, ones, mode="valid")
+    var_s = signal.fftconvolve(hs * hs, ones, mode="valid") - s1**2 / b**2
+    flat = var_s < min_std**2 * b * b  # no texture there: NCC undefined
+    sd_s = np.sqrt(np.maximum(var_s, 1e-12))
+
+    def ncc(a: np.ndarray, d: np.ndarray) -> float:
+        a, d = a - a.mean(), d - d.mean()
+        return float((a * d).sum() / (np.linalg.norm(a) * np.linalg.norm(d) + 1e-12))
+
+    best = (0.0, 0, 0)
+    for i in idx:
+        y0, x0 = int(cy.ravel()[i]) - b // 2, int(cx.ravel()[i]) - b // 2
+        t = he[y0 : y0 + b, x0 : x0 + b]
+        t0 = t - t.mean()
+        m = signal.fftconvolve(hs, t0[::-1, ::-1], mode="valid")
+        m /= sd_s * np.linalg.norm(t0) + 1e-12
+        m[flat] = -1.0
+        near = slice(max(0, y0 - min_shift + 1), y0 + min_shift)
+        m[near, max(0, x0 - min_shift + 1) : x0 + min_shift] = -1.0  # the block's own place
+        py, px = np.unravel_index(int(np.argmax(m)), m.shape)
+        dy, dx = int(py - y0), int(px - x0)
+        support = [  # the block and its 8 half-block neighbours, all at displacement (dy, dx)
+            ncc(he[ny : ny + b, nx : nx + b], hs[ny + dy : ny + dy + b, nx + dx : nx + dx + b])
+            - max(0.0, ncc(hs[ny : ny + b, nx : nx + b],
+                           hs[ny + dy : ny + dy + b, nx + dx : nx + dx + b]))
+            for ny in (y0 - b // 2, y0, y0 + b // 2)
+            for nx in (x0 - b // 2, x0, x0 + b // 2)
+            if min(ny, nx, ny + dy, nx + dx) >= 0
+            and max(ny, ny + dy) + b <= h and max(nx, nx + dx) + b <= w
+        ]  # fmt: skip
+        score = sorted(support)[-2] if len(support) > 1 else 0.0
+        if score > best[0]:
+            best = (score, dy, dx)
+    return best
 
 
 def _effectively_same_mode(src: Image.Image, edt: Image.Image) -> bool:
@@ -81,6 +189,8 @@ def edit_metrics(
     if not out["size_kept"]:
         return out
     s, e = gray(source), gray(edited)
+    dup, dy, dx = copy_move_score(s, e)
+    out.update(dup_score=dup, dup_dy=float(dy), dup_dx=float(dx))
     diff = np.abs(ndimage.gaussian_filter(e, 1.5) - ndimage.gaussian_filter(s, 1.5))
     changed = diff > change_tol
     labels, n = ndimage.label(changed)
@@ -138,6 +248,10 @@ CHECKS: tuple[Check, ...] = (
      lambda m, c: f"resized output: {m['width']:.0f}x{m['height']:.0f} differs from the source"),
     ("mode_changed", lambda m, c: _get(m, "mode_kept", 1) < 1,
      lambda m, c: "colour mode changed (grey source returned in colour, or the reverse)"),
+    ("duplicated_patch", lambda m, c: _get(m, "dup_score", 0) > c.max_duplicate_score,
+     lambda m, c: f"duplicated patch: a block of the edit copies the source {m['dup_dy']:+.0f}, "
+                  f"{m['dup_dx']:+.0f} px away (copy-move score {m['dup_score']:.2f} > "
+                  f"{c.max_duplicate_score})"),
     ("no_edit", lambda m, c: _get(m, "region_fraction", 0) == 0,
      lambda m, c: "no visible change: the finding was not drawn / removed"),
     ("global_change", lambda m, c: _get(m, "changed_fraction", 0) > c.max_changed_fraction,
@@ -165,7 +279,8 @@ verdict's reason."""
 def metric_scores(m: Mapping[str, float], cfg: Any) -> dict[str, float]:
     r"""Rubric scores in [0, 1] from the metrics (the local judge). Each equals 0.6 exactly at
     its metric limit: compliance :math:`0.6\,p_{95}/\text{min\_roi\_change}`, structure the
-    share inside the mask scaled likewise, realism from the grain and gradient ratios, fidelity
+    share inside the mask scaled likewise, realism from the grain and gradient ratios and the
+    copy-move score, fidelity
     :math:`1 - 0.4\,(1-\mathrm{SSIM}_{out})/(1-\text{min\_ssim\_outside})`; all 0 for a
     resized or unchanged output."""
     if _get(m, "size_kept", 1) < 1 or _get(m, "region_fraction", 0) == 0:
@@ -179,10 +294,11 @@ def metric_scores(m: Mapping[str, float], cfg: Any) -> dict[str, float]:
     bound = lo if g < 1 else hi
     grain_bad = abs(math.log(max(g, 1e-6))) / max(abs(math.log(bound)), 1e-6)
     edge_bad = (_get(m, "edge_ratio", 1) - 1) / max(cfg.max_edge_ratio - 1, 1e-6)
+    dup_bad = _get(m, "dup_score", 0) / max(cfg.max_duplicate_score, 1e-6)
     return {
         "compliance": clip(0.6 * _get(m, "roi_change_p95", 0) / cfg.min_roi_change),
         "structure": clip(0.6 * _get(m, "inside_allowed", 1) / max(cfg.min_inside, 1e-6)),
-        "realism": clip(1 - 0.4 * max(grain_bad, edge_bad, 0.0)),
+        "realism": clip(1 - 0.4 * max(grain_bad, edge_bad, dup_bad, 0.0)),
         "fidelity": clip(
             1
             - 0.4

@@ -19,7 +19,7 @@ from typing import Any
 
 from PIL import Image
 
-from clinfuse.core.runs import _json_default, atomic_path, atomic_write_text
+from clinfuse.core.runs import atomic_path, atomic_write_text, json_default
 
 __all__ = ["append_jsonl", "image_path", "read_jsonl", "rewrite_jsonl", "save_image"]
 
@@ -28,7 +28,7 @@ _LOCK = threading.Lock()
 
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
     """Append one JSON line (one write, fsynced)."""
-    line = (json.dumps(record, sort_keys=True, default=_json_default) + "\n").encode("utf-8")
+    line = (json.dumps(record, sort_keys=True, default=json_default) + "\n").encode("utf-8")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _LOCK:
@@ -74,7 +74,7 @@ def rewrite_jsonl(
 
 
 def _line(r: dict[str, Any]) -> str:
-    return json.dumps(r, sort_keys=True, default=_json_default) + "\n"
+    return json.dumps(r, sort_keys=True, default=json_default) + "\n"
 
 
 def image_path(task_id: str, dataset: str, disease: str, rnd: int | None, fmt: str = "png") -> Path:

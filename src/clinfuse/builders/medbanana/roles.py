@@ -6,9 +6,12 @@
 * :class:`Judge`: ``judge(task, source, edited, allowed)`` -> :class:`Verdict`.
 
 ``writer`` / ``judge`` specs go to :func:`clinfuse.llm.make_backend` (text/vision chat models);
-``editor`` specs to ``clinfuse.llm.images.make_image_backend``. ``local`` picks the deterministic
-implementations of :mod:`.local`. A role that fails raises :class:`AttemptError`; the loop
-records it as a failed attempt with its reason and goes on.
+``editor`` specs to :func:`clinfuse.llm.images.make_image_backend`. ``local`` picks the
+deterministic implementations of :mod:`.local`. Each model backend gets its own
+:class:`~clinfuse.llm.ratelimit.RateLimiter` when ``rate_limit_per_min`` is set, and with
+``llm_cache`` a disk cache under the build (``llm_cache/`` for text, ``image_cache/`` for
+edits, keyed by prompt hash). A role that fails raises :class:`AttemptError`; the loop records it
+as a failed attempt with its reason and goes on.
 """
 
 from __future__ import annotations
@@ -132,9 +135,21 @@ class PromptWriter(Protocol):
 
 
 class Editor(Protocol):
+    """Edits ``source`` as ``instruction`` says. ``task`` and ``mask`` (the allowed region of an
+    add, the lesion of a remove) are context a model editor ignores; the local editor needs
+    them."""
+
     model_id: str
 
-    def edit(self, source: Image.Image, instruction: str, seed: int) -> Edit: ...
+    def edit(
+        self,
+        source: Image.Image,
+        instruction: str,
+        seed: int,
+        *,
+        task: Task,
+        mask: np.ndarray | None = None,
+    ) -> Edit: ...
 
 
 class Judge(Protocol):
@@ -233,7 +248,15 @@ class ImageBackendEditor:
         self.backend = backend
         self.model_id = str(backend.model_id)
 
-    def edit(self, source: Image.Image, instruction: str, seed: int) -> Edit:
+    def edit(
+        self,
+        source: Image.Image,
+        instruction: str,
+        seed: int,
+        *,
+        task: Task | None = None,
+        mask: np.ndarray | None = None,
+    ) -> Edit:
         t0 = time.perf_counter()
         try:
             out = self.backend.edit(image_part(source), instruction, seed=seed)
@@ -254,33 +277,41 @@ class ImageBackendEditor:
 
 
 def make_roles(cfg: Any, root: str | Path | None = None) -> Roles:
-    """The writer, editor and judge named by ``cfg.writer`` / ``cfg.editor`` / ``cfg.judge``."""
+    """The writer, editor and judge named by ``cfg.writer`` / ``cfg.editor`` / ``cfg.judge``:
+    ``local`` or a model spec (``gemini:<model>[@url]``, ``openai:<model>@<url>``)."""
     from clinfuse.builders.medbanana import local
+
+    def limit() -> dict[str, Any]:
+        from clinfuse.llm.ratelimit import RateLimiter
+
+        rpm = cfg.rate_limit_per_min
+        return {"rate_limiter": RateLimiter(rpm)} if rpm else {}
+
+    def cached(backend: Any, wrapper: Any, folder: str) -> Any:
+        if not cfg.llm_cache or root is None:
+            return backend
+        return wrapper(backend, Path(root) / folder)
 
     def text_backend(spec: str) -> TextBackend:
         from clinfuse.llm.base import make_backend
+        from clinfuse.llm.cache import CachedBackend
 
-        backend = make_backend(spec)
-        if cfg.llm_cache and root is not None:
-            from clinfuse.llm.cache import CachedBackend
-
-            backend = CachedBackend(backend, Path(root) / "llm_cache")
-        return backend
+        return cached(make_backend(spec, **limit()), CachedBackend, "llm_cache")
 
     def image_backend(spec: str) -> Any:
-        from clinfuse.llm.images import make_image_backend  # written alongside this builder
+        from clinfuse.llm.images import CachedImageBackend, make_image_backend
 
-        return make_image_backend(spec)
+        return cached(make_image_backend(spec, **limit()), CachedImageBackend, "image_cache")
 
-    writer: PromptWriter = (
-        local.LocalWriter(cfg) if cfg.writer == "local" else LLMWriter(text_backend(cfg.writer))
-    )
-    editor: Editor = (
-        local.LocalEditor(cfg)
-        if cfg.editor == "local"
-        else ImageBackendEditor(image_backend(cfg.editor))
-    )
-    judge: Judge = (
-        local.LocalJudge(cfg) if cfg.judge == "local" else LLMJudge(text_backend(cfg.judge), cfg)
-    )
-    return Roles(writer, editor, judge)
+    local_roles = {"writer": local.LocalWriter, "editor": local.LocalEditor,
+                   "judge": local.LocalJudge}  # fmt: skip
+    model_roles = {
+        "writer": lambda spec: LLMWriter(text_backend(spec)),
+        "editor": lambda spec: ImageBackendEditor(image_backend(spec)),
+        "judge": lambda spec: LLMJudge(text_backend(spec), cfg),
+    }
+    made = {
+        role: local_roles[role](cfg) if spec == "local" else model_roles[role](spec)
+        for role, spec in ((r, getattr(cfg, r)) for r in ("writer", "editor", "judge"))
+    }
+    return Roles(**made)
