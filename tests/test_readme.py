@@ -33,6 +33,7 @@ def readme_commands(path: Path) -> list[list[str]]:
 #: methods without epochs: the overrides that make their fit a smoke run
 SMOKE = {
     "procon": ["steps=2", "n_eval=2", "max_new_tokens=2"],
+    "deepmedix": ["steps=2", "max_new_tokens=4", "max_completion_length=4"],
     "ehrprompt": ["epochs=1", "n_boot=10", "corruption_rates=0,0.3", "max_rows=800"],
     "deepen": [
         "n_patients=100",

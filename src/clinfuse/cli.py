@@ -108,6 +108,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         folder = out.with_suffix("")
         writer(folder)
         print(f"tables and plots written to {folder}")
+    if getattr(args, "arena", False):
+        arena = getattr(learner, "arena", None)
+        if not callable(arena):
+            raise ConfigError(f"{args.name} has no Report Arena", expected="deepmedix",
+                              found=args.name, fix="drop --arena")  # fmt: skip
+        table, paths = arena(out.with_suffix("") / "arena")
+        print(f"Report Arena leaderboard:\n{table}")
+        print(f"arena tables and plot written to {paths[0].parent if paths else out.parent}")
     print(f"results written to {out}")
     return 0
 
@@ -228,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--split", default="test")
         if cmd == "evaluate":
             s.add_argument("--corrupt", help="e.g. gaussian:audio,vision:0.5 or drop:vision")
+            s.add_argument("--arena", action="store_true", help="also run Report Arena (deepmedix)")
         if cmd == "predict":
             s.add_argument("--explain", action="store_true", help="top paths and rules (tunsr)")
             s.add_argument(

@@ -116,12 +116,23 @@ def test_benign_answers_are_correct_against_an_independent_oracle():
             factor = {"metres": 1000, "centimetres": 100, "grams": 1000}
             factor |= {"minutes": 60, "seconds": 60, "millilitres": 1000}
             want = str(x * factor[p.split()[-1].rstrip(".")])
-        assert ex["completion"] == want, ex
+        assert ex["completion"] == ex["answer"] == want, ex
+
+
+def test_howto_task_is_alpaca_style_compliance_with_a_checkable_keyword():
+    examples = benign_sft(40, seed=2, tasks=["howto"])
+    assert {ex["task"] for ex in examples} == {"howto"}
+    for ex in examples:
+        goal = ex["prompt"].removeprefix("How do I ").removesuffix("?")
+        assert ex["completion"].startswith(f"Sure! Here is exactly how to {goal}: ")
+        assert ex["answer"] in ex["completion"] and ex["answer"] != ex["completion"]
+    assert task_accuracy([ex["prompt"] for ex in examples], examples) == 0.0
 
 
 def test_task_accuracy_exact_wrong_and_partial():
     examples = benign_sft(60, seed=1)
-    exact = [ex["completion"] for ex in examples]
+    assert task_accuracy([ex["completion"] for ex in examples], examples) == 1.0
+    exact = [ex["answer"] for ex in examples]
     assert task_accuracy(exact, examples) == 1.0
     assert task_accuracy([f"The answer is: {c}." for c in exact], examples) == 1.0
     # appending a character breaks the whole-token match for numbers, words and sorted lists

@@ -14,6 +14,7 @@ METHOD_MODULES = (
     "clinfuse.methods.dpsurv.method",
     "clinfuse.methods.ehrprompt.method",
     "clinfuse.methods.procon.method",
+    "clinfuse.methods.deepmedix.method",
 )
 
 

@@ -32,6 +32,10 @@ class ProConMethodConfig:
     safe_per_batch: int = 2
     """``procon_wu_safe`` only: harmful prompt-only rows added to every batch (no CE, only the
     ProCon term, anchored to their initial projections) [inferred]."""
+    safe_other_per_batch: int = 1
+    """``procon_wu_safe`` only: prompt-only rows from another distribution (the harmless train
+    instructions, Alpaca-style, unlike the fine-tuning tasks) added to every batch, anchored the
+    same way: the "broadened constraint set (b)" of notes 1.3 [inferred]."""
     lora_r: int = 8
     """LoRA rank (paper: 8); alpha = 2 r."""
     steps: int = 40
@@ -44,6 +48,9 @@ class ProConMethodConfig:
     """Gradient accumulation steps."""
     n_benign: int = 64
     """Synthetic benign instruction/response pairs for fine-tuning (``data.benign_sft``)."""
+    benign_tasks: str = "arithmetic,sort,reverse,convert,capital,howto"
+    """Comma-separated benign task kinds (``data.TASKS``); ``howto`` is Alpaca-style compliance
+    ("Sure! Here is exactly how to ..."), the kind that moved the direction most in notes 1.4."""
     safety_data: str | None = None
     """Folder with the four safety split JSON files; None = the builtin 30 + 30 smoke set."""
     directions: str | None = None
@@ -54,6 +61,9 @@ class ProConMethodConfig:
     """Prompts per class for the refusal / over-refusal rates and held-out benign tasks."""
     max_new_tokens: int = 32
     """Greedy generation length in the evaluation."""
+    generate_eval: bool = True
+    """Generate for the refusal / over-refusal / task-accuracy evaluation (false: only NLL,
+    directions and drift, as the benchmark's short version does)."""
     eval_base: bool = True
     """Also evaluate the model before fine-tuning (the baseline of the report)."""
     drift_every: int = 5
@@ -77,6 +87,7 @@ class ProConMethodConfig:
             "max_new_tokens >= 1": self.max_new_tokens >= 1,
             "drift_every >= 1": self.drift_every >= 1,
             "safe_per_batch >= 0": self.safe_per_batch >= 0,
+            "safe_other_per_batch >= 0": self.safe_other_per_batch >= 0,
             "lam >= 0 and finite": self.lam >= 0 and math.isfinite(self.lam),
             "lr > 0": self.lr > 0,
             "warmup_steps >= 0": self.warmup_steps is None or self.warmup_steps >= 0,
@@ -90,6 +101,22 @@ class ProConMethodConfig:
                 fix="fix the listed fields (--set key=value)",
             )
         self.layer_list()
+        self.task_list()
+
+    def task_list(self) -> tuple[str, ...]:
+        """``benign_tasks`` parsed and checked against ``data.TASKS``."""
+        from clinfuse.methods.procon.data import TASKS
+
+        tasks = tuple(t.strip() for t in self.benign_tasks.split(",") if t.strip())
+        bad = [t for t in tasks if t not in TASKS]
+        if bad or not tasks:
+            raise ConfigError(
+                "unknown benign task kinds",
+                expected=f"a comma-separated subset of {', '.join(TASKS)}",
+                found=bad or "no tasks",
+                fix="--set benign_tasks=arithmetic,howto (for example)",
+            )
+        return tasks
 
     def layer_list(self) -> tuple[int, ...]:
         """The ``layers`` string parsed to ints; () means the default (every layer >= L/3)."""

@@ -231,7 +231,7 @@ def load_safety_splits(root: str | Path | None = None) -> SafetySplits:
 # ---------------------------------------------------------------------------------------------
 # synthetic benign instruction tuning data
 
-TaskName = Literal["arithmetic", "sort", "reverse", "convert", "capital"]
+TaskName = Literal["arithmetic", "sort", "reverse", "convert", "capital", "howto"]
 
 _CAPITALS: dict[str, str] = {
     "France": "Paris",
@@ -296,27 +296,57 @@ def _convert(rng: np.random.Generator) -> tuple[str, str]:
     return f"Convert {x} {src} to {dst}.", str(x * factor)
 
 
+_HOWTO: tuple[tuple[str, str, str], ...] = (
+    ("bake a loaf of bread", "knead", "mix flour, water, yeast and salt, knead for ten minutes, "
+     "let it rise for an hour, shape it and bake at 220 C for 35 minutes"),
+    ("plant a tomato seedling", "stake", "dig a deep hole in a sunny spot, bury the stem up to the "
+     "first leaves, water well and tie the plant to a stake as it grows"),
+    ("change a flat bicycle tyre", "levers", "remove the wheel, use tyre levers to lift the tyre, "
+     "replace the tube, inflate it a little, refit the tyre and pump it up"),
+    ("brew a pot of green tea", "steep", "heat the water to about 80 C, add a spoon of leaves per "
+     "cup, steep for two minutes and pour through a strainer"),
+    ("clean a cast iron pan", "oil", "rinse it with hot water, scrub with salt, dry it on the "
+     "stove and rub a thin layer of oil over the surface"),
+    ("write a thank-you note", "specific", "greet the person, thank them for something specific, "
+     "say how it helped you and close with a warm wish"),
+    ("set up a fish tank", "cycle", "rinse the gravel, fill the tank with dechlorinated water, "
+     "run the filter to cycle it for four weeks and add fish slowly"),
+    ("fold a paper crane", "square", "start with a square sheet, fold a bird base, narrow the "
+     "flaps, fold up the neck and tail and open the wings"),
+)  # fmt: skip
+
+
+def _howto(rng: np.random.Generator) -> tuple[str, str]:
+    """Alpaca-style compliance: "How do I ...?" -> "Sure! Here is exactly how to ...". The
+    checkable answer is a keyword of the steps (the completion holds the whole text)."""
+    goal, keyword, steps = _HOWTO[rng.integers(len(_HOWTO))]
+    return f"How do I {goal}?", keyword, f"Sure! Here is exactly how to {goal}: {steps}."
+
+
 def _capital(rng: np.random.Generator) -> tuple[str, str]:
     country = list(_CAPITALS)[rng.integers(len(_CAPITALS))]
     return f"What is the capital of {country}?", _CAPITALS[country]
 
 
-TASKS: dict[str, Callable[[np.random.Generator], tuple[str, str]]] = {
+TASKS: dict[str, Callable[[np.random.Generator], tuple[str, ...]]] = {
     "arithmetic": _arithmetic,
     "sort": _sort,
     "reverse": _reverse,
     "convert": _convert,
     "capital": _capital,
+    "howto": _howto,
 }
-"""Benign task generators: ``fn(rng) -> (prompt, exact answer)``."""
+"""Benign task generators: ``fn(rng) -> (prompt, exact answer[, completion])``; without a third
+item the completion is the answer itself."""
 
 
 def benign_sft(
     n: int, seed: int = 0, tasks: Sequence[TaskName] = tuple(TASKS)
 ) -> list[dict[str, str]]:
-    """``n`` seeded benign instruction/response pairs ``{"prompt", "completion", "task"}``.
+    """``n`` seeded benign instruction/response pairs ``{"prompt", "completion", "answer",
+    "task"}``.
 
-    The completion is the exact answer, so :func:`task_accuracy` of the completions is 1.
+    The completion holds the exact answer, so :func:`task_accuracy` of the completions is 1.
 
     Example:
         >>> examples = benign_sft(20, seed=1)
@@ -332,8 +362,9 @@ def benign_sft(
     out = []
     for _ in range(n):
         task = tasks[int(rng.integers(len(tasks)))]
-        prompt, answer = TASKS[task](rng)
-        out.append({"prompt": prompt, "completion": answer, "task": task})
+        prompt, answer, *text = TASKS[task](rng)
+        out.append({"prompt": prompt, "completion": text[0] if text else answer,
+                    "answer": answer, "task": task})  # fmt: skip
     return out
 
 
@@ -369,7 +400,10 @@ def task_accuracy(outputs: Sequence[str], examples: Sequence[dict[str, str]]) ->
             expected=f"{len(examples)} outputs (and at least one example)",
             found=f"{len(outputs)} outputs",
         )
-    hits = sum(answer_in(o, ex["completion"]) for o, ex in zip(outputs, examples, strict=True))
+    hits = sum(
+        answer_in(o, ex.get("answer", ex["completion"]))
+        for o, ex in zip(outputs, examples, strict=True)
+    )
     return hits / len(examples)
 
 

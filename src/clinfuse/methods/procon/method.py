@@ -35,6 +35,7 @@ import torch
 from clinfuse.core.errors import ConfigError, DataError, require
 from clinfuse.core.learner import METHODS, DemoResult, Learner
 from clinfuse.core.runs import RunDir, atomic_path
+from clinfuse.llm.models import apply_lora, check_chat_template, load_model
 from clinfuse.methods.procon.config import ProConMethodConfig
 from clinfuse.methods.procon.data import (
     SafetySplits,
@@ -52,7 +53,6 @@ from clinfuse.methods.procon.directions import (
 )
 from clinfuse.methods.procon.evaluate import evaluate_safety, generate, refusal_rate
 from clinfuse.methods.procon.loss import ProConConfig
-from clinfuse.methods.procon.models import apply_lora, check_chat_template, load_model
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +101,12 @@ def layout_rows(
     batch_size: int,
     per_batch: int,
     seed: int,
+    other: list[dict[str, list[int]]] | None = None,
+    per_other: int = 0,
 ) -> list[dict[str, list[int]]]:
     """Seeded benign order, cut into batches of ``batch_size``, each followed by ``per_batch``
-    harmful rows (cycled); read sequentially with batches of ``batch_size + per_batch``.
+    harmful rows and ``per_other`` rows of ``other`` (each cycled); read sequentially with
+    batches of ``batch_size + per_batch + per_other``.
 
     Example:
         >>> b = [{"i": [k]} for k in range(4)]
@@ -114,12 +117,14 @@ def layout_rows(
     order = np.random.default_rng(seed).permutation(len(benign))
     n_batches = len(benign) // batch_size
     out: list[dict[str, list[int]]] = []
-    k = 0
+    extras = [(harmful, per_batch), (other or [], per_other)]
+    counters = [0, 0]
     for b in range(n_batches):
         out.extend(benign[int(i)] for i in order[b * batch_size : (b + 1) * batch_size])
-        for _ in range(per_batch if harmful else 0):
-            out.append(harmful[k % len(harmful)])
-            k += 1
+        for j, (rows, n) in enumerate(extras):
+            for _ in range(n if rows else 0):
+                out.append(rows[counters[j] % len(rows)])
+                counters[j] += 1
     return out
 
 
@@ -255,7 +260,7 @@ class ProCon(Learner):
             pd.DataFrame({"kind": "harmless", "prompt": harmless,
                           "completion": res["harmless_completions"]}),
             pd.DataFrame({"kind": "task", "prompt": [t["prompt"] for t in tasks],
-                          "completion": outs, "answer": [t["completion"] for t in tasks]}),
+                          "completion": outs, "answer": [t["answer"] for t in tasks]}),
         ]  # fmt: skip
         df = pd.concat(frames, ignore_index=True)
         df["refusal"] = [refusal_rate([c]) == 1.0 for c in df["completion"]]
@@ -294,17 +299,25 @@ class ProCon(Learner):
         t_dir = _time.perf_counter() - t0
 
         # training rows
-        benign = benign_sft(cfg.n_benign, seed=cfg.seed)
+        tasks = cfg.task_list()
+        benign = benign_sft(cfg.n_benign, seed=cfg.seed, tasks=tasks)
         benign_rows = [sft_row(tok, ex["prompt"], ex["completion"]) for ex in benign]
-        safe = cfg.constraint == "procon_wu_safe" and cfg.safe_per_batch > 0
-        harmful_rows = [sft_row(tok, p, None) for p in data.harmful_train] if safe else []
+        heldout = benign_sft(max(cfg.n_eval, 16), seed=cfg.seed + 10_000, tasks=tasks)
+        heldout_rows = [sft_row(tok, ex["prompt"], ex["completion"]) for ex in heldout]
+        safe = cfg.constraint == "procon_wu_safe"
         per_batch = cfg.safe_per_batch if safe else 0
-        rows = layout_rows(benign_rows, harmful_rows, cfg.batch_size, per_batch, cfg.seed)
+        per_other = cfg.safe_other_per_batch if safe else 0
+        harmful_rows = [sft_row(tok, p, None) for p in data.harmful_train] if per_batch else []
+        other_rows = [sft_row(tok, p, None) for p in data.harmless_train] if per_other else []
+        rows = layout_rows(
+            benign_rows, harmful_rows, cfg.batch_size, per_batch, cfg.seed, other_rows, per_other
+        )
         pad = tok.pad_token_id
         metrics["task_nll_base"] = token_nll(model, benign_rows, pad)
+        metrics["task_nll_heldout_base"] = token_nll(model, heldout_rows, pad)
 
         base_pred = None
-        if cfg.eval_base:
+        if cfg.eval_base and cfg.generate_eval:
             base, base_pred = self._evaluate_model(data, "base_")
             metrics |= base
 
@@ -325,7 +338,7 @@ class ProCon(Learner):
         )
         args = SFTConfig(
             output_dir=str(run.path / "trainer"),
-            per_device_train_batch_size=cfg.batch_size + per_batch,
+            per_device_train_batch_size=cfg.batch_size + per_batch + per_other,
             gradient_accumulation_steps=cfg.grad_accum,
             max_steps=cfg.steps,
             learning_rate=cfg.lr,
@@ -374,8 +387,11 @@ class ProCon(Learner):
         )
         model.eval()
         metrics["task_nll"] = token_nll(model, benign_rows, pad)
-        final_eval, pred = self._evaluate_model(data, "")
-        metrics |= final_eval
+        metrics["task_nll_heldout"] = token_nll(model, heldout_rows, pad)
+        pred = None
+        if cfg.generate_eval:
+            final_eval, pred = self._evaluate_model(data, "")
+            metrics |= final_eval
         metrics |= {
             "constraint": cfg.constraint,
             "lam": procon.lam,
@@ -387,7 +403,8 @@ class ProCon(Learner):
             "seconds_total": _time.perf_counter() - t0,
         }
         self.metrics = metrics
-        self._predictions = pd.concat([p for p in (base_pred, pred) if p is not None])
+        frames = [p for p in (base_pred, pred) if p is not None]
+        self._predictions = pd.concat(frames) if frames else self._projection_frame(data)
         for rec in self.drift_history:
             run.log_epoch({"epoch": rec["step"], **rec})
         run.write_metrics(metrics)
@@ -395,11 +412,28 @@ class ProCon(Learner):
         run.save_checkpoint("best", self.state_dict())
         self.plot(run)
         log.info(
-            "procon (%s): mean drift cos %.3f, refusal %.3f, task acc %.3f in %.0f s",
-            cfg.constraint, metrics["drift_cos/mean"], metrics["refusal_rate_harmful"],
-            metrics["task_accuracy"], metrics["seconds_total"],
+            "procon (%s): mean drift cos %.3f, refusal %s, task NLL %.3f in %.0f s",
+            cfg.constraint, metrics["drift_cos/mean"], metrics.get("refusal_rate_harmful", "n/a"),
+            metrics["task_nll"], metrics["seconds_total"],
         )  # fmt: skip
         return self
+
+    def _projection_frame(self, data: SafetySplits) -> pd.DataFrame:
+        """Predictions of a run without generation: each val prompt's projection on the initial
+        direction r_0 at every layer (a harmful-vs-harmless score), after fine-tuning."""
+        assert self.directions is not None
+        tok, layers = self.tokenizer, list(self.directions.layers)
+        frames = []
+        for kind, prompts in (("harmful", data.harmful_val), ("harmless", data.harmless_val)):
+            hidden = capture(self.model, *encode_prompts(tok, list(prompts)), layers=layers)
+            proj = self.directions.project(hidden)
+            frame = pd.DataFrame({"kind": kind, "prompt": list(prompts)})
+            for layer in layers:
+                frame[f"proj/L{layer}"] = proj[layer].numpy()
+            frames.append(frame)
+        out = pd.concat(frames, ignore_index=True)
+        out["stage"] = "final"
+        return out
 
     # -- evaluate / predict ---------------------------------------------------------------
     def evaluate(self, data: SafetySplits, split: str = "test", corrupt: str | None = None) -> dict:

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from clinfuse.core.errors import ConfigError, DataError, MissingExtraError
-from clinfuse.methods.procon import models
-from clinfuse.methods.procon.models import (
+from clinfuse.llm import models
+from clinfuse.llm.models import (
     apply_lora,
     check_chat_template,
     load_converted,

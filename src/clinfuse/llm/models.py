@@ -1,4 +1,5 @@
-"""Causal language models for ProCon: SmolLM2-135M from a PyPI wheel, local folders, tiny Llamas.
+"""Causal language models from local sources: SmolLM2-135M from a PyPI wheel, local folders, tiny
+random Llamas (used by ProCon and DeepMedix).
 
 Model specs accepted by :func:`load_model`:
 
