@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 import logging
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from clinfuse.cli import main
-from clinfuse.core.errors import DataError
+from clinfuse.core.errors import ConfigError, DataError
 from clinfuse.core.runs import RunDir
 
 pytest.importorskip("trl")
@@ -137,3 +138,25 @@ def test_split_is_seeded_and_disjoint():
     assert len(a[1]) == 3 and not set(a[0]) & set(a[1])
     with pytest.raises(DataError, match="at least two records"):
         split_records([1], 0.5, seed=0)
+
+
+def test_arena_with_two_judges_reports_each_and_their_agreement(chain, tmp_path):
+    import dataclasses
+
+    pytest.importorskip("clinfuse.methods.deepmedix.openi")
+    learner = DeepMedix.from_run(RunDir(chain["sft"]))
+    learner.config = dataclasses.replace(
+        learner.config, arena_judges="local:report-score, local:token-f1", arena_boot=20
+    )
+    table, paths = learner.arena(tmp_path / "arena")
+    board = pd.read_csv(tmp_path / "arena" / "leaderboard.csv")
+    assert {"elo:local:report-score", "elo:local:token-f1"} <= set(board.columns)
+    assert board.sort_values("rank")["model"].iloc[0] == "reference"
+    agree = pd.read_csv(tmp_path / "arena" / "agreement.csv")
+    assert set(agree["judge_a"]) == {"local:report-score", "local:token-f1"}
+    assert np.isfinite(board["elo"]).all() and board["elo"].abs().max() < 5000
+
+
+def test_arena_rejects_an_empty_judge_list():
+    with pytest.raises(ConfigError, match="arena_judges"):
+        DeepMedixConfig(arena_judges=" , ")

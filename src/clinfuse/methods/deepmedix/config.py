@@ -73,6 +73,14 @@ class DeepMedixConfig:
     """``evaluate --arena``: OPEN-I studies in the Report Arena."""
     arena_boot: int = 200
     """``evaluate --arena``: bootstrap resamples of the Bradley-Terry scores."""
+    arena_judges: str = "local:report-score"
+    """``evaluate --arena``: comma-separated judges. ``local:report-score`` (the metrics'
+    ``report_score``), ``local:token-f1``, or any ``llm`` backend spec, e.g.
+    ``openai:gpt-4o-mini@http://localhost:8000/v1`` or ``gemini:gemini-2.5-pro`` (each judge
+    sees the reference and both reports, in both orders; calls cached in the arena folder)."""
+    arena_l2: float = 0.01
+    """``evaluate --arena``: ridge on the Bradley-Terry log-odds, so a model that never loses
+    (e.g. the reference itself under a deterministic judge) keeps a finite score [inferred]."""
     seed: int = 0
     """Seed of the model init, data split, synthetic samples and training order."""
     progress: bool = False
@@ -108,5 +116,10 @@ class DeepMedixConfig:
                 "n_samples": (self.n_samples >= 0, ">= 0"),
                 "arena_reports": (self.arena_reports >= 1, ">= 1"),
                 "arena_boot": (self.arena_boot >= 1, ">= 1"),
+                "arena_l2": (self.arena_l2 >= 0, ">= 0"),
+                "arena_judges": (
+                    any(s.strip() for s in self.arena_judges.split(",")),
+                    "at least one judge spec",
+                ),
             },
         )

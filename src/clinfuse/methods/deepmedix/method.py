@@ -362,15 +362,23 @@ class DeepMedix(Learner):
         return pd.DataFrame(rows)
 
     def arena(self, folder: str | Path) -> tuple[str, list[Path]]:
-        """Run Report Arena with the local metric judge; returns the leaderboard (markdown)
-        and the files written (tables and the leaderboard plot)."""
-        from clinfuse.llm.arena import ScoreJudge, run_arena
+        """Run Report Arena with the judges of ``config.arena_judges``; returns the leaderboard
+        (markdown) and the files written (tables and the leaderboard plot)."""
+        from clinfuse.llm.arena import ScoreJudge, make_judge, run_arena
         from clinfuse.methods.deepmedix.metrics import report_score
 
         self._require_model()
-        judge = ScoreJudge(report_score, judge_id="report_score")
         cfg = self.config
-        result = run_arena(self.arena_reports(), [judge], n_boot=cfg.arena_boot, seed=cfg.seed)
+        cache = Path(folder) / "judge_cache"
+        judges = [
+            ScoreJudge(report_score, judge_id=spec)
+            if spec == "local:report-score"
+            else make_judge(spec, cache_dir=cache)
+            for spec in (s.strip() for s in cfg.arena_judges.split(",") if s.strip())
+        ]
+        result = run_arena(
+            self.arena_reports(), judges, n_boot=cfg.arena_boot, seed=cfg.seed, l2=cfg.arena_l2
+        )
         return result.to_markdown(), result.save(folder)
 
     # -- state ----------------------------------------------------------------------------
