@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 
+import pandas as pd
 import pytest
 import torch
 
@@ -146,3 +147,45 @@ def test_missing_chat_template_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(method, "load_model", no_template)
     with pytest.raises(DataError, match="no chat template"):
         fit(tmp_path, "nochat")
+
+
+def test_layout_adds_other_distribution_rows_after_the_harmful_ones():
+    benign = [{"input_ids": [k], "completion_mask": [1]} for k in range(4)]
+    harmful = [{"input_ids": [100], "completion_mask": [0]}]
+    other = [{"input_ids": [200 + k], "completion_mask": [0]} for k in range(3)]
+    rows = layout_rows(benign, harmful, 2, 1, seed=0, other=other, per_other=2)
+    ids = [r["input_ids"][0] for r in rows]
+    assert len(ids) == 2 * (2 + 1 + 2)
+    assert ids[2:5] == [100, 200, 201] and ids[7:10] == [100, 202, 200]  # cycled
+
+
+def test_broad_arm_hinge_mode_and_adapter_anchors_run_without_generation(tmp_path):
+    """procon_wu_safe with hinge (tau = initial mean harmful projection) and anchors from
+    disable_adapter(); no generation: predictions are the val prompts' projections."""
+    learner, run = fit(
+        tmp_path,
+        "broad",
+        constraint="procon_wu_safe",
+        mode="hinge",
+        hinge_tau="harmful_mean",
+        anchor_source="disable_adapter",
+        safe_per_batch=1,
+        safe_other_per_batch=1,
+        generate_eval=False,
+    )
+    m = learner.metrics
+    assert m["n_train_rows"] == 4 * (2 + 1 + 1)  # 8 // 2 batches x (2 benign + 1 + 1)
+    assert "refusal_rate_harmful" not in m and m["procon_term_max"] > 0.0
+    tau = learner._hinge_thresholds((1, 2))
+    dirs = learner.directions
+    for i, layer in enumerate(dirs.layers):
+        want = float(dirs.mean_harmful[i] @ dirs.directions[i])
+        assert tau[layer] == pytest.approx(want)
+    pred = pd.read_parquet(run.path / "predictions.parquet")
+    assert set(pred["kind"]) == {"harmful", "harmless"} and {"proj/L1", "proj/L2"} <= set(pred)
+    assert len(pred) == 2 * 2  # n_eval val prompts per class
+
+
+def test_unknown_benign_task_is_refused():
+    with pytest.raises(ConfigError, match="unknown benign task"):
+        ProConMethodConfig(**{**TINY, "benign_tasks": "howto,poetry"})

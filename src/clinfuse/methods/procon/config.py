@@ -27,6 +27,20 @@ class ProConMethodConfig:
     ``benchmarks/procon.py`` (0.1, the notes' value, stalled task learning there)."""
     layers: str = ""
     """Constrained layers, comma separated (e.g. ``10,15,20,25``); empty = every layer >= L/3."""
+    mode: Literal["anchor", "hinge"] = "anchor"
+    """``anchor``: squared deviation of each projection from the frozen initial model's;
+    ``hinge``: one-sided, max(0, tau - p)^2 with tau the initial projection (only stops the
+    refusal signal shrinking) [inferred]."""
+    anchor_source: Literal["cache", "disable_adapter"] = "cache"
+    """Initial projections cached once before training, or recomputed every step with the LoRA
+    adapter disabled (PEFT ``disable_adapter()``; an extra forward pass) [inferred]."""
+    margin: float = 0.0
+    """Hinge mode: a row is free once its projection clears tau by this margin [inferred]."""
+    hinge_tau: Literal["row", "harmful_mean"] = "row"
+    """Hinge mode: tau is each row's own initial projection (``row``), or per layer the initial
+    mean harmful projection <mu_harmful, r> (``harmful_mean``, notes 1.3) [inferred]."""
+    warmup_shape: Literal["step", "linear", "cosine"] = "step"
+    """How the warm-up multiplier goes from ``warmup_factor`` to 1 [inferred]."""
     warmup_steps: int | None = None
     """Warm-up length in optimiser steps; None = ceil(10% of steps) [inferred]."""
     warmup_factor: float = 5.0
@@ -92,6 +106,7 @@ class ProConMethodConfig:
             "safe_other_per_batch >= 0": self.safe_other_per_batch >= 0,
             "lam >= 0 and finite": self.lam >= 0 and math.isfinite(self.lam),
             "lr > 0": self.lr > 0,
+            "margin >= 0": self.margin >= 0,
             "warmup_steps >= 0": self.warmup_steps is None or self.warmup_steps >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]

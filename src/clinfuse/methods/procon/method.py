@@ -229,6 +229,26 @@ class ProCon(Learner):
         dirs.save(run.path / "directions.pt")
         return dirs
 
+    def _hinge_thresholds(self, layers: tuple[int, ...]) -> dict[int, float] | None:
+        """Per-layer tau = <mu_harmful, r> for ``mode=hinge, hinge_tau=harmful_mean``, else None
+        (the trainer then anchors each row to its own initial projection)."""
+        cfg, dirs = self.config, self.directions
+        if cfg.mode != "hinge" or cfg.hinge_tau != "harmful_mean":
+            return None
+        assert dirs is not None
+        if dirs.mean_harmful is None:
+            raise DataError(
+                "hinge_tau=harmful_mean needs the class means in the direction file",
+                expected="a DirectionSet with mean_harmful",
+                found="a direction file without class means",
+                fix="recompute the directions (leave `directions` unset) or use hinge_tau=row",
+            )
+        index = {layer: i for i, layer in enumerate(dirs.layers)}
+        return {
+            layer: float(dirs.mean_harmful[index[layer]] @ dirs.directions[index[layer]])
+            for layer in layers
+        }
+
     def _val_auroc(self, model: Any, data: SafetySplits) -> dict[str, float]:
         assert self.directions is not None
         tok, layers = self.tokenizer, list(self.directions.layers)
@@ -331,10 +351,14 @@ class ProCon(Learner):
         r0 = probe(model)
         drift = DriftCallback(r0, probe, every=cfg.drift_every)
         procon = ProConConfig(
+            mode=cfg.mode,
             lam=cfg.effective_lam,
             layers=layers,
             warmup_steps=cfg.effective_warmup,
             warmup_factor=cfg.warmup_factor,
+            warmup_shape=cfg.warmup_shape,
+            margin=cfg.margin,
+            anchor_source=cfg.anchor_source,
         )
         args = SFTConfig(
             output_dir=str(run.path / "trainer"),
@@ -366,6 +390,7 @@ class ProCon(Learner):
             processing_class=tok,
             procon=procon,
             directions=dirs,
+            thresholds=self._hinge_thresholds(layers),
             callbacks=[drift],
         )
         drift.history.append(drift.measure(model, 0))
