@@ -21,8 +21,8 @@ Acceptance (issue 8, item 6):
 
 Usage::
 
-    .venv/bin/python benchmarks/procon.py          # 4 arms x 3 seeds, 40 steps (~30 min, 2 CPUs)
-    .venv/bin/python benchmarks/procon.py --quick      # none + procon, seed 0, 20 steps
+    .venv/bin/python benchmarks/procon.py          # 4 arms x 3 seeds, 40 steps (~45 min, 2 CPUs)
+    .venv/bin/python benchmarks/procon.py --quick      # none + procon, seed 0, 40 steps
     .venv/bin/python benchmarks/procon.py --steps 300 --generate   # the longer (GPU) version
 
 Writes ``benchmarks/results/procon.{json,md}`` and ``procon_drift.png``.
@@ -172,9 +172,7 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "--quick", action="store_true", help="none + procon, seed 0, 20 steps, final token only"
-    )
+    ap.add_argument("--quick", action="store_true", help="none + procon, seed 0, final token only")
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=40)
@@ -183,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     arms = ("none", "procon") if args.quick else tuple(args.arms.split(","))
     seeds = (0,) if args.quick else tuple(range(args.seeds))
-    steps = 20 if args.quick else args.steps
+    steps = args.steps
     extra = {"generate_eval": True, "n_eval": 32, "max_new_tokens": 48} if args.generate else {}
 
     offsets = range(0, -1, -1) if args.quick else range(0, -6, -1)
