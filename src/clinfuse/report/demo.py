@@ -41,7 +41,7 @@ def write_report(
     for r in results:
         lines.append(
             f"| {r.system} | {r.data} | {r.metric} | {r.value:.4f} | {r.baseline} | "
-            f"{r.baseline_value:.4f} | {seconds.get(r.system, float('nan')):.0f} |"
+            f"{r.baseline_value:.4f} | {seconds.get(r.system.split(' (')[0], float('nan')):.0f} |"
         )
     for name in failures:
         lines.append(f"| {name} | - | FAILED | - | - | - | {seconds.get(name, 0):.0f} |")
@@ -70,7 +70,7 @@ def write_report(
             r.baseline,
             f"{r.baseline_value:.4f}",
         ]
-        cells.append(f"{seconds.get(r.system, float('nan')):.0f}")
+        cells.append(f"{seconds.get(r.system.split(' (')[0], float('nan')):.0f}")
         body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     for name in failures:
         body.append(f"<tr><td>{html.escape(name)}</td><td colspan=6>FAILED</td></tr>")
