@@ -49,7 +49,7 @@ def test_head_and_records(reports):
 def test_missing_torchxrayvision_is_a_data_error(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        openi.importlib.util,
+        importlib.util,
         "find_spec",
         lambda name, *a: None if name == "torchxrayvision" else real(name, *a),
     )

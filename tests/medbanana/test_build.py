@@ -26,9 +26,15 @@ from clinfuse.builders.medbanana.roles import (
 )
 from clinfuse.builders.medbanana.tasks import DISEASE_PRESETS, make_tasks, scan_folder
 from clinfuse.core.errors import ConfigError
+from clinfuse.core.packages import package_file
 from clinfuse.core.runs import RunDir
 from clinfuse.llm.base import ImagePart
 from clinfuse.llm.local import CallableBackend
+
+
+def _chest_xray_file():
+    package, parts = sources.DEFAULT_FILES["chest_xray"]
+    return package_file(package, *parts)
 
 
 def test_default_build_tables_and_preference_pairs(built) -> None:
@@ -109,7 +115,7 @@ class FakeEditor:
 
 def _cxr_task(tmp_path: Path):
     src = tmp_path / "cxr.png"
-    img = sources.load_image(sources._package_file(*sources.DEFAULT_FILES["chest_xray"]), 256)
+    img = sources.load_image(_chest_xray_file(), 256)
     img.save(src)
     return make_tasks([sources_source(src)], directions=("add",), diseases=("Lung_Opacity",))[0]
 
@@ -170,7 +176,7 @@ def test_bad_input_files_are_recorded_and_the_build_goes_on(tmp_path) -> None:
     data = tmp_path / "in"
     data.mkdir()
     (data / "broken.png").write_bytes(b"not an image")
-    ds = pydicom.dcmread(sources._package_file(*sources.DEFAULT_FILES["chest_xray"]))
+    ds = pydicom.dcmread(_chest_xray_file())
     from pydicom.encaps import encapsulate
 
     ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG2: no decoder

@@ -13,13 +13,20 @@ from clinfuse.builders.medbanana.config import MedBananaConfig
 from clinfuse.builders.medbanana.metrics import decide
 from clinfuse.builders.medbanana.prompts import normalise_scores, parse_json_object
 from clinfuse.builders.medbanana.tasks import Task
+from clinfuse.core.packages import package_file
+
+
+def _chest_xray_file():
+    package, parts = sources.DEFAULT_FILES["chest_xray"]
+    return package_file(package, *parts)
+
 
 CFG = MedBananaConfig()
 
 
 @pytest.fixture(scope="module")
 def cxr():
-    img = sources.load_image(sources._package_file(*sources.DEFAULT_FILES["chest_xray"]), 512)
+    img = sources.load_image(_chest_xray_file(), 512)
     arr = sources.to_array(img)
     return img, arr, local.organ_mask(arr, "chest_xray")
 

@@ -15,7 +15,6 @@ from clinfuse.core.errors import DataError
 
 nk = pytest.importorskip("neurokit2")
 
-from clinfuse.builders.meeti import default_data  # noqa: E402
 from clinfuse.builders.meeti.default_data import (  # noqa: E402
     HR_RANGE,
     default_records,
@@ -142,7 +141,7 @@ def test_ge_xml_reader_refuses_damaged_exports(tmp_path):
 
 
 def test_packaged_records_is_empty_without_ecgprocess(monkeypatch):
-    monkeypatch.setattr(default_data.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     assert packaged_records() == []
     recs = default_records(n_sim=1, seed=0)
     assert [r.study_id for r in recs] == ["sim-0001"]

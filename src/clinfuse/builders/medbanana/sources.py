@@ -9,7 +9,6 @@ editor with a seeded lesion whose mask is kept, so remove tasks have a planted g
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import logging
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from clinfuse.core.errors import DataError, require
+from clinfuse.core.packages import package_file
 
 log = logging.getLogger(__name__)
 
@@ -213,20 +213,11 @@ def encode_image(img: Image.Image, fmt: str = "png") -> bytes:
     return buf.getvalue()
 
 
-def _package_file(package: str, parts: tuple[str, ...]) -> Path | None:
-    spec = importlib.util.find_spec(package)
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        candidate = Path(folder).joinpath(*parts)
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def default_images(max_side: int | None = 512) -> dict[str, tuple[str, Image.Image]]:
     """Modality -> (stem, image) of the packaged real images that are installed."""
     out = {}
     for modality, (package, parts) in DEFAULT_FILES.items():
-        file = _package_file(package, parts)
+        file = package_file(package, *parts)
         if file is None:
             log.info("medbanana: %s not installed, no default %s image", package, modality)
             continue

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
 import xml.etree.ElementTree as ET
@@ -28,6 +27,7 @@ from clinfuse.builders.meeti.io import (
     canonical_lead,
 )
 from clinfuse.core.errors import DataError, require
+from clinfuse.core.packages import package_file
 
 logger = logging.getLogger(__name__)
 
@@ -210,25 +210,13 @@ def read_ge_xml(path: str | Path, study_id: str | None = None) -> EcgRecord:
     return EcgRecord(ref=ref, signal=signal.astype(np.float32), fs=float(fs), leads=tuple(names))
 
 
-def _package_file(package: str, parts: tuple[str, ...]) -> Path | None:
-    """A data file inside an installed package, found without importing the package."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for folder in spec.submodule_search_locations:
-        candidate = Path(folder).joinpath(*parts)
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def packaged_records() -> list[EcgRecord]:
     """Real 12-lead ECGs shipped by installed packages (empty when none is installed).
 
     Today: ``ecgprocess``'s GE 12SL export as ``ecgprocess-xml1`` (sinus bradycardia, GE
     ventricular rate 50 bpm).
     """
-    file = _package_file("ecgprocess", GE_XML_FILE)
+    file = package_file("ecgprocess", *GE_XML_FILE)
     if file is None:
         logger.info("ecgprocess not installed: no packaged real 12-lead ECG")
         return []

@@ -30,7 +30,6 @@ visible bilateral rounded opacities (notes/datasets.md). Its lung boxes are hand
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import logging
 import math
@@ -43,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from clinfuse.core.errors import DataError, require
+from clinfuse.core.packages import package_dir
 from clinfuse.core.runs import atomic_path
 from clinfuse.methods.deepmedix.prompt import build_prompt
 
@@ -317,15 +317,15 @@ def report_records_to_xray(
 
 
 def _pydicom_data_file(name: str) -> Path:
-    spec = importlib.util.find_spec("data_store")
-    if spec is None or not spec.submodule_search_locations:
+    root = package_dir("data_store")
+    if root is None:
         raise DataError(
             "pydicom-data is not installed",
             expected="the data_store package (pip install pydicom-data)",
             found="no module data_store",
             fix="pip install pydicom-data, or pass your own images",
         )
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / name
+    path = root / "data" / name
     if not path.is_file():
         raise DataError("pydicom-data file missing", expected=str(path), found="nothing")
     return path

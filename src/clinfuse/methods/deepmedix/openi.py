@@ -15,7 +15,6 @@ imported (it is installed without its dependencies).
 from __future__ import annotations
 
 import functools
-import importlib.util
 import logging
 import re
 import tarfile
@@ -27,6 +26,7 @@ from typing import Literal
 import pandas as pd
 
 from clinfuse.core.errors import DataError
+from clinfuse.core.packages import package_dir
 from clinfuse.methods.deepmedix.data import ReportRecord
 
 __all__ = [
@@ -52,15 +52,15 @@ def openi_archive() -> Path:
     Raises:
         DataError: torchxrayvision is not installed or the archive is missing.
     """
-    spec = importlib.util.find_spec("torchxrayvision")
-    if spec is None or not spec.submodule_search_locations:
+    root = package_dir("torchxrayvision")
+    if root is None:
         raise DataError(
             "the OPEN-I reports need torchxrayvision's data files",
             expected="torchxrayvision installed (its data only is read)",
             found="no module torchxrayvision",
             fix="pip install --no-deps torchxrayvision==1.5.7",
         )
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / ARCHIVE
+    path = root / "data" / ARCHIVE
     if not path.is_file():
         raise DataError("OPEN-I report archive missing", expected=str(path), found="nothing")
     return path
