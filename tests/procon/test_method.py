@@ -189,3 +189,37 @@ def test_broad_arm_hinge_mode_and_adapter_anchors_run_without_generation(tmp_pat
 def test_unknown_benign_task_is_refused():
     with pytest.raises(ConfigError, match="unknown benign task"):
         ProConMethodConfig(**{**TINY, "benign_tasks": "howto,poetry"})
+
+
+def test_position_offset_runs_end_to_end_and_direction_file_records_it(tmp_path, arms):
+    learner, run = fit(tmp_path, "pos", constraint="procon", position=-1, generate_eval=False)
+    saved = torch.load(run.path / "directions.pt", weights_only=True)
+    assert saved["position"] == -1
+    assert learner.directions is not None and learner.directions.position == -1
+    # a different position gives a different direction than the last-token one of the same model
+    _, last = arms["none"]
+    r_last = torch.load(last.path / "directions.pt", weights_only=True)["directions"]
+    assert not torch.allclose(saved["directions"], r_last)
+    assert learner.metrics["procon_term_max"] > 0.0
+    # reusing a file computed at position -1 with the default position 0 is refused
+    with pytest.raises(DataError, match="another token position"):
+        fit(tmp_path, "pos_mismatch", directions=str(run.path / "directions.pt"))
+
+
+def test_target_task_nll_stops_training_at_the_first_measurement_below_it(tmp_path):
+    learner, run = fit(tmp_path, "target", constraint="none", generate_eval=False,
+                       steps=8, target_task_nll=1e6)  # fmt: skip
+    m = learner.metrics
+    assert m["stopped_at_target"] is True
+    assert m["steps"] == 2  # the first drift measurement (drift_every=2) already meets it
+    assert [h["step"] for h in learner.drift_history] == [0.0, 2.0]
+    assert all("task_nll" in h for h in learner.drift_history)
+    hist = run.read_history()
+    assert float(hist[-1]["task_nll"]) == pytest.approx(learner.drift_history[-1]["task_nll"])
+
+
+def test_positive_position_and_nonpositive_target_are_refused():
+    with pytest.raises(ConfigError, match="position <= 0"):
+        ProConMethodConfig(**{**TINY, "position": 1})
+    with pytest.raises(ConfigError, match="target_task_nll > 0"):
+        ProConMethodConfig(**{**TINY, "target_task_nll": 0.0})

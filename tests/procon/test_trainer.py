@@ -12,7 +12,7 @@ import logging
 import pytest
 import torch
 
-from clinfuse.core.errors import DataError
+from clinfuse.core.errors import ConfigError, DataError
 from clinfuse.methods.procon.loss import ProConConfig, procon_terms, warmup_weight
 
 pytest.importorskip("trl")
@@ -264,3 +264,51 @@ def test_disable_adapter_anchors_are_the_frozen_base_model(tmp_path):
     assert trainer.state.log_history[1]["procon"] > 0.0
     torch.testing.assert_close(trainer._anchors(trainer.model, batch, pos), base, rtol=0, atol=0)
     assert not torch.equal(trainer._projections(trainer.model, batch), base)
+
+
+def test_position_offset_constrains_the_token_before_the_last_prompt_token(tmp_path):
+    """position=-1: projections are those of output_hidden_states one token earlier."""
+    model = tiny_llama()
+    r = unit_directions()
+    trainer = make_trainer(model, ANCHOR, 4, 1, tmp_path, directions=r, position=-1)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    assert trainer._positions(batch).tolist() == [1, 2, 3, 1]
+    model.eval()
+    got = trainer._projections(model, batch)
+    with torch.no_grad():
+        hs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   output_hidden_states=True).hidden_states  # fmt: skip
+    rows, pos = torch.arange(4), torch.tensor([1, 2, 3, 1])
+    want = torch.stack([hs[layer][rows, pos].double() @ r[layer] for layer in (0, 1)], 1)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    # the cached anchors are keyed by the constrained position: exactly zero at step 0
+    assert len(trainer.anchor_cache) == 4
+    torch.testing.assert_close(trainer._anchors(model, batch, trainer._positions(batch)), got)
+    trainer.position = -3  # the shortest prompt has 3 tokens
+    with pytest.raises(DataError, match="before the start of a prompt"):
+        trainer._positions(batch)
+
+
+def test_drift_callback_tracks_values_and_stops_below_a_target(tmp_path):
+    g = torch.Generator().manual_seed(5)
+    harmful = torch.randint(3, VOCAB, (6, 5), generator=g)
+    harmless = torch.randint(3, VOCAB, (6, 4), generator=g)
+    probe = DiffInMeansProbe(
+        harmful,
+        torch.ones_like(harmful),
+        harmless,
+        torch.ones_like(harmless),
+        layers=(0, 1),
+        position=-1,
+    )
+    model = tiny_llama()
+    values = iter([3.0, 2.0, 0.5, 0.1, 0.0])
+    cb = DriftCallback(probe(model), probe, every=1, track={"loss_probe": lambda m: next(values)},
+                       stop_below=("loss_probe", 1.0))  # fmt: skip
+    trainer = make_trainer(model, HINGE, 1, 1, tmp_path, steps=4, callbacks=[cb],
+                           directions=unit_directions(), thresholds=THRESH)  # fmt: skip
+    trainer.train()
+    assert [rec["loss_probe"] for rec in cb.history] == [3.0, 2.0, 0.5]
+    assert cb.stopped_at == 3 and trainer.state.global_step == 3
+    with pytest.raises(ConfigError, match="not tracked"):
+        DriftCallback(probe(model), probe, stop_below=("nll", 1.0))

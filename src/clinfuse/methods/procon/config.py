@@ -31,6 +31,15 @@ class ProConMethodConfig:
     """``anchor``: squared deviation of each projection from the frozen initial model's;
     ``hinge``: one-sided, max(0, tau - p)^2 with tau the initial projection (only stops the
     refusal signal shrinking) [inferred]."""
+    position: int = 0
+    """Token offset from the last prompt token at which the directions are computed, the
+    projections constrained and the drift measured: 0 = the last chat-template token (notes 1.3);
+    negative = an earlier post-instruction template token, Arditi et al. style (for SmolLM2,
+    -4 is the newline after ``<|im_end|>``, -5 ``<|im_end|>`` itself) [inferred]."""
+    target_task_nll: float | None = None
+    """Stop training once the task NLL on the fine-tuning rows (measured every ``drift_every``
+    steps) is at or below this value; ``steps`` stays the cap. For comparisons of arms at equal
+    task loss (``benchmarks/procon.py --match-loss``)."""
     anchor_source: Literal["cache", "disable_adapter"] = "cache"
     """Initial projections cached once before training, or recomputed every step with the LoRA
     adapter disabled (PEFT ``disable_adapter()``; an extra forward pass) [inferred]."""
@@ -108,6 +117,8 @@ class ProConMethodConfig:
             "lr > 0": self.lr > 0,
             "margin >= 0": self.margin >= 0,
             "warmup_steps >= 0": self.warmup_steps is None or self.warmup_steps >= 0,
+            "position <= 0": self.position <= 0,
+            "target_task_nll > 0": self.target_task_nll is None or self.target_task_nll > 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

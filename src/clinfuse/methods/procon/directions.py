@@ -452,6 +452,9 @@ class DirectionSet:
     """Class means mu_l (optional)."""
     mean_harmless: Tensor | None = None
     """Class means nu_l (optional)."""
+    position: int = 0
+    """Token offset from the last prompt token the directions were computed at (0: the last
+    token; negative: Arditi's post-instruction template positions)."""
 
     def __post_init__(self) -> None:
         k, d = len(self.layers), self.hidden_size
@@ -500,6 +503,7 @@ class DirectionSet:
             "hidden_size": self.hidden_size,
             "n_layers": self.n_layers,
             "fingerprint": self.fingerprint,
+            "position": int(self.position),
         }
         for key in ("mean_harmful", "mean_harmless"):
             value = getattr(self, key)
@@ -549,6 +553,7 @@ class DirectionSet:
             fingerprint=str(raw["fingerprint"]),
             mean_harmful=raw.get("mean_harmful"),
             mean_harmless=raw.get("mean_harmless"),
+            position=int(raw.get("position", 0)),
         )
 
 
@@ -637,4 +642,5 @@ def compute_directions(
         fingerprint=model_fingerprint(model),
         mean_harmful=torch.stack([r[2] for r in rows]),
         mean_harmless=torch.stack([r[3] for r in rows]),
+        position=0 if positions == "last" else int(positions),
     )

@@ -50,6 +50,7 @@ from clinfuse.methods.procon.directions import (
     capture,
     compute_directions,
     decoder_layers,
+    last_token_positions,
 )
 from clinfuse.methods.procon.evaluate import evaluate_safety, generate, refusal_rate
 from clinfuse.methods.procon.loss import ProConConfig
@@ -209,6 +210,13 @@ class ProCon(Learner):
         cfg = self.config
         if cfg.directions is not None:
             dirs = DirectionSet.load(cfg.directions, model)
+            if dirs.position != cfg.position:
+                raise DataError(
+                    "the direction file was computed at another token position",
+                    expected=f"position {cfg.position} (config)",
+                    found=f"position {dirs.position} in {cfg.directions}",
+                    fix=f"--set position={dirs.position}, or recompute (leave `directions` unset)",
+                )
             missing = [layer for layer in range(1, dirs.n_layers) if layer not in dirs.layers]
             if missing:
                 raise DataError(
@@ -224,6 +232,7 @@ class ProCon(Learner):
                 encode_prompts(tok, list(data.harmful_train)),
                 encode_prompts(tok, list(data.harmless_train)),
                 layers=range(1, len(decoder_layers(model))),
+                positions="last" if cfg.position == 0 else cfg.position,
                 batch_size=16,
             )
         dirs.save(run.path / "directions.pt")
@@ -249,11 +258,17 @@ class ProCon(Learner):
             for layer in layers
         }
 
+    def _capture_prompts(self, model: Any, prompts: list[str], layers: list[int]) -> dict:
+        """Residual stream of chat-formatted ``prompts`` at the configured position."""
+        ids, mask = encode_prompts(self.tokenizer, prompts)
+        pos = last_token_positions(mask, self.config.position)
+        return capture(model, ids, mask, layers=layers, positions=pos)
+
     def _val_auroc(self, model: Any, data: SafetySplits) -> dict[str, float]:
         assert self.directions is not None
-        tok, layers = self.tokenizer, list(self.directions.layers)
-        hv = capture(model, *encode_prompts(tok, list(data.harmful_val)), layers=layers)
-        bv = capture(model, *encode_prompts(tok, list(data.harmless_val)), layers=layers)
+        layers = list(self.directions.layers)
+        hv = self._capture_prompts(model, list(data.harmful_val), layers)
+        bv = self._capture_prompts(model, list(data.harmless_val), layers)
         ph, pb = self.directions.project(hv), self.directions.project(bv)
         return {f"auroc/L{layer}": auroc(ph[layer], pb[layer]) for layer in layers}
 
@@ -344,12 +359,20 @@ class ProCon(Learner):
         # drift probe on a fixed set of validation prompts
         h_ids, h_mask = encode_prompts(tok, list(data.harmful_val))
         b_ids, b_mask = encode_prompts(tok, list(data.harmless_val))
-        probe = DiffInMeansProbe(h_ids, h_mask, b_ids, b_mask, tuple(range(1, n_layers)))
+        probe = DiffInMeansProbe(
+            h_ids, h_mask, b_ids, b_mask, tuple(range(1, n_layers)), position=cfg.position
+        )
 
         self.model = model = apply_lora(model, r=cfg.lora_r, alpha=2 * cfg.lora_r)
         model.train()
         r0 = probe(model)
-        drift = DriftCallback(r0, probe, every=cfg.drift_every)
+        drift = DriftCallback(
+            r0,
+            probe,
+            every=cfg.drift_every,
+            track={"task_nll": lambda m: token_nll(m, benign_rows, pad)},
+            stop_below=None if cfg.target_task_nll is None else ("task_nll", cfg.target_task_nll),
+        )
         procon = ProConConfig(
             mode=cfg.mode,
             lam=cfg.effective_lam,
@@ -391,6 +414,7 @@ class ProCon(Learner):
             procon=procon,
             directions=dirs,
             thresholds=self._hinge_thresholds(layers),
+            position=cfg.position,
             callbacks=[drift],
         )
         drift.history.append(drift.measure(model, 0))
@@ -422,6 +446,7 @@ class ProCon(Learner):
             "lam": procon.lam,
             "warmup_steps": procon.warmup_steps,
             "steps": trainer.state.global_step,
+            "stopped_at_target": drift.stopped_at is not None,
             "n_train_rows": len(rows),
             "seconds_directions": t_dir,
             "seconds_train": t_train,
@@ -447,10 +472,10 @@ class ProCon(Learner):
         """Predictions of a run without generation: each val prompt's projection on the initial
         direction r_0 at every layer (a harmful-vs-harmless score), after fine-tuning."""
         assert self.directions is not None
-        tok, layers = self.tokenizer, list(self.directions.layers)
+        layers = list(self.directions.layers)
         frames = []
         for kind, prompts in (("harmful", data.harmful_val), ("harmless", data.harmless_val)):
-            hidden = capture(self.model, *encode_prompts(tok, list(prompts)), layers=layers)
+            hidden = self._capture_prompts(self.model, list(prompts), layers)
             proj = self.directions.project(hidden)
             frame = pd.DataFrame({"kind": kind, "prompt": list(prompts)})
             for layer in layers:

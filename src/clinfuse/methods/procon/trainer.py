@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from clinfuse.core.errors import ConfigError, DataError, require
-from clinfuse.methods.procon.directions import decoder_layers
+from clinfuse.methods.procon.directions import decoder_layers, last_token_positions
 from clinfuse.methods.procon.loss import ProConConfig, procon_terms, projection, warmup_weight
 
 require("trl", "llm")
@@ -142,6 +142,9 @@ class ProConSFTTrainer(SFTTrainer):
             means on the initial model).
         thresholds: hinge mode only: fixed ``tau_l`` per layer (e.g. the initial mean harmful
             projection); ``None`` uses each sample's initial projection.
+        position: token offset from each row's last prompt token at which projections are
+            constrained (0: the last prompt token; negative: earlier post-instruction template
+            tokens, e.g. ``-4``); must match the position the directions were computed at.
         *args, **kwargs: passed to :class:`trl.SFTTrainer`.
     """
 
@@ -151,8 +154,17 @@ class ProConSFTTrainer(SFTTrainer):
         procon: ProConConfig,
         directions: Mapping[int, Tensor],
         thresholds: Mapping[int, float] | None = None,
+        position: int = 0,
         **kwargs: Any,
     ) -> None:
+        if position > 0:
+            raise ConfigError(
+                "ProCon position must be <= 0",
+                expected="0 (last prompt token) or a negative offset into the prompt",
+                found=position,
+                fix="e.g. position=0 or position=-4",
+            )
+        self.position = int(position)
         super().__init__(*args, **kwargs)
         n_layers = len(decoder_layers(self.model))
         layers = tuple(procon.layers) or tuple(range(n_layers // 3, n_layers))
@@ -186,9 +198,24 @@ class ProConSFTTrainer(SFTTrainer):
             )
 
     # ---------------------------------------------------------------- anchors
+    def _positions(self, inputs: Mapping[str, Tensor]) -> Tensor:
+        """Constrained position of each row: last prompt token + ``position``, ``(B,)``."""
+        pos = last_prompt_positions(inputs)
+        if self.position == 0:
+            return pos
+        pos = pos + self.position
+        if bool((pos < 0).any()):
+            raise DataError(
+                "ProCon position reaches before the start of a prompt",
+                expected=f"prompts longer than {-self.position} tokens",
+                found=f"shortest prompt: {int((pos - self.position).min()) + 1} tokens",
+                fix="use a position closer to 0",
+            )
+        return pos
+
     def _projections(self, model: nn.Module, inputs: Mapping[str, Tensor]) -> Tensor:
         """Projections of the last prompt tokens, ``(B, |S|)`` float64, without gradient."""
-        pos = last_prompt_positions(inputs)
+        pos = self._positions(inputs)
         fwd = {k: inputs[k] for k in ("input_ids", "attention_mask") if k in inputs}
         with torch.no_grad(), capture_rows(model, self.procon_layers, pos) as rows:
             model(**fwd, use_cache=False)
@@ -209,7 +236,7 @@ class ProConSFTTrainer(SFTTrainer):
                 batch = self.data_collator(rows)
                 batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, Tensor)}
                 proj = self._projections(model, batch)
-                pos = last_prompt_positions(batch)
+                pos = self._positions(batch)
                 for i in range(proj.shape[0]):
                     key = _prompt_key(batch["input_ids"][i], int(pos[i]))
                     self.anchor_cache[key] = proj[i].cpu()
@@ -254,7 +281,7 @@ class ProConSFTTrainer(SFTTrainer):
         cfg = self.procon
         if cfg.lam == 0:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        pos = last_prompt_positions(inputs)
+        pos = self._positions(inputs)
         anchors_needed = cfg.mode == "anchor" or self.thresholds is None
         ref = self._anchors(model, inputs, pos) if anchors_needed else None
         with capture_rows(model, self.procon_layers, pos) as rows:
@@ -296,11 +323,14 @@ class DiffInMeansProbe:
     harmless_ids: Tensor
     harmless_mask: Tensor
     layers: tuple[int, ...]
+    position: int = 0
+    """Offset from the last real token (0: the last token; -4: four tokens earlier)."""
 
     def hidden(self, model: nn.Module, ids: Tensor, mask: Tensor) -> dict[int, Tensor]:
-        """Residual stream entering each layer at the last real token, ``(n, d)`` float64."""
+        """Residual stream entering each layer at the last real token + ``position``,
+        ``(n, d)`` float64."""
         device = next(model.parameters()).device
-        pos = mask.long().sum(1) - 1
+        pos = last_token_positions(mask, self.position)
         with torch.no_grad(), capture_rows(model, self.layers, pos) as rows:
             model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
         return {layer: rows[layer].to(torch.float64) for layer in self.layers}
@@ -328,6 +358,10 @@ class DriftCallback(TrainerCallback):
     projections whose mean/std are logged too. Each record goes to :attr:`history`, to the
     trainer's ``logs`` and to the matching ``state.log_history`` entry, under the keys
     ``drift_cos/L{l}``, ``proj_mean/L{l}``, ``proj_std/L{l}`` and ``drift_cos/mean``.
+
+    ``track`` adds named scalars of the model to every record (e.g. ``{"task_nll": f}``);
+    ``stop_below`` (name, value) ends training at the first record whose tracked ``name`` is
+    ``<= value`` (train to a target task loss, for comparisons at equal task loss).
     """
 
     def __init__(
@@ -337,13 +371,25 @@ class DriftCallback(TrainerCallback):
         every: int = 1,
         projections: Callable[[nn.Module, Mapping[int, Tensor]], Mapping[int, Tensor]]
         | None = None,
+        track: Mapping[str, Callable[[nn.Module], float]] | None = None,
+        stop_below: tuple[str, float] | None = None,
     ) -> None:
+        if stop_below is not None and stop_below[0] not in (track or {}):
+            raise ConfigError(
+                "DriftCallback.stop_below names a value that is not tracked",
+                expected=f"one of {sorted(track or {})}",
+                found=stop_below[0],
+                fix="add it to track=",
+            )
         if every < 1:
             raise ConfigError("DriftCallback.every must be >= 1", found=every, fix="e.g. every=10")
         self.r0 = {layer: r.detach().to(torch.float64).cpu() for layer, r in r0.items()}
         self.probe = probe
         self.every = every
         self.projections = projections
+        self.track = dict(track or {})
+        self.stop_below = stop_below
+        self.stopped_at: int | None = None
         self.history: list[dict[str, float]] = []
 
     def measure(self, model: nn.Module, step: int) -> dict[str, float]:
@@ -353,9 +399,10 @@ class DriftCallback(TrainerCallback):
         try:
             rt = self.probe(model)
             proj = self.projections(model, self.r0) if self.projections is not None else {}
+            tracked = {name: float(f(model)) for name, f in self.track.items()}
         finally:
             model.train(was_training)
-        rec: dict[str, float] = {"step": float(step)}
+        rec: dict[str, float] = {"step": float(step), **tracked}
         cosines = []
         for layer, r0 in self.r0.items():
             r = rt[layer].detach().to(torch.float64).cpu()
@@ -384,4 +431,9 @@ class DriftCallback(TrainerCallback):
             logs.update(extra)
         if state.log_history and state.log_history[-1].get("step") == step:
             state.log_history[-1].update(extra)
+        if self.stop_below is not None and rec[self.stop_below[0]] <= self.stop_below[1]:
+            log.info("%s %.4f <= %.4f at step %d: stopping", self.stop_below[0],
+                     rec[self.stop_below[0]], self.stop_below[1], step)  # fmt: skip
+            self.stopped_at = step
+            control.should_training_stop = True
         return control
