@@ -1,28 +1,34 @@
 r"""Benchmark: ProCon acceptance (issue 8) on SmolLM2-135M-Instruct with LoRA.
 
 Setting (notes/llm.md 1.4): directions from ``n_direction`` harmful / harmless train instructions
-per class (the shared Arditi splits when ``../shared/data/llm_safety`` exists, else the builtin
-30 + 30 set), final chat-template token, every layer; LoRA r=8 (alpha 16), AdamW lr 3e-3,
-batch 4, ``steps`` optimiser steps of benign instruction tuning (synthetic tasks with Alpaca-style
-"Sure! Here is exactly how to ..." answers); constraint lambda=0.003 on layers 10, 15, 20, 25
-(lambda from a seed-0 sweep of the ``procon`` arm, 40 steps: 0.001 / 0.003 / 0.01 gave mean cos
-0.814 / 0.879 / 0.955 and train task NLL 0.147 / 0.164 / 0.207, against 0.736 and 0.161 without
-the constraint; lambda 0.1, the notes' value, gave 0.978 and 0.772: task learning stalls).
+per class (all 260 of the shared Arditi splits when ``../shared/data/llm_safety`` exists, else the
+builtin 30 + 30 set) at the post-instruction token ``--position`` (-4: the newline after
+``<|im_end|>``), every layer; LoRA r=8 (alpha 16), AdamW lr 3e-3, batch 4, benign instruction
+tuning on synthetic tasks with Alpaca-style "Sure! Here is exactly how to ..." answers;
+constraint lambda=0.003 on layers 10, 15, 20, 25 (lambda from a seed-0 sweep of the ``procon``
+arm at the final token, 40 steps: 0.001 / 0.003 / 0.01 gave mean cos 0.814 / 0.879 / 0.955 and
+task NLL 0.147 / 0.164 / 0.207, against 0.736 and 0.161 without the constraint; lambda 0.1, the
+notes' value, gave 0.978 and 0.772: task learning stalls).
 
-Arms: ``none`` (plain LoRA IFT), ``procon``, ``procon_wu`` (warm-up 5 x lambda for 10% of the
-steps), ``procon_wu_safe`` (+ 2 harmful and 1 harmless-other prompt-only rows per batch).
+Arms: ``none`` (plain LoRA IFT), ``procon``, ``procon_wu`` (warm-up 5 x lambda for 10% of
+``--steps``), ``procon_wu_safe`` (+ 2 harmful and 1 harmless-other prompt-only rows per batch).
+
+Equal task loss: ``none`` trains ``--steps``; every constrained arm of the same seed then trains
+until its task NLL on the fine-tuning rows is <= (1 + ``--tolerance``) x ``none``'s
+(``target_task_nll``, checked every 5 steps; at most ``--max-factor`` x ``--steps``). The
+drift and task NLL at step ``--steps`` are reported too. ``--fixed-steps`` trains every arm
+exactly ``--steps``.
 
 Acceptance (issue 8, item 6):
 - the direction separates the val prompts with AUROC >= 0.95 at the mid layers (10-20);
 - mean cos(r_t, r_0) over layers after fine-tuning is >= 0.1 higher with ProCon than without,
-  at equal task loss: the fine-tuning task NLL (on the training tasks, after training) within
-  10% of the ``none`` arm's, relative; the held-out task NLL (fresh tasks) is reported beside it;
-- every arm with 3 seeds; drift curves plotted.
+  at equal task loss (within 10%, relative; a lower loss counts); held-out NLL reported beside;
+- every arm with 3 seeds; drift curves plotted (over steps, per layer, against task loss).
 
 Usage::
 
-    .venv/bin/python benchmarks/procon.py          # 4 arms x 3 seeds, 40 steps (~45 min, 2 CPUs)
-    .venv/bin/python benchmarks/procon.py --quick      # none + procon, seed 0, 40 steps
+    .venv/bin/python benchmarks/procon.py          # 4 arms x 3 seeds (~85 min, 2 CPUs)
+    .venv/bin/python benchmarks/procon.py --quick      # none + procon, seed 0 (~12 min)
     .venv/bin/python benchmarks/procon.py --steps 300 --generate   # the longer (GPU) version
 
 Writes ``benchmarks/results/procon.{json,md}`` and ``procon_drift.png``.
@@ -319,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     md = [
         "# ProCon acceptance (issue 8)", "",
-        f"Machine: {describe(payload['machine'])}", "",
+        describe(payload["machine"]), "",
         f"Setting: SmolLM2-135M-Instruct + LoRA r=8, lr 3e-3, batch 4, lambda {BASE['lam']} on "
         f"layers {BASE['layers']}, token position {args.position}; {how}; seeds {list(seeds)}; "
         f"directions from {BASE['n_direction']} + {BASE['n_direction']} train prompts, val "
