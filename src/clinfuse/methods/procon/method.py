@@ -435,7 +435,7 @@ class ProCon(Learner):
             (h["loss"] for h in reversed(self.log_history) if "loss" in h), float("nan")
         )
         model.eval()
-        metrics["task_nll"] = token_nll(model, benign_rows, pad)
+        metrics["task_nll"] = final["task_nll"]  # the last drift record is at the final step
         metrics["task_nll_heldout"] = token_nll(model, heldout_rows, pad)
         pred = None
         if cfg.generate_eval:
