@@ -117,8 +117,7 @@ def auroc_by_position(n_train: int, n_val: int, offsets: range) -> pd.DataFrame:
     layers = list(range(1, n_layers))
     rows = []
     for off in offsets:
-        pos = "last" if off == 0 else off
-        dirs = compute_directions(model, h_tr, b_tr, layers=layers, positions=pos, batch_size=32)
+        dirs = compute_directions(model, h_tr, b_tr, layers=layers, positions=off, batch_size=32)
         proj = [
             dirs.project(
                 capture(model, *x, layers=layers, positions=last_token_positions(x[1], off))
@@ -337,10 +336,9 @@ def main(argv: list[str] | None = None) -> int:
         "|---|" + "---|" * len(auroc),
         "| AUROC | " + " | ".join(f"{v:.3f}" for v in auroc.values()) + " |", "",
         "## Direction by post-instruction position (initial model)", "",
-        "Val AUROC; rows: offset from the final prompt token (0 = the final token; for SmolLM2's "
-        "template -5 is `<|im_end|>`, -4 the newline after it, -3 `<|im_start|>`, -2 "
-        "`assistant`, -1 the newline after it... (0 is the last token of the generation "
-        "prompt)).", "",
+        "Val AUROC; rows: offset from the final prompt token. SmolLM2's template ends "
+        "`<|im_end|>` (-5), newline (-4), `<|im_start|>` (-3), `ass` (-2), `istant` (-1), "
+        "newline (0, the final token).", "",
         positions.round(3).to_markdown(), "",
         "## Arms (mean and std over seeds)", "",
         by_arm.round(4).to_markdown(), "",

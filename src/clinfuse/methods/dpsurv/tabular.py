@@ -165,7 +165,8 @@ def tabular_names() -> tuple[str, ...]:
 def _package_file(spec: _Spec) -> tuple[Path, str]:
     """The data file inside the installed package, and a ``dist version: path`` source string."""
     dist = _DISTRIBUTIONS[spec.package]
-    if package_dir(spec.package) is None:  # located, never imported
+    folder = package_dir(spec.package)  # located, never imported
+    if folder is None:
         raise MissingExtraError(
             f"the package holding this data set ({dist}) is not installed",
             expected=f"{spec.package}/{spec.file} inside an installed {dist}",
@@ -182,7 +183,7 @@ def _package_file(spec: _Spec) -> tuple[Path, str]:
     raise DataError(
         f"{dist} is installed but has no {spec.file}",
         expected=f"{spec.package}/{spec.file}",
-        found=str(package_dir(spec.package)),
+        found=str(folder),
         fix=f"pip install --upgrade {dist}",
     )
 

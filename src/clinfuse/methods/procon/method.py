@@ -232,7 +232,7 @@ class ProCon(Learner):
                 encode_prompts(tok, list(data.harmful_train)),
                 encode_prompts(tok, list(data.harmless_train)),
                 layers=range(1, len(decoder_layers(model))),
-                positions="last" if cfg.position == 0 else cfg.position,
+                positions=cfg.position,
                 batch_size=16,
             )
         dirs.save(run.path / "directions.pt")
