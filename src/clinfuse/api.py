@@ -9,7 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from clinfuse.core.builder import BUILDERS, Builder, DatasetCard
-from clinfuse.core.config import config_from_dict, config_to_dict, load_config, parse_overrides
+from clinfuse.core.config import (
+    check_bounds,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    parse_overrides,
+)
 from clinfuse.core.learner import METHODS, Learner
 from clinfuse.core.loop import is_distributed_launch, resolve_device
 from clinfuse.core.runs import RunDir
@@ -59,6 +65,7 @@ def make_config(
                 parse_overrides(overrides) if not isinstance(overrides, Mapping) else overrides
             )
             return config_from_dict(cls.config_cls, base)
+        check_bounds(config)
         return config
     if preset is None and config_file is None:
         preset = cls.demo_preset
@@ -91,8 +98,9 @@ def run(
     else:
         cfg = make_config(name, config, preset=preset, config_file=config_file, overrides=overrides)
     learner = cls(cfg)
-    # data are loaded (and validated) before anything is written
+    # the config (bounds included) and the data are validated before anything is written
     dataset = learner.load_data(str(data) if data is not None else None)
+    main = _main_process()
     if not resume:
         if out is None:
             import time
@@ -106,15 +114,24 @@ def run(
             config_to_dict(cfg),
             seed=getattr(cfg, "seed", None),
             device=getattr(cfg, "device", None),
-            write=_main_process(),
+            write=main,
         )
-    elif overrides and _main_process():
+    elif main:
+        rd.acquire()
+    try:
+        learner.fit(dataset, rd, resume=resume)
+    except BaseException:
+        if not resume and main:
+            rd.discard()  # a failure before the first checkpoint leaves no half-made run
+        raise
+    finally:
+        rd.release()
+    if resume and overrides and main:  # only a resume that succeeded changes config.json
         from clinfuse.core.runs import atomic_write_json
 
         meta = rd.meta()
         meta["config"] = config_to_dict(cfg)
         atomic_write_json(rd.config_path, meta)
-    learner.fit(dataset, rd, resume=resume)
     return learner, rd
 
 
@@ -170,18 +187,30 @@ def build(
                               path=config_file, overrides=overrides)  # fmt: skip
         else:
             cfg = _builder_config(cls, config, overrides=overrides)
+    builder = cls(cfg)
+    builder.prepare()  # inputs are read and checked before the build folder exists
+    if resume:
+        rd.acquire()
+    else:
         if out is None:
             import time
 
             out = Path("builds") / name / time.strftime("%Y%m%d-%H%M%S")
         rd = RunDir.create(out, name, config_to_dict(cfg), seed=getattr(cfg, "seed", None))
-    builder = cls(cfg)
-    card = builder.build(rd, resume=resume)
+    try:
+        card = builder.build(rd, resume=resume)
+    except BaseException:
+        if not resume:
+            rd.discard()
+        raise
+    finally:
+        rd.release()
     return builder, card, rd
 
 
 def _builder_config(cls: type[Builder], config: Any, overrides: Any) -> Any:
     if not overrides:
+        check_bounds(config)
         return config
     base = config_to_dict(config)
     base.update(parse_overrides(overrides) if not isinstance(overrides, Mapping) else overrides)

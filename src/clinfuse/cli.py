@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,17 +55,24 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from clinfuse.api import run
+    import os
 
-    learner, rd = run(
-        args.name,
-        preset=args.preset,
-        config_file=args.config,
-        overrides=args.set or [],
-        data=args.data,
-        out=args.out,
-        resume=args.resume,
-    )
+    from clinfuse.api import run
+    from clinfuse.core import trackers
+
+    with trackers.requested(args.log_with) as request:
+        learner, rd = run(
+            args.name,
+            preset=args.preset,
+            config_file=args.config,
+            overrides=args.set or [],
+            data=args.data,
+            out=args.out,
+            resume=args.resume,
+        )
+        if request is not None and int(os.environ.get("RANK", "0")) == 0:
+            request.finish(rd)
+            print(f"{', '.join(request.names)} logs written inside {rd.path}")
     metrics = rd.read_metrics()
     shown = {k: v for k, v in metrics.items() if k.startswith("test_")}
     table = _report_table(learner)
@@ -222,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", help="data path (else the config's `data`, e.g. a synthetic preset)")
     s.add_argument("--out", help="run directory (default runs/NAME/<time>-<preset>)")
     s.add_argument("--resume", action="store_true", help="continue the run in --out")
+    s.add_argument(
+        "--log-with",
+        metavar="TRACKER",
+        help="also log config and per-epoch metrics to tensorboard, mlflow or wandb (offline), "
+        "inside the run folder; several: tensorboard,mlflow",
+    )
     s.set_defaults(func=cmd_fit)
 
     for cmd, helptext, func in (
@@ -279,14 +294,62 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     if args.quiet:
-        import os
-
         os.environ["CLINFUSE_PROGRESS"] = "0"
     try:
-        return int(args.func(args) or 0)
-    except ClinfuseError as exc:
-        print(f"clinfuse: error: {exc}", file=sys.stderr)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:  # `clinfuse ls | head -1`: stop quietly, as other Unix tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    except KeyboardInterrupt:
+        print("clinfuse: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except Exception as exc:  # noqa: BLE001 - only known failures become messages
+        error = known_failure(exc, args)
+        if error is None:
+            raise
+        print(f"clinfuse: error: {error}", file=sys.stderr)
         return 2
+
+
+def known_failure(exc: BaseException, args: argparse.Namespace) -> ClinfuseError | None:
+    """The clean error a user-caused failure stands for, or None for a genuine bug (which keeps
+    its traceback): every :class:`ClinfuseError`, running out of memory (a model or batch too
+    large for this machine), and an unknown ``--split``.
+
+    Example:
+        >>> ns = argparse.Namespace(split="dev")
+        >>> str(known_failure(KeyError("dev"), ns)).splitlines()[0]
+        "unknown split 'dev'"
+        >>> known_failure(ZeroDivisionError(), ns) is None
+        True
+    """
+    if isinstance(exc, ClinfuseError):
+        return exc
+    text = str(exc)
+    oom = isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or (
+        isinstance(exc, RuntimeError)
+        and any(w in text for w in ("out of memory", "can't allocate memory", "not enough memory"))
+    )  # fmt: skip
+    if oom:
+        return ClinfuseError(
+            "out of memory",
+            expected="a model and batch that fit this machine's memory",
+            found=f"{type(exc).__name__}: {text.splitlines()[0][:200] if text else ''}",
+            fix="lower hidden / layers / batch_size (clinfuse ls NAME lists the fields), or use "
+            "a machine with more memory",
+        )
+    split = getattr(args, "split", None)
+    if isinstance(exc, KeyError) and split is not None and exc.args == (split,):
+        return ConfigError(
+            f"unknown split {split!r}",
+            expected="a split of the data, such as train | valid | test",
+            found=repr(split),
+            fix="--split test",
+        )
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -77,6 +77,12 @@ class Builder(abc.ABC):
     def __init__(self, config: Any) -> None:
         self.config = config
 
+    def prepare(self) -> None:
+        """Read and check the inputs named by the config before the build folder is created
+        (a bad input then leaves nothing behind); ``build`` reuses what this found. The default
+        checks nothing."""
+        return None
+
     @abc.abstractmethod
     def build(self, run: RunDir, *, resume: bool = False) -> DatasetCard: ...
 

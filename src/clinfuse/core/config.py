@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import inspect
 import json
+import math
 import textwrap
 import tomllib
 import types
@@ -275,8 +276,139 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, str]:
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class Bound:
+    """A closed, open or half-open interval of allowed values, written as in mathematics.
+
+    Example:
+        >>> b = Bound.parse("(0, 10]")
+        >>> b.contains(10.0), b.contains(0.0), str(b)
+        (True, False, '(0, 10]')
+    """
+
+    lo: float
+    hi: float
+    open_lo: bool = False
+    open_hi: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> Bound:
+        t = text.strip()
+        if len(t) < 5 or t[0] not in "[(" or t[-1] not in "])" or "," not in t:
+            raise ValueError(f"bad interval {text!r}; write e.g. '[1, 100]' or '(0, inf)'")
+        lo, hi = (float(x) for x in t[1:-1].split(","))
+        return cls(lo, hi, t[0] == "(", t[-1] == ")")
+
+    def contains(self, x: float) -> bool:
+        above = x > self.lo if self.open_lo else x >= self.lo
+        below = x < self.hi if self.open_hi else x <= self.hi
+        return above and below
+
+    def __str__(self) -> str:
+        def num(v: float) -> str:
+            return "inf" if v == math.inf else "-inf" if v == -math.inf else f"{v:g}"
+
+        lb, rb = "(" if self.open_lo else "[", ")" if self.open_hi else "]"
+        return f"{lb}{num(self.lo)}, {num(self.hi)}{rb}"
+
+
+MAX_INT = 2**53
+"""Largest magnitude of any integer field (exact in JSON and in a float)."""
+
+COMMON_BOUNDS: dict[str, str] = {
+    # optimisation
+    "lr": "(0, 10]", "lr_bert": "(0, 10]", "weight_decay": "[0, 100]",
+    "epochs": "[1, 100000]", "min_epochs": "[0, 100000]", "patience": "[0, 100000]",
+    "warmup_epochs": "[0, 100000]", "steps": "[0, 100000000]", "grad_accum": "[1, 100000]",
+    "batch_size": "[1, 1048576]", "eval_batch_size": "[1, 1048576]",
+    "encoder_batch": "[1, 1048576]", "grad_clip": "(0, 1e6]",
+    # model size
+    "hidden": "[1, 65536]", "ib_hidden": "[1, 65536]", "d_model": "[1, 65536]",
+    "attn_dim": "[1, 65536]", "time_dim": "[1, 65536]", "n_layers": "[1, 1024]",
+    "layers": "[1, 1024]", "n_heads": "[1, 1024]", "heads": "[1, 1024]", "lora_r": "[1, 65536]",
+    "max_seq_length": "[1, 1048576]", "max_positions": "[1, 1048576]",
+    # probabilities and shares
+    "dropout": "[0, 1)", "attn_dropout": "[0, 1)", "relu_dropout": "[0, 1)",
+    "res_dropout": "[0, 1)", "embed_dropout": "[0, 1)", "test_fraction": "[0, 1)",
+    "valid_fraction": "[0, 1)", "inner_fraction": "(0, 1)",
+    # weights and temperatures
+    "beta": "[0, 1e6]", "vib_beta": "[0, 1e6]", "lam": "[0, 1e6]", "temperature": "[0, 1e3]",
+    # data and folds
+    "n_folds": "[2, 1000]", "fold": "[0, 999]", "n_boot": "[0, 1000000]",
+    "limit": "[1, 1e12]", "max_rows": "[1, 1e12]",
+    # builders and execution
+    "workers": "[1, 1024]", "num_workers": "[0, 1024]", "max_side": "[32, 16384]",
+    "target_fs": "[1, 100000]", "dpi": "[50, 1200]", "max_rounds": "[1, 20]",
+    "rate_limit_per_min": "(0, 1e6]", "image_size": "[8, 16384]",
+    "max_new_tokens": "[1, 1048576]", "max_completion_length": "[1, 1048576]",
+    "n_simulated": "[0, 1000000]", "n_patients": "[1, 1e8]", "n_records": "[1, 1e8]",
+    "n_cases": "[1, 1e8]",
+}  # fmt: skip
+"""Bounds of fields that many configs share, by field name; a config class overrides or adds
+its own in a ``BOUNDS`` class attribute (name -> interval) or in a field's
+``metadata={"bounds": "[lo, hi]"}``. Every float field must also be finite unless its interval
+reaches ``inf``, and every int field stays within :data:`MAX_INT`."""
+
+
+def field_bounds(cls: type) -> dict[str, Bound]:
+    """The interval each field of ``cls`` is checked against (common, class, field metadata)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    spec = {k: v for k, v in COMMON_BOUNDS.items() if k in names}
+    spec.update(getattr(cls, "BOUNDS", {}) or {})
+    for f in dataclasses.fields(cls):
+        if "bounds" in f.metadata:
+            spec[f.name] = f.metadata["bounds"]
+    return {k: Bound.parse(v) for k, v in spec.items() if v is not None}
+
+
+def _numbers(value: Any) -> list[Any]:
+    items = value if isinstance(value, tuple | list) else (value,)
+    return [x for x in items if isinstance(x, int | float) and not isinstance(x, bool)]
+
+
+def check_bounds(cfg: Any) -> None:
+    """Refuse a config with a non-finite float, an integer beyond :data:`MAX_INT`, or a number
+    outside its field's interval (:func:`field_bounds`); tuples are checked item by item.
+
+    Example:
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class Cfg:
+        ...     lr: float = 1e-3
+        >>> check_bounds(Cfg(lr=float("nan")))
+        Traceback (most recent call last):
+        ...
+        clinfuse.core.errors.ConfigError: bad value for lr
+          expected: a finite number in (0, 10]
+          found:    nan
+          fix:      --set lr=<a value in (0, 10]>
+    """
+    bounds = field_bounds(type(cfg))
+    for f in dataclasses.fields(cfg):
+        bound = bounds.get(f.name)
+        for x in _numbers(getattr(cfg, f.name)):
+            finite_ok = math.isfinite(x) or (
+                bound is not None and math.isinf(x) and bound.contains(x)
+            )
+            if isinstance(x, int):
+                ok = abs(x) <= MAX_INT and (bound is None or bound.contains(x))
+                want = f"an integer in {bound}" if bound else "an integer of magnitude <= 2^53"
+            else:
+                ok = finite_ok and (bound is None or bound.contains(x))
+                want = f"a finite number in {bound}" if bound else "a finite number"
+            if not ok:
+                raise ConfigError(
+                    f"bad value for {f.name}",
+                    expected=want,
+                    found=repr(getattr(cfg, f.name)),
+                    fix=f"--set {f.name}=<a value in {bound}>"
+                    if bound
+                    else f"--set {f.name}=<{want}>",
+                )
+
+
 def build_config(cls: type[C], values: Mapping[str, Any], source: str = "config") -> C:
-    """Build and validate ``cls`` from raw values (TOML types or strings)."""
+    """Build and validate ``cls`` from raw values (TOML types or strings): types, the class's
+    own checks (``__post_init__``, ``validate``), then :func:`check_bounds`."""
     _check_keys(cls, values, source)
     hints = _hints(cls)
     kwargs = {k: coerce(v, hints[k], k) for k, v in values.items()}
@@ -287,6 +419,7 @@ def build_config(cls: type[C], values: Mapping[str, Any], source: str = "config"
     validate = getattr(cfg, "validate", None)
     if callable(validate):
         validate()
+    check_bounds(cfg)
     return cfg
 
 

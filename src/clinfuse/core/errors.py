@@ -42,6 +42,11 @@ class DataError(ClinfuseError):
     """A data file is missing, truncated, unsafe, or does not match the expected schema."""
 
 
+class UnsafePathError(DataError):
+    """A path named by a data file, a run folder or a name taken from data would leave its root
+    (``..``, an absolute path, a symbolic link) or collide with another name."""
+
+
 class UnknownNameError(ClinfuseError, KeyError):
     """A registry lookup failed; the message lists close matches and the known names."""
 

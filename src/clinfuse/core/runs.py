@@ -28,8 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from clinfuse.core.errors import RunDirError
+from clinfuse.core.paths import file_sha256, remove_created
 
 RUN_MARK = "clinfuse_run"
+LOCK_NAME = ".clinfuse.lock"
+"""The lock file of a run folder in use (``O_CREAT | O_EXCL``, holds the owner's pid)."""
 
 
 @contextlib.contextmanager
@@ -166,6 +169,13 @@ class RunDir:
         run = cls(out)
         if not write:
             return run
+        if run.path.exists() and not run.path.is_dir():
+            raise RunDirError(
+                f"--out {str(run.path)!r} is a file",
+                expected="a new or empty --out directory",
+                found="a file",
+                fix="pass another --out",
+            )
         if run.config_path.exists() and not exist_ok:
             raise RunDirError(
                 f"{run.path} already holds a clinfuse run",
@@ -173,11 +183,105 @@ class RunDir:
                 found=f"{run.config_path}",
                 fix="pass another --out, or --resume to continue that run",
             )
-        (run.path / "plots").mkdir(parents=True, exist_ok=True)
-        (run.path / "checkpoints").mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run.config_path, {RUN_MARK: 1, "method": method, "config": dict(config)})
-        atomic_write_json(run.path / "env.json", environment(seed=seed, device=device))
+        run._made_dir = not run.path.exists()
+        run.path.mkdir(parents=True, exist_ok=True)
+        run.acquire()
+        try:
+            if run.config_path.exists() and not exist_ok:  # written between check and lock
+                raise RunDirError(
+                    f"{run.path} already holds a clinfuse run",
+                    expected="a new or empty --out directory",
+                    found=f"{run.config_path}",
+                    fix="pass another --out, or --resume to continue that run",
+                )
+            run._made_subdirs = [
+                d for d in (run.path / "plots", run.path / "checkpoints") if not d.exists()
+            ]
+            for d in run._made_subdirs:
+                d.mkdir(parents=True, exist_ok=True)
+            meta = {RUN_MARK: 1, "method": method, "config": dict(config)}
+            run._created = {
+                p.name: file_sha256(p)
+                for p in (
+                    atomic_write_json(run.config_path, meta),
+                    atomic_write_json(run.path / "env.json", environment(seed, device)),
+                )
+            }
+        except BaseException:
+            run.release()
+            raise
         return run
+
+    # -- lock --------------------------------------------------------------------------------
+    @property
+    def lock_path(self) -> Path:
+        return self.path / LOCK_NAME
+
+    def acquire(self) -> RunDir:
+        """Take the run folder's lock (an ``O_EXCL`` file holding this pid), or raise
+        :class:`RunDirError` when another live process holds it. A lock left by a process
+        that no longer exists on this machine is taken over."""
+        for _ in range(2):
+            try:
+                fd = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                owner = _lock_owner(self.lock_path)
+                if owner is not None and not _alive(owner):
+                    with contextlib.suppress(FileNotFoundError):
+                        self.lock_path.unlink()
+                    continue
+                raise RunDirError(
+                    f"{self.path} is in use by another clinfuse process",
+                    expected="a run folder no other process holds",
+                    found=f"{self.lock_path} (pid {owner if owner is not None else 'unknown'})",
+                    fix="wait for that process to end; if none runs, delete the lock file",
+                ) from None
+            with os.fdopen(fd, "w") as fh:
+                fh.write(f"{os.getpid()}\n")
+            self._locked = True
+            return self
+        raise RunDirError(f"cannot take the lock {self.lock_path}")  # pragma: no cover
+
+    def release(self) -> None:
+        """Give the lock back (only when this object took it)."""
+        if getattr(self, "_locked", False):
+            self._locked = False
+            if _lock_owner(self.lock_path) == os.getpid():
+                with contextlib.suppress(FileNotFoundError):
+                    self.lock_path.unlink()
+
+    def __enter__(self) -> RunDir:
+        if not getattr(self, "_locked", False):
+            self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def discard(self) -> bool:
+        """Undo :meth:`create` after a failure that produced nothing: remove config.json and
+        env.json (when their hashes are still those written), the empty subfolders and the
+        folder it made. A run that saved a checkpoint, metrics or anything else is kept."""
+        created = getattr(self, "_created", None)
+        if not created:
+            return False
+        expected = {*created, LOCK_NAME, "plots", "checkpoints"}
+        present = {p.name for p in self.path.iterdir()}
+        if present - expected or any(
+            any(d.iterdir()) for d in (self.path / "plots", self.path / "checkpoints") if d.is_dir()
+        ):
+            return False
+        for name, sha in created.items():
+            remove_created(self.path, name, sha)
+        for d in getattr(self, "_made_subdirs", []):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        self.release()
+        self._created = {}
+        if getattr(self, "_made_dir", False):
+            with contextlib.suppress(OSError):
+                self.path.rmdir()
+        return True
 
     @classmethod
     def open(cls, path: str | Path, method: str | None = None) -> RunDir:
@@ -282,13 +386,20 @@ class RunDir:
         return atomic_write_text(self.path / "metrics.csv", buf.getvalue())
 
     def truncate_history(self, last_epoch: int) -> None:
-        """Drop metrics.csv rows after ``last_epoch`` (used when resuming from a checkpoint)."""
-        rows = [r for r in self.read_history() if int(float(r.get("epoch", 0))) <= last_epoch]
+        """Drop metrics.csv rows after ``last_epoch`` (used when resuming from a checkpoint), in
+        one atomic rewrite: a kill at any moment leaves the old or the new file, never less."""
         p = self.path / "metrics.csv"
-        if p.exists():
-            p.unlink()
-        for r in rows:
-            self.log_epoch(r)
+        if not p.exists():
+            return
+        with open(p, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            cols = list(reader.fieldnames or [])
+            rows = [r for r in reader if _epoch(r) <= last_epoch]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=cols, restval="", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(p, buf.getvalue())
 
     def write_predictions(self, df: Any, name: str = "predictions") -> Path:
         """Write a DataFrame as Parquet (CSV when pyarrow is missing)."""
@@ -319,12 +430,72 @@ class RunDir:
                 found=f"{sorted(x.name for x in self.checkpoints.iterdir())}",
                 fix="the run may have been stopped before its first epoch ended; fit it again",
             )
+        import pickle
+        import zipfile
+
         import torch
 
-        return torch.load(p, map_location=map_location, weights_only=True)
+        try:
+            state = torch.load(p, map_location=map_location, weights_only=True)
+        except (
+            pickle.UnpicklingError,
+            RuntimeError,
+            EOFError,
+            OSError,
+            ValueError,
+            zipfile.BadZipFile,
+            AttributeError,
+            TypeError,
+            KeyError,
+            IndexError,
+        ) as exc:
+            raise RunDirError(
+                f"checkpoint {p} cannot be read safely",
+                expected="a state-dict checkpoint written by clinfuse (tensors, numbers, strings)",
+                found=f"{type(exc).__name__}: {_first_line(exc)}",
+                fix="the file is truncated, corrupted or holds objects other than weights; "
+                "fit the run again (clinfuse never loads such a file unsafely)",
+            ) from None
+        if not isinstance(state, dict):
+            raise RunDirError(
+                f"checkpoint {p} is not a state dict",
+                expected="a dict", found=type(state).__name__, fix="fit the run again",
+            )  # fmt: skip
+        return state
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else ""
+
+
+def _epoch(row: Mapping[str, Any]) -> float:
+    try:
+        return float(row.get("epoch") or 0)
+    except ValueError:
+        return 0.0
+
+
+def _lock_owner(path: Path) -> int | None:
+    try:
+        return int(path.read_text(encoding="utf-8").split()[0])
+    except (OSError, ValueError, IndexError, UnicodeDecodeError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _fmt(v: Any) -> Any:
