@@ -222,7 +222,8 @@ def test_fqe_tabular_is_exact_on_the_empirical_mdp_and_converges_to_the_truth() 
     pi_e = mix_policies(greedy_policy(mdp.value_iteration()[0]), pi_b, 0.2)
     traj = mdp.sample(pi_b, 3000, seed=0)
     s, s2 = traj.meta["state"], traj.meta["next_state"]
-    res = fqe(traj, pi_e[s], mdp.gamma, iterations=500)
+    wide = (-100.0, 100.0)  # no clipping: the in-sample fit is the empirical MDP's evaluation
+    res = fqe(traj, pi_e[s], mdp.gamma, iterations=500, cross_fit=1, value_range=wide)
     # oracle: exact policy evaluation of the maximum-likelihood MDP built from the same data
     counts = np.zeros((S, A, S))
     np.add.at(counts, (s, traj.action, s2), 1.0)
@@ -242,9 +243,17 @@ def test_fqe_tabular_is_exact_on_the_empirical_mdp_and_converges_to_the_truth() 
     # and near the true value with enough data
     assert res.value == pytest.approx(mdp.policy_value(pi_e), abs=0.05)
     # a target policy given as a function of the observation gives the same answer
-    as_fn = fqe(traj, lambda obs: pi_e[obs.argmax(1)], mdp.gamma, iterations=500)
+    as_fn = fqe(
+        traj, lambda obs: pi_e[obs.argmax(1)], mdp.gamma, iterations=500, cross_fit=1,
+        value_range=wide,
+    )  # fmt: skip
     assert as_fn.value == pytest.approx(res.value, abs=1e-12)
-    assert np.all(res.q_fn(np.full((1, S), 7.0, np.float32)) == 0.0)  # unseen state
+    # an unseen state gets the count-weighted mean of the logged cells (``unseen="model"``)
+    q_live = emp.policy_q(pi_e)[live]
+    mean = (n_sa[live] * q_live).sum() / n_sa[live].sum()
+    np.testing.assert_allclose(res.q_fn(np.full((1, S), 7.0, np.float32)), mean, atol=1e-6)
+    zero = fqe(traj, pi_e[s], mdp.gamma, "tabular", 500, FQEConfig(unseen="zero"), 1, wide)
+    assert np.all(zero.q_fn(np.full((1, S), 7.0, np.float32)) == 0.0)
 
 
 def test_fqe_mlp_close_to_exact_value() -> None:
@@ -253,7 +262,10 @@ def test_fqe_mlp_close_to_exact_value() -> None:
     pi_e = mix_policies(greedy_policy(mdp.value_iteration()[0]), pi_b, 0.2)
     traj = mdp.sample(pi_b, 1000, seed=1)
     cfg = FQEConfig(hidden=32, steps_per_iteration=20, lr=3e-3, seed=0)
-    res = fqe(traj, pi_e[traj.meta["state"]], mdp.gamma, kind="mlp", iterations=30, config=cfg)
+    res = fqe(
+        traj, pi_e[traj.meta["state"]], mdp.gamma, kind="mlp", iterations=30, config=cfg,
+        cross_fit=1,
+    )  # fmt: skip
     truth = mdp.policy_value(pi_e)
     assert abs(res.value - truth) < 0.1
     assert abs(res.value - truth) < 0.5 * abs(truth - mdp.policy_value(pi_b))
@@ -304,15 +316,17 @@ def test_evaluate_policy_table(logged) -> None:
     q = fqe(traj, pe, mdp.gamma).q_fn(traj.obs)
     table = evaluate_policy(traj, pe, pb, mdp.gamma, q_hat=q, n_boot=30)
     assert list(table["estimator"]) == ["is", "wis", "pdis", "cwpdis", "dr", "wdr"]
-    assert list(table.columns) == ["estimator", "value", "ess", "ci_low", "ci_high"]
+    assert list(table.columns) == [
+        "estimator", "value", "ess", "ci_low", "ci_high", "value_raw", "flags",
+    ]  # fmt: skip
     row = table.set_index("estimator").loc["wdr"]
     assert row["value"] == pytest.approx(wdr(traj, pe, pb, mdp.gamma, q).value)
     assert np.all(table["ci_low"] <= table["ci_high"])
-    only = evaluate_policy(traj, pe, pb, mdp.gamma, n_boot=0)
+    only = evaluate_policy(traj, pe, pb, mdp.gamma, n_boot=0, q_model=None)
     assert list(only["estimator"]) == ["is", "wis", "pdis", "cwpdis"]
     assert only["ci_low"].isna().all()
     with pytest.raises(ConfigError, match="needs a model"):
-        evaluate_policy(traj, pe, pb, mdp.gamma, estimators=["dr"], n_boot=0)
+        evaluate_policy(traj, pe, pb, mdp.gamma, estimators=["dr"], n_boot=0, q_model=None)
     with pytest.raises(ConfigError, match="unknown"):
         evaluate_policy(traj, pe, pb, mdp.gamma, estimators=["wsi"], n_boot=0)
 
@@ -329,7 +343,7 @@ def test_estimator_input_errors(logged) -> None:
     with pytest.raises(ConfigError):
         pdis(traj, pe, pb, 1.2)
     with pytest.raises(ConfigError):
-        fqe(traj, pe, 0.9, kind="linear")  # type: ignore[arg-type]
+        fqe(traj, pe, 0.9, kind="kernel")  # type: ignore[arg-type]
 
 
 def _planted_softmax_data(

@@ -55,7 +55,13 @@ __all__ = [
     "fqe",
     "fit_behaviour",
     "bootstrap_ci",
+    "describe",
     "evaluate_policy",
+    "format_estimate",
+    "patient_folds",
+    "positivity",
+    "q_sanity",
+    "value_range",
 ]
 
 log = logging.getLogger(__name__)
@@ -163,7 +169,8 @@ def _ratios(traj: Trajectories, pi_e: np.ndarray, pi_b: np.ndarray) -> np.ndarra
             f"the behaviour policy gives probability 0 to the logged action at row {i}",
             expected="pi_b(a_logged | s) > 0 at every step",
             found=f"action {int(traj.action[i])} with pi_b = {den[i]}",
-            fix="use a behaviour model with a probability floor (fit_behaviour clips at 1e-3)",
+            fix="use a behaviour model with a probability floor (fit_behaviour clips at 1e-3); "
+            "see the recipe in clinfuse.rl's README",
         )
     return num / den
 
@@ -380,9 +387,12 @@ class _RowIndex:
 # ==========================================================================================
 # fitted Q evaluation
 # ==========================================================================================
+Unseen = Literal["model", "low", "high", "zero"]
+
+
 @dataclass(frozen=True)
 class FQEConfig:
-    """Fitted Q evaluation settings (the ``mlp`` fields are ignored by ``tabular``)."""
+    """Fitted Q evaluation settings (the ``mlp`` fields are ignored by the other kinds)."""
 
     hidden: int = 64
     """Width of the two hidden layers of the Q network."""
@@ -393,7 +403,14 @@ class FQEConfig:
     lr: float = 1e-3
     """Adam learning rate."""
     tol: float = 1e-8
-    """Tabular: stop when no table entry changes by more than this."""
+    """Tabular and linear: stop when no value changes by more than this."""
+    ridge: float = 1.0
+    """Linear: ridge penalty of each per-action least-squares fit."""
+    unseen: Unseen = "model"
+    """Tabular: value of an (s, a) never logged in the fitting data. ``model``: the
+    target-weighted mean of the logged actions' values in the same state (the mean over all
+    logged cells for an unseen state); ``low``/``high``: the lower/upper end of the return range
+    (the pessimistic/optimistic pair that brackets the estimate); ``zero``: 0."""
     seed: int = 0
     """Seed of the network initialisation and minibatch order."""
 
@@ -403,11 +420,53 @@ class FQEResult:
     """A fitted Q evaluation."""
 
     value: float
-    r"""Estimated value :math:`\frac1n\sum_i \sum_a \pi_e(a|s_{i,0}) \hat Q(s_{i,0}, a)`."""
+    r"""Estimated value :math:`\frac1n\sum_i \sum_a \pi_e(a|s_{i,0}) \hat Q(s_{i,0}, a)`
+    (out of fold when cross-fitted)."""
     q_fn: Callable[[np.ndarray], np.ndarray]
-    """Observations ``(M, D)`` -> action values ``(M, A)`` (e.g. ``q_hat`` for :func:`dr`)."""
+    """Observations ``(M, D)`` -> action values ``(M, A)`` of the model fitted on all episodes."""
     iterations: int = 0
-    """Iterations run."""
+    """Iterations run (the largest over folds)."""
+    q_hat: np.ndarray | None = None
+    """``(N, A)`` action values at the logged rows, each from the model that did not see the
+    row's patient (cross-fitting), or in-sample with ``cross_fit=1``: the ``q_hat`` of
+    :func:`dr` / :func:`wdr`."""
+    value_range: tuple[float, float] = (-np.inf, np.inf)
+    """Return range the values were clipped to."""
+    bounds: tuple[float, float] | None = None
+    """Tabular: the estimate with never-logged (s, a) at the low and at the high end of the
+    return range (the pessimistic/optimistic pair); None for other kinds."""
+    unseen_mass: float = 0.0
+    """Share of the target's mass, at the logged rows, on (s, a) absent from the fitting data
+    of the row's model (values there come from the ``unseen`` rule, not from data)."""
+    folds: int = 1
+    """Number of patient folds (1: in-sample)."""
+
+
+def value_range(traj: Trajectories, gamma: float) -> tuple[float, float]:
+    r"""Return range seen in the data: the smallest and largest discounted return-to-go
+    :math:`\sum_{k \ge t} \gamma^{k-t} r_k` over every logged step.
+
+    The default range for clipping and flagging; pass the achievable range when it is known
+    (e.g. ``(-15, 15)`` for a terminal reward of :math:`\pm 15`).
+
+    Example:
+        >>> from clinfuse.rl.data import Trajectories
+        >>> t = Trajectories(obs=np.zeros((3, 1)), action=[0, 0, 0], reward=[1.0, 0.0, -1.0],
+        ...     done=[False, True, True], timeout=[False] * 3, patient=[0, 0, 1],
+        ...     time=[0.0, 1.0, 0.0], n_actions=1)
+        >>> value_range(t, 1.0)
+        (-1.0, 1.0)
+    """
+    gamma = _check_gamma(gamma)
+    grid = _Grid.of(traj)
+    R = grid.pad(traj.reward)
+    togo = np.zeros_like(R)
+    acc = np.zeros(grid.n)
+    for t in range(grid.T - 1, -1, -1):
+        acc = R[:, t] + gamma * acc
+        togo[:, t] = acc
+    vals = togo[grid.ep, grid.t]
+    return float(vals.min()), float(vals.max())
 
 
 def _target_probs(traj: Trajectories, target: PolicyFn | np.ndarray) -> np.ndarray:
@@ -422,33 +481,132 @@ def _target_probs(traj: Trajectories, target: PolicyFn | np.ndarray) -> np.ndarr
     return p
 
 
+@dataclass(frozen=True)
+class _FQEInput:
+    """One fit: the training rows' transitions with the target's probabilities at next rows."""
+
+    traj: Trajectories
+    pi: np.ndarray
+    gamma: float
+    iterations: int
+    lo: float
+    hi: float
+
+    def next_rows(self) -> np.ndarray:
+        return np.minimum(np.arange(len(self.traj)) + 1, len(self.traj) - 1)
+
+    def cont(self) -> np.ndarray:
+        return self.gamma * self.traj.transitions()["bootstrap"].astype(np.float64)
+
+
+def _fill_unseen(
+    Q: np.ndarray, counts: np.ndarray, pi_state: np.ndarray, rule: Unseen, lo: float, hi: float
+) -> np.ndarray:
+    """Values of never-logged cells (``counts == 0``) by the ``unseen`` rule."""
+    seen = counts > 0
+    if rule != "model":
+        fill = {"low": lo, "high": hi, "zero": 0.0}[rule]
+        return np.where(seen, Q, fill)
+    w = pi_state * seen
+    tot = w.sum(1, keepdims=True)
+    w = np.where(tot > 0, w, seen.astype(np.float64))
+    tot = w.sum(1, keepdims=True)
+    state_mean = np.divide((w * Q).sum(1, keepdims=True), tot, where=tot > 0,
+                           out=np.zeros_like(tot))  # fmt: skip
+    glob = float((counts * Q).sum() / max(counts.sum(), 1))
+    state_mean = np.where(tot > 0, state_mean, glob)
+    return np.where(seen, Q, state_mean)
+
+
 def _fqe_tabular(
-    traj: Trajectories, pi: np.ndarray, gamma: float, iterations: int, cfg: FQEConfig
+    inp: _FQEInput, cfg: FQEConfig, rule: Unseen
 ) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
-    tr = traj.transitions()
+    traj, A = inp.traj, inp.traj.n_actions
     index = _RowIndex(traj.obs)
-    sid, A = index.inverse, traj.n_actions
-    nxt = np.minimum(np.arange(len(traj)) + 1, len(traj) - 1)
-    sid_next, pi_next = sid[nxt], pi[nxt]
+    sid = index.inverse
+    nxt = inp.next_rows()
+    sid_next, pi_next = sid[nxt], inp.pi[nxt]
     cell = sid * A + traj.action
     counts = np.bincount(cell, minlength=len(index) * A).reshape(-1, A)
-    cont = gamma * tr["bootstrap"].astype(np.float64)
-    r = traj.reward.astype(np.float64)
+    # the target's mean probabilities per observed state (weights of the ``model`` fill)
+    pi_state = np.zeros((len(index), A))
+    np.add.at(pi_state, sid, inp.pi)
+    cont, r = inp.cont(), traj.reward.astype(np.float64)
     Q = np.zeros((len(index), A))
     it = 0
-    while it < iterations:
+    while it < inp.iterations:
         it += 1
         y = r + cont * (pi_next * Q[sid_next]).sum(1)
         sums = np.bincount(cell, weights=y, minlength=len(index) * A).reshape(-1, A)
         new = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
+        new = np.clip(_fill_unseen(new, counts, pi_state, rule, inp.lo, inp.hi), inp.lo, inp.hi)
         delta = float(np.abs(new - Q).max())
         Q = new
         if delta < cfg.tol:
             break
+    if rule == "model":
+        glob = float((counts * Q).sum() / max(counts.sum(), 1))
+    else:
+        glob = {"low": inp.lo, "high": inp.hi, "zero": 0.0}[rule]
+    unseen_q = np.full(A, glob)
 
     def q_fn(obs: np.ndarray) -> np.ndarray:
         ids = index.lookup(obs)
-        return np.where((ids >= 0)[:, None], Q[np.maximum(ids, 0)], 0.0)
+        return np.where((ids >= 0)[:, None], Q[np.maximum(ids, 0)], unseen_q[None, :])
+
+    def seen(obs: np.ndarray) -> np.ndarray:
+        """``(M, A)`` bool: (s, a) logged in the fitting data."""
+        ids = index.lookup(obs)
+        return np.where((ids >= 0)[:, None], counts[np.maximum(ids, 0)] > 0, False)
+
+    q_fn.seen = seen  # type: ignore[attr-defined]
+    return q_fn, it
+
+
+def _fqe_linear(
+    inp: _FQEInput, cfg: FQEConfig, rule: Unseen
+) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
+    r"""Linear FQE: :math:`\hat Q(s, a) = \phi(s)^\top \theta_a` with :math:`\phi(s) = (1, z(s))`
+    (z-scored observations), each :math:`\theta_a` a ridge regression on the rows logging
+    :math:`a`; actions never logged take the row-weighted mean of the others' coefficients."""
+    del rule
+    traj, A = inp.traj, inp.traj.n_actions
+    scale = _Standardise(traj.obs.astype(np.float64))
+
+    def phi(obs: np.ndarray) -> np.ndarray:
+        z = (np.asarray(obs, np.float64) - scale.mean) / scale.sd
+        return np.concatenate([np.ones((len(z), 1)), z], axis=1)
+
+    X = phi(traj.obs)
+    nxt = inp.next_rows()
+    X_next, pi_next = X[nxt], inp.pi[nxt]
+    cont, r = inp.cont(), traj.reward.astype(np.float64)
+    d = X.shape[1]
+    pen = cfg.ridge * np.eye(d)
+    pen[0, 0] = 0.0
+    counts = np.bincount(traj.action, minlength=A)
+    solvers = {}
+    for a in np.nonzero(counts)[0]:
+        Xa = X[traj.action == a]
+        solvers[int(a)] = (np.linalg.pinv(Xa.T @ Xa + pen) @ Xa.T, traj.action == a)
+    theta = np.zeros((d, A))
+    it = 0
+    while it < inp.iterations:
+        it += 1
+        q_next = np.clip(X_next @ theta, inp.lo, inp.hi)
+        y = r + cont * (pi_next * q_next).sum(1)
+        new = np.zeros_like(theta)
+        for a, (proj, rows) in solvers.items():
+            new[:, a] = proj @ y[rows]
+        logged = counts > 0
+        new[:, ~logged] = (new[:, logged] * counts[logged]).sum(1, keepdims=True) / counts.sum()
+        delta = float(np.abs(X @ (new - theta)).max())
+        theta = new
+        if delta < cfg.tol:
+            break
+
+    def q_fn(obs: np.ndarray) -> np.ndarray:
+        return np.clip(phi(obs) @ theta, inp.lo, inp.hi)
 
     return q_fn, it
 
@@ -468,23 +626,24 @@ def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Module:
 
 
 def _fqe_mlp(
-    traj: Trajectories, pi: np.ndarray, gamma: float, iterations: int, cfg: FQEConfig
+    inp: _FQEInput, cfg: FQEConfig, rule: Unseen
 ) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
+    del rule
+    traj = inp.traj
     tr = traj.transitions()
     gen = torch.Generator().manual_seed(cfg.seed)
     x = torch.as_tensor(traj.obs)
     x_next = torch.as_tensor(tr["next_obs"])
     a = torch.as_tensor(traj.action)
     r = torch.as_tensor(traj.reward)
-    cont = gamma * torch.as_tensor(tr["bootstrap"])
-    nxt = np.minimum(np.arange(len(traj)) + 1, len(traj) - 1)
-    pi_next = torch.as_tensor(pi[nxt], dtype=torch.float32)
+    cont = torch.as_tensor(inp.cont(), dtype=torch.float32)
+    pi_next = torch.as_tensor(inp.pi[inp.next_rows()], dtype=torch.float32)
     net = _seeded(cfg.seed, _mlp, traj.obs_dim, cfg.hidden, traj.n_actions)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     n = len(traj)
-    for _ in range(iterations):
+    for _ in range(inp.iterations):
         with torch.no_grad():
-            y = r + cont * (pi_next * net(x_next)).sum(1)
+            y = r + cont * (pi_next * net(x_next).clamp(inp.lo, inp.hi)).sum(1)
         for _ in range(cfg.steps_per_iteration):
             b = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen)
             q = net(x[b]).gather(1, a[b, None]).squeeze(1)
@@ -496,55 +655,137 @@ def _fqe_mlp(
 
     def q_fn(obs: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return net(torch.as_tensor(np.asarray(obs, dtype=np.float32))).double().numpy()
+            q = net(torch.as_tensor(np.asarray(obs, dtype=np.float32))).double().numpy()
+        return np.clip(q, inp.lo, inp.hi)
 
-    return q_fn, iterations
+    return q_fn, inp.iterations
 
 
-_FQE = {"tabular": _fqe_tabular, "mlp": _fqe_mlp}
+_FQE = {"tabular": _fqe_tabular, "linear": _fqe_linear, "mlp": _fqe_mlp}
+FQEKind = Literal["tabular", "linear", "mlp"]
+
+
+def patient_folds(traj: Trajectories, k: int, seed: int = 0) -> np.ndarray:
+    """``(N,)`` fold id in ``[0, k)`` of every row; all rows of a patient share one fold.
+
+    Example:
+        >>> from clinfuse.rl.envs.tabular import random_mdp, uniform_policy
+        >>> t = random_mdp(4, 2, 0).sample(uniform_policy(4, 2), 10, seed=0)
+        >>> f = patient_folds(t, 3)
+        >>> all(len(set(f[t.patient == p])) == 1 for p in t.patients)
+        True
+    """
+    if k < 1:
+        raise ConfigError("cross_fit must be >= 1 folds", expected=">= 1", found=k)
+    n = traj.n_episodes
+    if k > n:
+        raise DataError(
+            "more folds than patients", expected=f"cross_fit <= {n} episodes", found=k,
+            fix="lower cross_fit",
+        )  # fmt: skip
+    ep_fold = np.empty(n, dtype=np.int64)
+    ep_fold[np.random.default_rng(seed).permutation(n)] = np.arange(n) % k
+    lengths = traj.ends - traj.starts
+    return np.repeat(ep_fold, lengths)
+
+
+def _fit_fold(
+    traj: Trajectories, pi: np.ndarray, rows: np.ndarray, gamma: float, iterations: int,
+    kind: str, cfg: FQEConfig, rule: Unseen, lo: float, hi: float,
+) -> tuple[Callable[[np.ndarray], np.ndarray], int]:  # fmt: skip
+    inp = _FQEInput(traj.subset(rows), pi[rows], gamma, iterations, lo, hi)
+    return _FQE[kind](inp, cfg, rule)
 
 
 def fqe(
     traj: Trajectories,
     target_policy_fn: PolicyFn | np.ndarray,
     gamma: float,
-    kind: Literal["tabular", "mlp"] = "tabular",
+    kind: FQEKind = "tabular",
     iterations: int = 200,
     config: FQEConfig | None = None,
+    cross_fit: int = 5,
+    value_range: tuple[float, float] | None = None,
+    seed: int = 0,
 ) -> FQEResult:
-    r"""Fitted Q evaluation (Le, Voloshin & Yue 2019):
+    r"""Fitted Q evaluation (Le, Voloshin & Yue 2019), cross-fitted by patient:
 
     .. math::
         Q_{k+1} = \arg\min_Q \sum_{(s,a,r,s')} \Big(Q(s,a) - r - \gamma\, b
         \sum_{a'} \pi_e(a'|s')\, Q_k(s',a')\Big)^2, \qquad
-        \hat J = \frac1n \sum_i \sum_a \pi_e(a|s_{i,0})\, Q_K(s_{i,0}, a),
+        \hat J = \frac1n \sum_i \sum_a \pi_e(a|s_{i,0})\, \hat Q^{(-f(i))}(s_{i,0}, a),
 
     with :math:`b = 0` at an episode's last step (terminal or truncated, see
-    :meth:`Trajectories.transitions`). ``tabular`` keys the table by exact observation rows
-    (one-hot or index states) and solves each regression exactly (the cell mean), stopping early
-    at ``config.tol``; unvisited ``(s, a)`` keep :math:`Q = 0` (a known bias without full
-    coverage). ``mlp`` warm-starts a two-layer network and takes ``steps_per_iteration`` Adam
-    steps per iteration.
+    :meth:`Trajectories.transitions`) and :math:`\hat Q^{(-f)}` fitted on the patients outside
+    fold :math:`f` (``cross_fit`` folds; ``cross_fit=1`` fits and evaluates in sample, which
+    lets each patient's own noise into its :math:`\hat Q` and biases :func:`dr`). Every value is
+    clipped to the return range (``value_range``, default :func:`value_range` of the data).
+
+    ``tabular`` keys the table by exact observation rows (one-hot or index states), solves each
+    regression exactly (the cell mean) and gives never-logged (s, a) the ``config.unseen`` value;
+    it also reports ``bounds``, the estimate with those cells at the low and at the high end of
+    the return range. ``linear`` fits one ridge regression on the z-scored observations per
+    action (any observations, fast). ``mlp`` warm-starts a two-layer network and takes
+    ``steps_per_iteration`` Adam steps per iteration.
 
     Args:
         target_policy_fn: a function ``obs (M, D) -> (M, A)`` probabilities, or the ``(N, A)``
             probabilities at the logged observations (the next states of FQE are logged rows).
+        seed: seed of the patient folds.
 
     Shape:
-        Output ``value`` scalar; ``q_fn(obs (M, D)) -> (M, A)``.
+        Output ``value`` scalar; ``q_hat`` ``(N, A)``; ``q_fn(obs (M, D)) -> (M, A)``.
     """
     gamma = _check_gamma(gamma)
     if kind not in _FQE:
         raise ConfigError("unknown FQE kind", expected=f"one of {sorted(_FQE)}", found=kind)
     if iterations < 1:
         raise ConfigError("iterations must be positive", expected=">= 1", found=iterations)
-    _Grid.of(traj)  # raises on empty data
+    cfg = config or FQEConfig()
+    grid = _Grid.of(traj)  # raises on empty data
     pi = _target_probs(traj, target_policy_fn)
-    q_fn, it = _FQE[kind](traj, pi, gamma, iterations, config or FQEConfig())
+    lo, hi = value_range_checked(traj, gamma, value_range)
+    folds = patient_folds(traj, cross_fit, seed)
+    everything = np.ones(len(traj), dtype=bool)
+    rules: list[Unseen] = [cfg.unseen] + (["low", "high"] if kind == "tabular" else [])
     s0 = traj.starts
-    value = float(np.mean((pi[s0] * q_fn(traj.obs[s0])).sum(1)))
-    log.debug("FQE (%s): %d iterations, value %.4f", kind, it, value)
-    return FQEResult(value, q_fn, it)
+    values, q_main, unseen_mass, its = [], None, 0.0, 0
+    for rule in rules:
+        q_hat = np.zeros((len(traj), traj.n_actions))
+        for f in range(cross_fit):
+            test = folds == f
+            train = ~test if cross_fit > 1 else everything
+            q_fn, it = _fit_fold(traj, pi, train, gamma, iterations, kind, cfg, rule, lo, hi)
+            its = max(its, it)
+            q_hat[test] = q_fn(traj.obs[test])
+            if rule == rules[0] and kind == "tabular":
+                seen = q_fn.seen(traj.obs[test])  # type: ignore[attr-defined]
+                unseen_mass += float((pi[test] * ~seen).sum())
+        values.append(float(np.mean((pi[s0] * q_hat[s0]).sum(1))))
+        if q_main is None:
+            q_main = q_hat
+    full_fn, _ = _fit_fold(traj, pi, everything, gamma, iterations, kind, cfg, cfg.unseen, lo, hi)
+    bounds = (values[1], values[2]) if kind == "tabular" else None
+    log.debug("FQE (%s, %d folds): value %.4f, bounds %s", kind, cross_fit, values[0], bounds)
+    del grid
+    return FQEResult(
+        values[0], full_fn, its, q_main, (lo, hi), bounds, unseen_mass / len(traj), cross_fit
+    )
+
+
+def value_range_checked(
+    traj: Trajectories, gamma: float, given: tuple[float, float] | None
+) -> tuple[float, float]:
+    """``given`` after a sanity check, else :func:`value_range` of the data."""
+    if given is None:
+        return value_range(traj, gamma)
+    lo, hi = (float(v) for v in given)
+    if not lo <= hi:
+        raise ConfigError(
+            "value_range must be (low, high) with low <= high", expected="low <= high",
+            found=given,
+        )  # fmt: skip
+    return lo, hi
 
 
 # ==========================================================================================
@@ -571,9 +812,17 @@ class BehaviourConfig:
     max_iter: int = 200
     """Logistic: L-BFGS iterations."""
     smoothing: float = 0.5
-    """Tabular: pseudo-count added to every allowed action of a seen state."""
+    """Tabular: Dirichlet pseudo-count added to every allowed action of a seen state (Laplace
+    smoothing at 1), so no allowed action gets a probability below its support."""
     ece_bins: int = 10
     """Confidence bins of the expected calibration error."""
+    sharpen_z: float = 2.0
+    """A temperature below 1 (sharper than the fitted model) is kept only when its held-out NLL
+    gain over 1 exceeds this many standard errors; count (``tabular``) models are never
+    sharpened."""
+    refit: bool = True
+    """Refit ``tabular`` and ``logistic`` models on every patient once the temperature is chosen
+    on the held-out ones (the held-out patients' counts are not lost)."""
 
 
 def _masked_softmax(logits: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
@@ -736,16 +985,47 @@ def _fit_tabular(
 _BEHAVIOUR = {"logistic": _fit_logistic, "mlp": _fit_mlp, "tabular": _fit_tabular}
 
 
-def _fit_temperature(logits: np.ndarray, a: np.ndarray, mask: np.ndarray, clip: float) -> float:
+def _row_nll(p: np.ndarray, a: np.ndarray) -> np.ndarray:
+    return -np.log(np.maximum(p[np.arange(len(a)), a], 1e-300))
+
+
+def _fit_temperature(
+    logits: np.ndarray, a: np.ndarray, mask: np.ndarray, clip: float, sharpen_z: float | None
+) -> float:
     r""":math:`\tau^* = \arg\min_\tau -\sum_i \log p_\tau(a_i|s_i)` with
-    :math:`p_\tau` the floored :math:`\mathrm{softmax}(z_i/\tau)`, :math:`\log\tau \in [-3, 3]`;
-    :math:`\tau = 1` is kept unless the search beats it (the held-out NLL never gets worse)."""
+    :math:`p_\tau` the floored :math:`\mathrm{softmax}(z_i/\tau)`, :math:`\log\tau \in [-3, 3]`.
 
-    def nll(log_t: float) -> float:
-        return _nll(_floor(_masked_softmax(logits / np.exp(log_t), mask), mask, clip), a)
+    :math:`\tau = 1` is kept unless the search beats it. A sharpening :math:`\tau < 1` (which
+    drives small probabilities towards the floor and importance weights up) is kept only when
+    its held-out NLL gain over :math:`\tau = 1` exceeds ``sharpen_z`` standard errors of the
+    per-row differences; ``sharpen_z=None`` never sharpens (count models); otherwise the search
+    is repeated over :math:`\tau \ge 1`."""
 
-    best = minimize_scalar(nll, bounds=(-3.0, 3.0), method="bounded", options={"xatol": 1e-6})
-    return float(np.exp(best.x)) if best.fun < nll(0.0) else 1.0
+    def probs(log_t: float) -> np.ndarray:
+        return _floor(_masked_softmax(logits / np.exp(log_t), mask), mask, clip)
+
+    def search(lo: float, hi: float) -> float:
+        best = minimize_scalar(
+            lambda v: _nll(probs(v), a), bounds=(lo, hi), method="bounded",
+            options={"xatol": 1e-6},
+        )  # fmt: skip
+        return float(best.x) if best.fun < _nll(probs(0.0), a) else 0.0
+
+    log_t = search(-3.0, 3.0)
+    if log_t < 0.0:
+        gain = _row_nll(probs(0.0), a) - _row_nll(probs(log_t), a)
+        se = gain.std(ddof=1) / np.sqrt(len(gain)) if len(gain) > 1 else np.inf
+        if sharpen_z is None or not gain.mean() > sharpen_z * se:
+            log_t = search(0.0, 3.0)
+    return float(np.exp(log_t))
+
+
+def _episode_ess(traj_rows: np.ndarray, ratio: np.ndarray) -> float:
+    """ESS share of per-episode products of ``ratio`` (rows grouped by episode id)."""
+    _, inv = np.unique(traj_rows, return_inverse=True)
+    log_w = np.bincount(inv.ravel(), weights=np.log(np.maximum(ratio, 1e-300)))
+    w = np.exp(log_w - log_w.max())
+    return ess(w) / len(w) if len(w) else 1.0
 
 
 def fit_behaviour(
@@ -800,9 +1080,11 @@ def fit_behaviour(
     )
     ev = rows_cal if calibrate else fit_rows
     z = logits_fn(x[ev])
-    temperature = _fit_temperature(z, a[ev], mask[ev], cfg.clip) if calibrate else 1.0
+    sharpen_z = None if kind == "tabular" else cfg.sharpen_z
+    temperature = _fit_temperature(z, a[ev], mask[ev], cfg.clip, sharpen_z) if calibrate else 1.0
     p_raw = _floor(_masked_softmax(z, mask[ev]), mask[ev], cfg.clip)
     p_cal = _floor(_masked_softmax(z / temperature, mask[ev]), mask[ev], cfg.clip)
+    rows = np.arange(len(ev))[ev]
     report = {
         "kind": kind,
         "n_train": int(fit_rows.sum()),
@@ -812,7 +1094,16 @@ def fit_behaviour(
         "ece_raw": _ece(p_raw, a[ev], cfg.ece_bins),
         "nll": _nll(p_cal, a[ev]),
         "ece": _ece(p_cal, a[ev], cfg.ece_bins),
+        # held-out clinician episodes reweighted by calibrated / uncalibrated probabilities:
+        # 1 when calibration keeps the model, small when a temperature sharpens it
+        "ess_calibration": _episode_ess(
+            grid.ep[rows], p_cal[np.arange(len(rows)), a[ev]] / p_raw[np.arange(len(rows)), a[ev]]
+        ),
+        "refit": bool(calibrate and cfg.refit and kind in ("tabular", "logistic")),
     }
+    if report["refit"]:
+        logits_fn = _BEHAVIOUR[kind](x, a, mask, traj.n_actions, cfg, seed)
+        report["n_train"] = len(traj)
     log.info("behaviour model %s: %s", kind, report)
     return BehaviourModel(kind, logits_fn, traj.n_actions, temperature, cfg.clip, report)
 
@@ -878,6 +1169,121 @@ def bootstrap_ci(
     return float(low), float(high)
 
 
+# ==========================================================================================
+# positivity diagnostics, return-range bounds and the evaluation table
+# ==========================================================================================
+def positivity(
+    traj: Trajectories, pi_e: np.ndarray, pi_b: np.ndarray, threshold: float = 0.01
+) -> dict[str, Any]:
+    r"""Overlap diagnostics of a target policy against the (estimated) behaviour policy.
+
+    - ``low_support_mass``: :math:`\frac1N\sum_{i,t}\sum_a \pi_e(a|s_{i,t})
+      [\hat\pi_b(a|s_{i,t}) < \text{threshold}]`, the target's mass on actions the clinicians
+      (almost) never take where they were, which importance weights cannot see;
+    - ``ess``, ``ess_share``: effective sample size of the episode weights (and over ``n``);
+    - ``ess_per_step`` ``(T,)`` and its minimum ``min_step_ess``: the ESS of :math:`w_{\cdot,t}`;
+    - ``max_weight``, ``max_weight_share``: the largest episode weight and its share of the sum.
+
+    Example:
+        >>> from clinfuse.rl.envs.tabular import random_mdp, uniform_policy
+        >>> t = random_mdp(4, 2, 0).sample(uniform_policy(4, 2), 50, seed=0)
+        >>> p = np.full((len(t), 2), 0.5)
+        >>> d = positivity(t, p, p)
+        >>> d["ess_share"], d["low_support_mass"], d["max_weight"]
+        (1.0, 0.0, 1.0)
+    """
+    pi_e = _check_probs("pi_e", pi_e, traj)
+    pi_b = _check_probs("pi_b", pi_b, traj)
+    grid = _Grid.of(traj)
+    W = grid.weights(_ratios(traj, pi_e, pi_b))
+    w_end = W[:, -1]
+    per_step = np.array([ess(W[:, t]) for t in range(grid.T)])
+    tot = float(w_end.sum())
+    return {
+        "threshold": float(threshold),
+        "low_support_mass": float(np.mean((pi_e * (pi_b < threshold)).sum(1))),
+        "ess": ess(w_end),
+        "ess_share": ess(w_end) / grid.n,
+        "ess_per_step": per_step,
+        "min_step_ess": float(per_step.min()),
+        "max_weight": float(w_end.max()),
+        "max_weight_share": float(w_end.max() / tot) if tot > 0 else 1.0,
+    }
+
+
+def q_sanity(
+    q_logged: np.ndarray, value_range: tuple[float, float], tol: float = 0.0
+) -> dict[str, Any]:
+    """Mean learned Q on the logged actions against the return range: an over-estimating
+    learner (e.g. mean Q 1.65 for returns in [0, 1]) is flagged ``q_outside_range``.
+
+    Example:
+        >>> q_sanity(np.array([1.5, 1.8]), (0.0, 1.0))["q_outside_range"]
+        True
+    """
+    q = np.asarray(q_logged, dtype=np.float64)
+    lo, hi = value_range
+    mean = float(q.mean())
+    return {
+        "q_logged_mean": mean,
+        "q_logged_min": float(q.min()),
+        "q_logged_max": float(q.max()),
+        "return_low": float(lo),
+        "return_high": float(hi),
+        "share_outside": float(np.mean((q < lo - tol) | (q > hi + tol))),
+        "q_outside_range": bool(mean < lo - tol or mean > hi + tol),
+    }
+
+
+_WEIGHTED = frozenset({"is", "wis", "pdis", "cwpdis", "dr", "wdr"})
+
+
+def _flags(
+    name: str, raw: float, low: float, high: float, ess_value: float, lo: float, hi: float,
+    ess_floor: float, support: dict[str, Any], max_low_support: float,
+) -> list[str]:  # fmt: skip
+    out = []
+    if not lo <= raw <= hi:
+        out.append("out_of_range")
+    if np.isfinite(low) and (low < lo or high > hi):
+        out.append("ci_clipped")
+    if name in _WEIGHTED and ess_value < ess_floor:
+        out.append("low_ess")
+    if name in _WEIGHTED and support["low_support_mass"] > max_low_support:
+        out.append("positivity")
+    return out
+
+
+def format_estimate(row: pd.Series | dict[str, Any], digits: int = 2) -> str:
+    """One estimate of :func:`evaluate_policy` as text: ``value (low, high)``, followed by its
+    flags in brackets, so a clipped or unreliable value is never shown bare.
+
+    Example:
+        >>> format_estimate({"value": 1.0, "ci_low": 0.9, "ci_high": 1.0, "value_raw": 1.089,
+        ...                  "ess": 8.0, "flags": "out_of_range;ci_clipped;low_ess"})
+        '1.00 (0.90, 1.00) [outside the return range (raw 1.09); CI clipped to it; ESS 8]'
+    """
+    f = f".{digits}f"
+    text = f"{row['value']:{f}}"
+    if np.isfinite(row.get("ci_low", np.nan)):
+        text += f" ({row['ci_low']:{f}}, {row['ci_high']:{f}})"
+    flags = [x for x in str(row.get("flags", "") or "").split(";") if x]
+    words = {
+        "out_of_range": lambda: f"outside the return range (raw {row['value_raw']:{f}})",
+        "ci_clipped": lambda: "CI clipped to it",
+        "low_ess": lambda: f"ESS {row['ess']:.0f}",
+        "positivity": lambda: "target acts where clinicians do not",
+    }
+    said = [words[x]() for x in flags if x in words]
+    return text + (f" [{'; '.join(said)}]" if said else "")
+
+
+def _auto_kind(traj: Trajectories) -> FQEKind:
+    """``tabular`` for discrete observations (few distinct rows), else ``linear``."""
+    distinct = len(_RowIndex(traj.obs))
+    return "tabular" if distinct <= max(50, len(traj) // 10) else "linear"
+
+
 def evaluate_policy(
     traj: Trajectories,
     pi_e: np.ndarray,
@@ -889,43 +1295,161 @@ def evaluate_policy(
     n_boot: int = 200,
     alpha: float = 0.05,
     seed: int = 0,
+    *,
+    q_model: Literal["auto", "tabular", "linear", "mlp"] | None = "auto",
+    cross_fit: int = 5,
+    value_range: tuple[float, float] | None = None,
+    behaviour: BehaviourModel | None = None,
+    ess_floor: float = 10.0,
+    support_threshold: float = 0.01,
+    max_low_support: float = 0.05,
+    fqe_iterations: int = 200,
+    fqe_config: FQEConfig | None = None,
 ) -> pd.DataFrame:
-    """One row per estimator: ``estimator, value, ess, ci_low, ci_high`` (patient bootstrap,
-    ``n_boot=0`` gives NaN intervals).
+    """One row per estimator: ``estimator, value, ess, ci_low, ci_high, value_raw, flags``.
 
-    ``estimators`` defaults to the IS family plus ``dr``/``wdr`` when ``q_hat`` is given.
+    The recipe of ``clinfuse.rl``'s README in one call: unless ``q_hat`` is given, a
+    cross-fitted FQE (``q_model``, ``cross_fit`` patient folds; ``auto`` picks ``tabular`` for
+    discrete observations, else ``linear``; None skips the model) supplies the doubly-robust
+    estimators' :math:`\\hat Q` and its own ``fqe`` row. Intervals are patient-bootstrap
+    percentiles (``n_boot=0`` gives NaN; the model is not refitted per resample).
+
+    Every ``value`` and interval is clipped to the return range (``value_range``, default:
+    :func:`value_range` of the data); ``value_raw`` keeps the estimate and ``flags`` says why it
+    should not be read bare: ``out_of_range``, ``ci_clipped``, ``low_ess`` (weight-based
+    estimator with ESS below ``ess_floor`` episodes), ``positivity`` (more than
+    ``max_low_support`` of the target's mass on actions with :math:`\\hat\\pi_b` below
+    ``support_threshold``). ``table.attrs`` holds ``positivity`` (see :func:`positivity`),
+    ``behaviour`` (the calibration report of ``behaviour``, when given), ``fqe`` (folds, bounds,
+    unseen mass) and ``value_range``; :func:`describe` prints them.
 
     Shape:
         pi_e, pi_b, q_hat ``(N, A)``; v_hat ``(N,)``.
     """
+    gamma = _check_gamma(gamma)
+    pi_e, pi_b = np.asarray(pi_e, dtype=np.float64), np.asarray(pi_b, dtype=np.float64)
+    support = positivity(traj, pi_e, pi_b, support_threshold)
+    lo, hi = value_range_checked(traj, gamma, value_range)
+    model = None
+    if q_hat is None and q_model is not None:
+        kind = _auto_kind(traj) if q_model == "auto" else q_model
+        model = fqe(traj, pi_e, gamma, kind, fqe_iterations, fqe_config, cross_fit, (lo, hi), seed)
+        q_hat = model.q_hat
     if estimators is None:
-        estimators = [k for k, (_, model) in ESTIMATORS.items() if q_hat is not None or not model]
-    unknown = [e for e in estimators if e not in ESTIMATORS]
+        estimators = [k for k, (_, m) in ESTIMATORS.items() if q_hat is not None or not m]
+        estimators += ["fqe"] if model is not None else []
+    unknown = [e for e in estimators if e not in ESTIMATORS and e != "fqe"]
     if unknown:
         raise ConfigError(
-            f"unknown OPE estimator(s) {unknown}", expected=f"some of {sorted(ESTIMATORS)}"
+            f"unknown OPE estimator(s) {unknown}",
+            expected=f"some of {sorted(ESTIMATORS) + ['fqe']}",
         )
-    pi_e, pi_b = np.asarray(pi_e), np.asarray(pi_b)
     rows_out = []
     for name in estimators:
-        fn, needs_model = ESTIMATORS[name]
-        if needs_model and q_hat is None:
-            raise ConfigError(
-                f"estimator {name!r} needs a model",
-                expected="q_hat (N, A)",
-                found=None,
-                fix="pass q_hat=fqe(...).q_fn(traj.obs)",
-            )
-
-        def run(t: Trajectories, rows: np.ndarray, fn=fn, needs_model=needs_model) -> OPEResult:
-            extra = {}
-            if needs_model:
-                extra = {"q_hat": q_hat[rows], "v_hat": None if v_hat is None else v_hat[rows]}
-            return fn(t, pi_e[rows], pi_b[rows], gamma, **extra)
-
+        run = _estimator_run(name, pi_e, pi_b, gamma, q_hat, v_hat, model, traj)
         res = run(traj, np.arange(len(traj)))
         low, high = bootstrap_ci(traj, run, n_boot, alpha, seed) if n_boot > 0 else (np.nan, np.nan)
-        rows_out.append(
-            {"estimator": name, "value": res.value, "ess": res.ess, "ci_low": low, "ci_high": high}
+        flags = _flags(
+            name, res.value, low, high, res.ess, lo, hi, ess_floor, support, max_low_support
         )
-    return pd.DataFrame(rows_out)
+        rows_out.append(
+            {
+                "estimator": name,
+                "value": float(np.clip(res.value, lo, hi)),
+                "ess": res.ess,
+                "ci_low": float(np.clip(low, lo, hi)) if np.isfinite(low) else np.nan,
+                "ci_high": float(np.clip(high, lo, hi)) if np.isfinite(high) else np.nan,
+                "value_raw": res.value,
+                "flags": ";".join(flags),
+            }
+        )
+    table = pd.DataFrame(rows_out)
+    table.attrs["value_range"] = (lo, hi)
+    table.attrs["positivity"] = {k: v for k, v in support.items() if k != "ess_per_step"}
+    table.attrs["positivity"]["ess_per_step"] = support["ess_per_step"].tolist()
+    if behaviour is not None:
+        table.attrs["behaviour"] = dict(behaviour.report)
+    if model is not None:
+        table.attrs["fqe"] = {
+            "folds": model.folds,
+            "bounds": model.bounds,
+            "unseen_mass": model.unseen_mass,
+        }
+    log.info("OPE:\n%s", describe(table))
+    return table
+
+
+def _estimator_run(
+    name: str, pi_e: np.ndarray, pi_b: np.ndarray, gamma: float, q_hat: np.ndarray | None,
+    v_hat: np.ndarray | None, model: FQEResult | None, traj: Trajectories,
+) -> Callable[[Trajectories, np.ndarray], OPEResult]:  # fmt: skip
+    """``(traj, rows) -> OPEResult`` of one estimator, for the point estimate and the bootstrap."""
+    if name == "fqe":
+        if q_hat is None:
+            raise ConfigError(
+                "estimator 'fqe' needs a model", expected="q_model or q_hat", found=None,
+                fix="see the recipe in clinfuse.rl's README",
+            )  # fmt: skip
+        s0 = np.zeros(len(traj), dtype=bool)
+        s0[traj.starts] = True
+        v0 = (pi_e * q_hat).sum(1)
+
+        def run_fqe(t: Trajectories, rows: np.ndarray) -> OPEResult:
+            first = s0[rows]
+            per = v0[rows][first]
+            return OPEResult(float(per.mean()), per, float("nan"), "fqe")
+
+        return run_fqe
+    fn, needs_model = ESTIMATORS[name]
+    if needs_model and q_hat is None:
+        raise ConfigError(
+            f"estimator {name!r} needs a model",
+            expected="q_hat (N, A) or q_model",
+            found=None,
+            fix="leave q_model='auto' (cross-fitted FQE), the recipe in clinfuse.rl's README",
+        )
+
+    def run(t: Trajectories, rows: np.ndarray) -> OPEResult:
+        extra = {}
+        if needs_model:
+            assert q_hat is not None
+            extra = {"q_hat": q_hat[rows], "v_hat": None if v_hat is None else v_hat[rows]}
+        return fn(t, pi_e[rows], pi_b[rows], gamma, **extra)
+
+    del model
+    return run
+
+
+def describe(table: pd.DataFrame) -> str:
+    """The evaluation table as text with its calibration, positivity and model lines (what a
+    user reads before trusting a number)."""
+    lines = []
+    b = table.attrs.get("behaviour")
+    if b:
+        lines.append(
+            f"behaviour model ({b.get('kind')}): held-out NLL {b.get('nll', np.nan):.3f} "
+            f"(raw {b.get('nll_raw', np.nan):.3f}), ECE {b.get('ece', np.nan):.3f}, "
+            f"temperature {b.get('temperature', np.nan):.2f}, ESS share of the clinicians' own "
+            f"episodes after calibration {b.get('ess_calibration', np.nan):.3f}"
+        )
+    p = table.attrs.get("positivity")
+    if p:
+        lines.append(
+            f"positivity: target mass on actions with pi_b < {p['threshold']:g}: "
+            f"{p['low_support_mass']:.3f}; ESS {p['ess']:.1f} ({100 * p['ess_share']:.1f}%), "
+            f"smallest per-step ESS {p['min_step_ess']:.1f}, largest weight share "
+            f"{p['max_weight_share']:.3f}"
+        )
+    m = table.attrs.get("fqe")
+    if m:
+        bounds = m["bounds"]
+        extra = f", bounds with unseen (s, a) at the range ends {bounds[0]:.3f}..{bounds[1]:.3f}"
+        lines.append(
+            f"FQE: {m['folds']}-fold cross-fitted by patient; target mass on (s, a) unseen by "
+            f"the row's model {m['unseen_mass']:.3f}" + (extra if bounds else "")
+        )
+    lo, hi = table.attrs.get("value_range", (-np.inf, np.inf))
+    lines.append(f"return range [{lo:.3g}, {hi:.3g}]")
+    for _, r in table.iterrows():
+        lines.append(f"  {r['estimator']:>7}: {format_estimate(r, 3)}")
+    return "\n".join(lines)
