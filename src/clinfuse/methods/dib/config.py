@@ -146,8 +146,9 @@ class DIBConfig:
     """Validation samples used to report I(Z_m;Y) per modality (exact spectrum) [inferred]."""
 
     # -- fusion ----------------------------------------------------------------------------
-    fusion: Literal["latent", "mbt", "concat"] = "latent"
-    """Attention-bottleneck fusion: DIB latents [D], MBT bottleneck tokens, or concat (ablation)."""
+    fusion: Literal["latent", "mbt", "concat", "late"] = "latent"
+    """Attention-bottleneck fusion: DIB latents [D], MBT bottleneck tokens, or the baselines
+    concat (early fusion) and late (one linear head per modality, predictions averaged)."""
     anchor: Literal["text", "mean"] = "text"
     """Stream the fusion outputs: the text stream [D], or the mean of the modality streams."""
     n_latents: int = 4

@@ -126,6 +126,8 @@ class Fusion(nn.Module, abc.ABC):
     """
 
     uses_tokens: ClassVar[bool] = False
+    additive: ClassVar[bool] = False
+    """True for late fusion: the model predicts one score per modality and averages them."""
 
     @classmethod
     @abc.abstractmethod
@@ -375,3 +377,35 @@ class ConcatFusion(Fusion):
         lengths: Mapping[str, Tensor] | None = None,
     ) -> Tensor:
         return self.proj(torch.cat([z[m] for m in self.modalities], dim=-1))
+
+
+@FUSIONS.register("late")
+class LateFusion(Fusion):
+    r"""Late-fusion baseline: :math:`\hat y = \frac1M \sum_m w_m^\top z_m + b_m`, no interaction.
+
+    The model reads ``additive`` and predicts with one linear head per modality, averaged, so the
+    prediction is a sum of per-modality functions (it cannot represent a product of modalities).
+    The fused vector returned here, the mean of the latents, only feeds the multimodal bottleneck's
+    regulariser.
+
+    Shape:
+        z[m]: ``(B, dim)``. Output: ``(B, dim)``.
+    """
+
+    additive: ClassVar[bool] = True
+
+    def __init__(self, modalities: Sequence[str] = MODALITIES) -> None:
+        super().__init__()
+        self.modalities = tuple(modalities)
+
+    @classmethod
+    def from_config(cls, cfg: DIBConfig) -> LateFusion:
+        return cls(cfg.modalities)
+
+    def forward(
+        self,
+        z: Mapping[str, Tensor],
+        tokens: Mapping[str, Tensor] | None = None,
+        lengths: Mapping[str, Tensor] | None = None,
+    ) -> Tensor:
+        return torch.stack([z[m] for m in self.modalities], dim=1).mean(1)

@@ -387,6 +387,11 @@ class DIBModel(nn.Module):
             if config.per_modality_heads
             else None
         )
+        self.late_heads = (
+            nn.ModuleDict({m: nn.Linear(config.hidden, 1) for m in self.modalities})
+            if self.fusion.additive
+            else None
+        )
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Optimizer groups: BERT weights at ``lr_bert``, everything else at ``lr``."""
@@ -454,8 +459,13 @@ class DIBModel(nn.Module):
                 z[m], mu[m], sigma[m] = self.ib[m](enc[m].pooled, generator)
         fused = self.fusion(z, tokens, {m: enc[m].lengths for m in self.modalities})
         z_fused, mu_fused, sigma_fused = self.ib_fused(fused, generator)
+        if self.late_heads is not None:  # late fusion: average of per-modality scores
+            scores = [self.late_heads[m](self.dropout(z[m])).squeeze(-1) for m in self.modalities]
+            pred = torch.stack(scores).mean(0)
+        else:
+            pred = self.head(self.dropout(z_fused)).squeeze(-1)
         out: dict[str, Any] = {
-            "pred": self.head(self.dropout(z_fused)).squeeze(-1),
+            "pred": pred,
             "h": {m: enc[m].pooled for m in self.modalities},
             "z": z,
             "mu": mu,

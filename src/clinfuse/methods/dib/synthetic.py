@@ -49,11 +49,13 @@ import numpy as np
 
 from clinfuse.core.errors import ConfigError, UnknownNameError
 from clinfuse.methods.dib.data import MODALITIES, MSAData, MSASplit, save_mmsa_pickle
+from clinfuse.methods.dib.synthetic_hard import synthetic_mosi_hard
 
 __all__ = [
     "SYNTHETIC_PRESETS",
     "make_synthetic_msa",
     "synthetic_mosi",
+    "synthetic_mosi_hard",
     "synthetic_sims",
     "write_synthetic",
 ]
@@ -315,8 +317,10 @@ def synthetic_sims(**overrides: Any) -> MSAData:
 SYNTHETIC_PRESETS: dict[str, Callable[..., MSAData]] = {
     "synthetic_mosi": synthetic_mosi,
     "synthetic_sims": synthetic_sims,
+    "synthetic_mosi_hard": synthetic_mosi_hard,
 }
-"""Preset name -> generator; each accepts :func:`make_synthetic_msa` keyword overrides."""
+"""Preset name -> generator; each accepts its generator's keyword overrides
+(:func:`make_synthetic_msa`, or :func:`.synthetic_hard.synthetic_mosi_hard`)."""
 
 
 def write_synthetic(name: str, path: str | os.PathLike[str], **overrides: Any) -> Path:

@@ -1,0 +1,362 @@
+r"""A synthetic MSA set where fusion and temporal modelling are needed, with a Bayes oracle.
+
+``synthetic_mosi`` plants a linear, additive signal: a ridge regression on mean-pooled features is
+near-optimal there. This generator plants a label that no mean-pooled or late-fusion model can
+read, in the same MMSA schema (labels on MOSI's 1/3 grid in [-3, 3], never 0):
+
+* sentiment :math:`y_i = s_i m_i`, sign :math:`s_i = \pm 1` (equiprobable), magnitude
+  :math:`m_i` uniform on :math:`\{1/3, 2/3, \dots, 3\}`;
+* a "sarcasm" flip :math:`c_i = -1` with probability ``flip_rate`` (else :math:`+1`); the words
+  say the *literal* polarity :math:`t_i = s_i c_i`, so text alone gets the sign wrong whenever
+  :math:`c_i = -1` (cross-modal interaction: :math:`\mathrm{sign}\, y = t \cdot c`);
+* text: every valid frame is :math:`t_i m_i \gamma_t\, w_t + \epsilon`, with
+  :math:`\epsilon \sim N(0, \sigma_t^2 I)` on the informative columns (``text_snr`` =
+  :math:`\gamma_t/\sigma_t`);
+* audio and vision reveal :math:`c_i` only through temporal order: in one random pair of adjacent
+  valid frames :math:`(\tau, \tau+1)` the informative columns hold :math:`+c_i a_m w_m` then
+  :math:`-c_i a_m w_m`, elsewhere only noise :math:`N(0, \sigma_m^2 I)` (``cue_snr`` =
+  :math:`a_m/\sigma_m`). The pattern sums to zero over time, and any permutation-invariant
+  pooling (mean, std, max, min) of the frames is the same for :math:`c = +1` and :math:`c = -1`:
+  only a model that reads frame order sees the flip. Audio and vision carry the same :math:`c_i`
+  with independent noise (redundancy: one may be lost);
+* nuisance columns in every modality carry a factor shared across modalities, per sample
+  :math:`u_i \sim N(0, 1)` and per frame :math:`r_{it} \sim N(0, 1)`, with fixed loadings, plus
+  independent noise, all scaled by ``nuisance_scale``; they are independent of the label;
+* columns are shuffled by a fixed permutation per modality; valid lengths are uniform in
+  :math:`[\lceil T/2 \rceil, T]`, padding is zero.
+
+The Bayes posterior :math:`P(y > 0 \mid x)` is exact (:func:`hard_posterior`): the text evidence
+is a mixture over magnitudes, the audio/vision evidence a mixture over window positions, and text
+and flip evidence are independent given the features. It accepts extra per-column Gaussian noise
+(test-time corruption with known std) and treats all-zero frames as missing, so the oracle is
+also available under corruption. ``meta["ground_truth"]["bayes_acc"]`` holds the clean Bayes
+accuracy (expected, :math:`\mathrm{mean}_i \max(p_i, 1 - p_i)`) of each split.
+
+Example:
+    >>> data = synthetic_mosi_hard(n_train=40, n_valid=20, n_test=20, seed=1)
+    >>> data.dims(), sorted(set(np.abs(data.train.labels).round(2)))[:2]
+    ({'text': 32, 'audio': 12, 'vision': 16}, [0.33, 0.67])
+    >>> p = hard_posterior(data.test, data.meta["ground_truth"])
+    >>> p.shape, bool(((p >= 0) & (p <= 1)).all())
+    ((20,), True)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from clinfuse.core.errors import ConfigError
+from clinfuse.methods.dib.data import MODALITIES, MSAData, MSASplit
+
+__all__ = ["hard_bayes_accuracy", "hard_posterior", "synthetic_mosi_hard"]
+
+_MAGNITUDES = np.arange(1, 10, dtype=np.float64) / 3.0
+_CUE_MODALITIES = ("audio", "vision")
+
+
+def _check(cond: bool, msg: str, found: object, fix: str) -> None:
+    if not cond:
+        raise ConfigError(msg, expected="see synthetic_mosi_hard's docstring", found=found, fix=fix)
+
+
+def _structure(rng: np.random.Generator, d: int, q: int) -> dict[str, np.ndarray]:
+    """Planted direction, nuisance loadings and column permutation of one modality."""
+    k = d - q
+    w = rng.normal(size=k)
+    w /= np.linalg.norm(w)
+    loadings = rng.normal(size=(2, q))  # shared per-sample and per-frame factor
+    perm = rng.permutation(d)  # output column j holds source column perm[j]
+    inv = np.argsort(perm)
+    w_full = np.zeros(d)
+    w_full[inv[:k]] = w
+    return {"w": w, "w_full": w_full, "loadings": loadings, "perm": perm, "k": np.int64(k)}
+
+
+def _frames(
+    rng: np.random.Generator,
+    n: int,
+    t: int,
+    st: Mapping[str, Any],
+    along_w: np.ndarray,
+    noise_sd: float,
+    shared: tuple[np.ndarray, np.ndarray],
+    nuisance_scale: float,
+    lengths: np.ndarray,
+) -> np.ndarray:
+    """Features ``(n, t, d)``: signal ``along_w (n, t)`` times w, noise, nuisance, padding."""
+    k, q = int(st["k"]), st["loadings"].shape[1]
+    informative = along_w[:, :, None] * st["w"][None, None, :]
+    informative += rng.normal(0.0, noise_sd, size=(n, t, k))
+    u, r = shared  # (n, 1), (n, t_max)
+    factor = u[:, :, None] * st["loadings"][0] + r[:, :t, None] * st["loadings"][1]
+    nuisance = nuisance_scale * (factor + rng.normal(size=(n, t, q)))
+    x = np.concatenate([informative, nuisance], axis=2)[:, :, st["perm"]]
+    x *= (np.arange(t)[None, :] < lengths[:, None])[:, :, None]
+    return x.astype(np.float32)
+
+
+def _split(
+    rng: np.random.Generator,
+    n: int,
+    name: str,
+    split: str,
+    seq: tuple[int, int, int],
+    structure: Mapping[str, Mapping[str, Any]],
+    gt: Mapping[str, Any],
+    nuisance_scale: float,
+) -> MSASplit:
+    s = rng.choice([-1.0, 1.0], size=n)
+    m = rng.choice(_MAGNITUDES, size=n)
+    c = np.where(rng.random(n) < gt["flip_rate"], -1.0, 1.0)
+    y = (s * m).astype(np.float32)
+    t_max = max(seq)
+    shared = (rng.normal(size=(n, 1)), rng.normal(size=(n, t_max)))
+    feats, lengths = {}, {}
+    for mod, t in zip(MODALITIES, seq, strict=True):
+        lengths[mod] = rng.integers(math.ceil(t / 2), t + 1, size=n).astype(np.int64)
+        valid = np.arange(t)[None, :] < lengths[mod][:, None]
+        if mod == "text":
+            along = (s * c * m * gt["gamma"]["text"])[:, None] * valid
+        else:
+            along = np.zeros((n, t))
+            start = rng.integers(0, lengths[mod] - 1)  # window (start, start + 1) inside
+            rows = np.arange(n)
+            along[rows, start] = c * gt["gamma"][mod]
+            along[rows, start + 1] = -c * gt["gamma"][mod]
+        feats[mod] = _frames(
+            rng,
+            n,
+            t,
+            structure[mod],
+            along,
+            gt["noise_sd"][mod],
+            shared,
+            nuisance_scale,
+            lengths[mod],
+        )
+    ids = np.empty(n, dtype=object)
+    ids[:] = [f"{name}_{split}_{i // 10:04d}$_${i % 10}" for i in range(n)]
+    raw_text = np.empty(n, dtype=object)
+    raw_text[:] = [f"synthetic utterance {i} ({split})" for i in range(n)]
+    return MSASplit(
+        text=feats["text"],
+        audio=feats["audio"],
+        vision=feats["vision"],
+        labels=y,
+        text_lengths=lengths["text"],
+        audio_lengths=lengths["audio"],
+        vision_lengths=lengths["vision"],
+        ids=ids,
+        raw_text=raw_text,
+        extra={"flip": c.astype(np.float32)},
+    )
+
+
+def synthetic_mosi_hard(
+    *,
+    n_train: int = 2000,
+    n_valid: int = 500,
+    n_test: int = 1000,
+    seq_len: tuple[int, int, int] = (12, 16, 16),
+    dims: tuple[int, int, int] = (32, 12, 16),
+    nuisance_dims: tuple[int, int, int] = (8, 4, 6),
+    text_snr: float = 0.6,
+    cue_snr: tuple[float, float] = (3.0, 3.0),
+    flip_rate: float = 0.3,
+    nuisance_scale: float = 3.0,
+    seed: int | np.random.Generator = 0,
+    name: str = "synthetic_mosi_hard",
+) -> MSAData:
+    """MOSI-schema data whose label needs cross-modal, temporal fusion (see the module docstring).
+
+    Args:
+        n_train, n_valid, n_test: split sizes.
+        seq_len: padded lengths (text, audio, vision); audio and vision need at least 2 frames.
+        dims: feature dims (text, audio, vision), nuisance columns included.
+        nuisance_dims: label-independent columns per modality (< ``dims``).
+        text_snr: :math:`\\gamma_t/\\sigma_t` of one text frame for magnitude 1.
+        cue_snr: :math:`a_m/\\sigma_m` of the audio and vision cue frames.
+        flip_rate: probability that the words say the opposite of the sentiment.
+        nuisance_scale: scale of the shared and independent nuisance.
+        seed: an int seed or a ``numpy.random.Generator``.
+        name: data set name.
+
+    Returns:
+        ``MSAData`` (kind ``mosi``) with ``meta["ground_truth"]`` holding the planted parameters
+        and ``bayes_acc`` per split; each split's ``extra["flip"]`` holds :math:`c_i`.
+    """
+    seq = tuple(int(v) for v in seq_len)
+    dim = tuple(int(v) for v in dims)
+    nuis = tuple(int(v) for v in nuisance_dims)
+    _check(
+        len(seq) == len(dim) == len(nuis) == 3 and len(tuple(cue_snr)) == 2,
+        "seq_len, dims and nuisance_dims need 3 entries, cue_snr 2",
+        f"seq_len={seq_len}, dims={dims}, nuisance_dims={nuisance_dims}, cue_snr={cue_snr}",
+        "pass (text, audio, vision) triples and an (audio, vision) pair",
+    )
+    _check(
+        all(0 <= q < d for q, d in zip(nuis, dim, strict=True)) and seq[0] >= 1,
+        "every modality needs an informative column and text a frame",
+        f"dims={dim}, nuisance_dims={nuis}, seq_len={seq}",
+        "keep nuisance_dims < dims",
+    )
+    _check(min(seq[1:]) >= 2, "audio and vision need 2 frames for the cue", seq, "seq_len >= 2")
+    _check(0.0 <= flip_rate < 0.5, "flip_rate must lie in [0, 0.5)", flip_rate, "e.g. 0.3")
+    _check(
+        text_snr > 0 and min(cue_snr) > 0 and nuisance_scale >= 0,
+        "snrs must be positive and nuisance_scale non-negative",
+        f"text_snr={text_snr}, cue_snr={cue_snr}, nuisance_scale={nuisance_scale}",
+        "e.g. text_snr=0.6, cue_snr=(3, 3)",
+    )
+    sizes = {"train": n_train, "valid": n_valid, "test": n_test}
+    _check(min(sizes.values()) >= 1, "every split needs a sample", sizes, "increase the sizes")
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    structure = {
+        mod: _structure(rng, d, q) for mod, d, q in zip(MODALITIES, dim, nuis, strict=True)
+    }
+    snr = {"text": float(text_snr), "audio": float(cue_snr[0]), "vision": float(cue_snr[1])}
+    gt: dict[str, Any] = {
+        "flip_rate": float(flip_rate),
+        "magnitudes": _MAGNITUDES.tolist(),
+        "gamma": dict.fromkeys(MODALITIES, 1.0),
+        "noise_sd": {mod: 1.0 / snr[mod] for mod in MODALITIES},
+        "snr": snr,
+        "directions": {mod: structure[mod]["w_full"].astype(np.float32) for mod in MODALITIES},
+        "informative_columns": {
+            mod: np.sort(np.argsort(structure[mod]["perm"])[: int(structure[mod]["k"])])
+            for mod in MODALITIES
+        },
+        "cue_modalities": list(_CUE_MODALITIES),
+    }
+    splits = {
+        split: _split(rng, n, name, split, seq, structure, gt, nuisance_scale)
+        for split, n in sizes.items()
+    }
+    gt["bayes_acc"] = {split: hard_bayes_accuracy(sp, gt) for split, sp in splits.items()}
+    meta = {
+        "layout": "mmsa",
+        "aligned": False,
+        "text_features": True,
+        "ground_truth": gt,
+        "generator": {
+            "kind": "mosi_hard",
+            "seq_len": seq,
+            "dims": dim,
+            "nuisance_dims": nuis,
+            "text_snr": float(text_snr),
+            "cue_snr": tuple(float(v) for v in cue_snr),
+            "flip_rate": float(flip_rate),
+            "nuisance_scale": float(nuisance_scale),
+            "seed": seed if isinstance(seed, int) else None,
+        },
+    }
+    return MSAData(
+        splits=splits, name=name, dataset_kind="mosi", source=f"synthetic:{name}", meta=meta
+    )
+
+
+# --- the Bayes oracle ---------------------------------------------------------------------------
+
+
+def _observed(x: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """``(n, t)`` frames that are valid and not all-zero (a zeroed frame counts as missing)."""
+    valid = np.arange(x.shape[1])[None, :] < length[:, None]
+    return valid & np.any(x != 0, axis=2)
+
+
+def _projection(
+    x: np.ndarray, gt: Mapping[str, Any], mod: str, extra_std: Mapping[str, np.ndarray] | None
+) -> tuple[np.ndarray, float]:
+    """Whitened projection :math:`\\sum_j w_j x_{tj} / v_j` ``(n, t)`` and its norm.
+
+    :math:`\\sum_j w_j^2/v_j`, with :math:`v_j` the frame-noise variance of column :math:`j` plus
+    the added noise's.
+    """
+    cols = gt["informative_columns"][mod]
+    w = np.asarray(gt["directions"][mod], dtype=np.float64)[cols]
+    var = np.full(len(cols), gt["noise_sd"][mod] ** 2)
+    if extra_std is not None and mod in extra_std:
+        var = var + np.asarray(extra_std[mod], dtype=np.float64)[cols] ** 2
+    proj = x[:, :, cols].astype(np.float64) @ (w / var)
+    return proj, float(np.sum(w**2 / var))
+
+
+def _logaddexp_rows(a: np.ndarray) -> np.ndarray:
+    top = a.max(axis=1, keepdims=True)
+    return (top + np.log(np.exp(a - top).sum(axis=1, keepdims=True)))[:, 0]
+
+
+def _text_log_odds(split: MSASplit, gt: Mapping[str, Any], extra_std: Any) -> np.ndarray:
+    """:math:`\\log P(t=+1 \\mid x_{text}) - \\log P(t=-1 \\mid x_{text})` per sample."""
+    proj, norm = _projection(split.text, gt, "text", extra_std)
+    obs = _observed(split.text, split.text_lengths)
+    total = (proj * obs).sum(1)[:, None]  # (n, 1)
+    count = obs.sum(1)[:, None]
+    mu = np.asarray(gt["magnitudes"])[None, :] * gt["gamma"]["text"]  # (1, M)
+    quad = -0.5 * count * mu**2 * norm
+    return _logaddexp_rows(mu * total + quad) - _logaddexp_rows(-mu * total + quad)
+
+
+def _cue_log_odds(
+    x: np.ndarray, length: np.ndarray, gt: Mapping[str, Any], mod: str, extra_std: Any
+) -> np.ndarray:
+    """:math:`\\log p(x_m \\mid c=+1) - \\log p(x_m \\mid c=-1)`, mixed over window positions."""
+    proj, norm = _projection(x, gt, mod, extra_std)
+    obs = _observed(x, length)
+    a = gt["gamma"][mod]
+    n, t = proj.shape
+    starts = np.arange(t - 1)
+    possible = starts[None, :] < (length[:, None] - 1)  # window inside the valid frames
+    lin = obs[:, :-1] * proj[:, :-1] - obs[:, 1:] * proj[:, 1:]  # (n, t-1)
+    quad = -0.5 * a**2 * norm * (obs[:, :-1].astype(float) + obs[:, 1:])
+    plus = np.where(possible, a * lin + quad, -np.inf)
+    minus = np.where(possible, -a * lin + quad, -np.inf)
+    return _logaddexp_rows(plus) - _logaddexp_rows(minus)
+
+
+def hard_posterior(
+    split: MSASplit,
+    ground_truth: Mapping[str, Any],
+    extra_std: Mapping[str, np.ndarray] | None = None,
+) -> np.ndarray:
+    r"""Exact Bayes posterior :math:`P(y_i > 0 \mid x_i)` under the planted model, ``(n,)``.
+
+    :math:`\mathrm{sign}\, y = t c` with :math:`t` (text) and :math:`c` (audio, vision)
+    independent a priori and observed through disjoint features, so
+    :math:`P(y > 0) = P(t{=}1)P(c{=}1) + P(t{=}{-1})P(c{=}{-1})`.
+
+    Args:
+        split: a split of :func:`synthetic_mosi_hard` (possibly corrupted).
+        ground_truth: ``data.meta["ground_truth"]``.
+        extra_std: per-modality ``(d,)`` std of added Gaussian noise (e.g. rho x train std);
+            all-zero frames are treated as missing.
+    """
+    gt = ground_truth
+    p_t = 1.0 / (1.0 + np.exp(-np.clip(_text_log_odds(split, gt, extra_std), -50, 50)))
+    prior = math.log((1.0 - gt["flip_rate"]) / gt["flip_rate"]) if gt["flip_rate"] > 0 else 50.0
+    cue = prior + sum(
+        _cue_log_odds(split.features()[mod], split.lengths()[mod], gt, mod, extra_std)
+        for mod in gt["cue_modalities"]
+    )
+    p_c = 1.0 / (1.0 + np.exp(-np.clip(cue, -50, 50)))
+    return p_t * p_c + (1.0 - p_t) * (1.0 - p_c)
+
+
+def hard_bayes_accuracy(
+    split: MSASplit,
+    ground_truth: Mapping[str, Any],
+    extra_std: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, float]:
+    """Bayes accuracy of the sign of y.
+
+    ``expected``: mean of :math:`\\max(p_i, 1 - p_i)`; ``empirical``: the Bayes rule against y.
+    """
+    p = hard_posterior(split, ground_truth, extra_std)
+    return {
+        "expected": float(np.maximum(p, 1.0 - p).mean()),
+        "empirical": float(((p > 0.5) == (split.labels > 0)).mean()),
+    }
