@@ -175,3 +175,28 @@ def test_validation_errors() -> None:
     with pytest.raises(DataError, match="not finite"):
         loop.policy_value(np.array([[1.0, 0.0], [1.0, 0.0]]))
     assert loop.policy_value(np.array([[0.5, 0.5], [1.0, 0.0]])) == pytest.approx(1.0)
+
+
+def test_from_arrays_repairs_terminal_rows_and_keeps_values(caplog) -> None:
+    """A published MDP with rewards in terminal rows, an empty terminal row of P and an empty
+    terminal policy row loads with the two repairs logged and the same values as the clean one."""
+    from clinfuse.rl.envs.tabular import TabularMDP
+
+    clean = random_mdp(6, 3, 4, n_terminal=2, gamma=0.9, p_terminate=0.2)
+    P, R = clean.P.copy(), clean.R.copy()
+    R[clean.terminal] = 7.0  # e.g. the survival reward stored on the terminal state
+    P[np.nonzero(clean.terminal)[0][0]] = 0.0  # an empty terminal row
+    with pytest.raises(DataError, match="fix_terminal=True"):
+        TabularMDP(P, R, clean.d0, clean.terminal, 0.9)
+    with caplog.at_level("WARNING"):
+        mdp = TabularMDP.from_arrays(P, R, clean.d0, clean.terminal, 0.9)
+    assert "zeroed the rewards of 2 terminal states" in caplog.text
+    assert "1 terminal rows of P absorbing" in caplog.text
+    pi = np.random.default_rng(0).dirichlet(np.ones(3), size=6)
+    pi[clean.terminal] = 0.0
+    with pytest.raises(DataError, match="fix_policy"):
+        mdp.policy_value(pi)
+    fixed = mdp.fix_policy(pi)
+    assert mdp.policy_value(fixed) == pytest.approx(clean.policy_value(fixed), abs=1e-12)
+    with pytest.raises(DataError):
+        TabularMDP.from_arrays(P, R, clean.d0, clean.terminal, 0.9, fix_terminal=False)

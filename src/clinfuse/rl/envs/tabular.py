@@ -74,7 +74,8 @@ def _check_policy(pi: np.ndarray, n_states: int, n_actions: int) -> np.ndarray:
             f"policy row of state {s} does not sum to 1",
             expected="sum_a pi[s, a] = 1 for every state",
             found=float(sums[s]),
-            fix="normalise: pi / pi.sum(axis=1, keepdims=True)",
+            fix="normalise: pi / pi.sum(axis=1, keepdims=True); empty rows of terminal states: "
+            "mdp.fix_policy(pi)",
         )
     return np.clip(pi, 0.0, None)
 
@@ -146,6 +147,94 @@ class TabularMDP:
             raise DataError("R3 must have the shape of P", expected=P.shape, found=R3.shape)
         return cls(P, (P * R3).sum(-1), d0, terminal, gamma, horizon, R3)
 
+    @classmethod
+    def from_arrays(
+        cls,
+        P: np.ndarray,
+        R: np.ndarray,
+        d0: np.ndarray,
+        terminal: np.ndarray,
+        gamma: float = 1.0,
+        horizon: int | None = None,
+        *,
+        R3: np.ndarray | None = None,
+        fix_terminal: bool = True,
+    ) -> TabularMDP:
+        r"""An MDP from arrays as published (e.g. a model fitted to ICU data), with the two
+        repairs such files usually need, each logged with the number of states it touched:
+
+        - rewards in terminal rows (``R[terminal]``, ``R3[terminal]``) are set to 0: a terminal
+          state is never acted in, so a reward there belongs on the transition into it;
+        - terminal rows of ``P`` that are not distributions become absorbing.
+
+        Policies published with such arrays often have empty rows for terminal states; fill
+        them with :meth:`fix_policy`. With ``fix_terminal=False`` the arrays are validated as
+        given (and bad ones raise :class:`DataError` saying what to fix).
+
+        Example:
+            >>> P = np.zeros((2, 1, 2)); P[0, 0, 1] = 1.0  # terminal row of P left empty
+            >>> mdp = TabularMDP.from_arrays(P, np.array([[1.0], [5.0]]), [1.0, 0.0], [0, 1])
+            >>> mdp.R.ravel().tolist(), mdp.P[1, 0].tolist()
+            ([1.0, 0.0], [0.0, 1.0])
+        """
+        P = np.array(P, dtype=np.float64)
+        R = np.array(R, dtype=np.float64)
+        term = np.asarray(terminal, dtype=bool)
+        R3 = None if R3 is None else np.array(R3, dtype=np.float64)
+        if fix_terminal and P.ndim == 3 and term.shape == (P.shape[0],):
+            bad_r = (R[term] != 0).any(axis=-1)
+            if R3 is not None:
+                bad_r |= (R3[term] != 0).any(axis=(-2, -1))
+                R3[term] = 0.0
+            R[term] = 0.0
+            bad_p = ~np.isclose(P[term].sum(-1), 1.0, atol=1e-6).all(axis=-1)
+            ids = np.nonzero(term)[0][bad_p]
+            P[ids] = 0.0
+            P[ids, :, ids] = 1.0
+            if bad_r.any() or bad_p.any():
+                log.warning(
+                    "from_arrays: zeroed the rewards of %d terminal states and made %d terminal "
+                    "rows of P absorbing",
+                    int(bad_r.sum()),
+                    int(bad_p.sum()),
+                )
+        if R3 is not None:
+            mdp = cls.from_transition_rewards(P, R3, d0, term, gamma, horizon)
+            if not np.allclose(mdp.R, R, atol=1e-6):
+                raise DataError(
+                    "R must be the expected transition reward",
+                    expected="R == (P * R3).sum(-1)",
+                    found="a mismatch",
+                    fix="pass only R3 (TabularMDP.from_transition_rewards)",
+                )
+            return mdp
+        return cls(P, R, d0, term, gamma, horizon)
+
+    def fix_policy(self, pi: np.ndarray, fill: Literal["uniform"] = "uniform") -> np.ndarray:
+        """A published ``(S, A)`` policy with its terminal rows (never acted in, often left
+        empty) set to uniform; the number of rows changed is logged. Non-terminal rows must
+        already be distributions.
+
+        Example:
+            >>> P = np.zeros((2, 2, 2)); P[:, :, 1] = 1.0
+            >>> mdp = TabularMDP(P, np.zeros((2, 2)), [1.0, 0.0], [False, True])
+            >>> mdp.fix_policy(np.array([[1.0, 0.0], [0.0, 0.0]])).tolist()
+            [[1.0, 0.0], [0.5, 0.5]]
+        """
+        del fill
+        pi = np.array(pi, dtype=np.float64)
+        if pi.shape != (self.n_states, self.n_actions):
+            raise DataError(
+                "a tabular policy must be an (S, A) array",
+                expected=(self.n_states, self.n_actions),
+                found=pi.shape,
+            )
+        bad = self.terminal & ~np.isclose(pi.sum(1), 1.0, atol=1e-6)
+        pi[bad] = 1.0 / self.n_actions
+        if bad.any():
+            log.warning("fix_policy: filled %d terminal rows with the uniform policy", bad.sum())
+        return _check_policy(pi, self.n_states, self.n_actions)
+
     def validate(self) -> None:
         """Raise :class:`DataError` on inconsistent shapes, probabilities or rewards."""
         if self.P.ndim != 3 or self.P.shape[0] != self.P.shape[2] or self.P.shape[0] < 1:
@@ -178,7 +267,8 @@ class TabularMDP:
                 f"P[{s}, {a}] does not sum to 1",
                 expected="sum_s' P[s, a, s'] = 1",
                 found=float(sums[s, a]),
-                fix="normalise: P / P.sum(-1, keepdims=True)",
+                fix="normalise: P / P.sum(-1, keepdims=True); empty rows of terminal states: "
+                "TabularMDP.from_arrays(..., fix_terminal=True)",
             )
         if not np.all(np.isfinite(self.R)) or (
             self.R3 is not None and not np.all(np.isfinite(self.R3))
@@ -203,7 +293,8 @@ class TabularMDP:
                 "terminal states are never acted in, so their rewards must be zero",
                 expected="R[terminal] == 0",
                 found="non-zero reward in a terminal state",
-                fix="put the reward on the transition into the terminal state (R3[s, a, s_term])",
+                fix="put the reward on the transition into the terminal state (R3[s, a, s_term]), "
+                "or build with TabularMDP.from_arrays(..., fix_terminal=True)",
             )
         if self.R3 is not None and not np.allclose((self.P * self.R3).sum(-1), self.R, atol=1e-6):
             raise DataError(
