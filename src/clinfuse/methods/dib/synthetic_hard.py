@@ -34,7 +34,7 @@ accuracy (expected, :math:`\mathrm{mean}_i \max(p_i, 1 - p_i)`) of each split.
 
 Example:
     >>> data = synthetic_mosi_hard(n_train=40, n_valid=20, n_test=20, seed=1)
-    >>> data.dims(), sorted(set(np.abs(data.train.labels).round(2)))[:2]
+    >>> data.dims(), sorted({round(float(v), 2) for v in np.abs(data.train.labels)})[:2]
     ({'text': 32, 'audio': 12, 'vision': 16}, [0.33, 0.67])
     >>> p = hard_posterior(data.test, data.meta["ground_truth"])
     >>> p.shape, bool(((p >= 0) & (p <= 1)).all())
