@@ -115,6 +115,7 @@ def run(
             seed=getattr(cfg, "seed", None),
             device=getattr(cfg, "device", None),
             write=main,
+            hold_lock=True,
         )
     elif main:
         rd.acquire()
@@ -196,7 +197,9 @@ def build(
             import time
 
             out = Path("builds") / name / time.strftime("%Y%m%d-%H%M%S")
-        rd = RunDir.create(out, name, config_to_dict(cfg), seed=getattr(cfg, "seed", None))
+        rd = RunDir.create(
+            out, name, config_to_dict(cfg), seed=getattr(cfg, "seed", None), hold_lock=True
+        )
     try:
         card = builder.build(rd, resume=resume)
     except BaseException:

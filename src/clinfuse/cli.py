@@ -201,6 +201,13 @@ def cmd_build(args: argparse.Namespace) -> int:
     )
     print(f"{card.n_records} records built, {card.n_skipped} already done, {card.n_failed} failed")
     print(f"data set written to {rd.path} (card: {rd.path / 'dataset_card.md'})")
+    if card.n_records == 0 and card.n_failed > 0:
+        print(
+            f"clinfuse: error: no record of {args.name} was built ({card.n_failed} failed)\n"
+            f"  fix:      read the reasons in {rd.path / 'dataset_card.md'} (and failures.json)",
+            file=sys.stderr,
+        )
+        return 2
     return 0
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from pathlib import Path
 
 from clinfuse.core.errors import UnsafePathError
@@ -37,18 +36,17 @@ __all__ = [
     "slug",
 ]
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
 
 def slug(text: object, *, max_len: int = 120) -> str:
-    """``text`` as one file-name component: runs of characters outside ``[A-Za-z0-9._-]`` become
-    ``_``; a name made only of dots (``.``, ``..``) or nothing becomes ``_``.
+    """``text`` as one file-name component: every character that is not a letter, a digit,
+    ``.``, ``_`` or ``-`` becomes ``_``; a name made only of dots (``.``, ``..``) or nothing
+    becomes ``_``.
 
     Example:
-        >>> slug("Lung Opacity"), slug(".."), slug("")
-        ('Lung_Opacity', '_', '_')
+        >>> slug("Lung Opacity"), slug(".."), slug(""), slug("a/b")
+        ('Lung_Opacity', '_', '_', 'a_b')
     """
-    out = _UNSAFE.sub("_", str(text))[:max_len]
+    out = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(text))[:max_len]
     return "_" if not out.strip(".") else out
 
 
@@ -123,7 +121,7 @@ class Slugs:
         Traceback (most recent call last):
         ...
         clinfuse.core.errors.UnsafePathError: two study ids give the same file name '77_1'
-          expected: study ids that differ after cleaning (only A-Z a-z 0-9 . _ - kept)
+          expected: study ids that differ after cleaning (letters, digits, . _ - kept)
           found:    '77 1' (row 2) and '77_1' (row 5)
           fix:      rename one of them
     """
@@ -139,7 +137,7 @@ class Slugs:
         if prev is not None and prev[0] != str(name):
             raise UnsafePathError(
                 f"two {self.what}s give the same file name {s!r}",
-                expected=f"{self.what}s that differ after cleaning (only A-Z a-z 0-9 . _ - kept)",
+                expected=f"{self.what}s that differ after cleaning (letters, digits, . _ - kept)",
                 found=f"{prev[0]!r} ({prev[1]}) and {str(name)!r} ({source})",
                 fix="rename one of them",
             )

@@ -158,8 +158,11 @@ class RunDir:
         device: str | None = None,
         write: bool = True,
         exist_ok: bool = False,
+        hold_lock: bool = False,
     ) -> RunDir:
-        """Make ``out`` (default ``runs/<method>/<time>``) and write config.json and env.json.
+        """Make ``out`` (default ``runs/<method>/<time>``) and write config.json and env.json,
+        under the folder's lock (:meth:`acquire`); ``hold_lock=True`` keeps it until
+        :meth:`release` (the API holds it for the whole fit or build).
 
         ``write=False`` (non-main ranks under Accelerate) returns the object without touching disk.
         """
@@ -210,6 +213,8 @@ class RunDir:
         except BaseException:
             run.release()
             raise
+        if not hold_lock:
+            run.release()
         return run
 
     # -- lock --------------------------------------------------------------------------------
@@ -452,9 +457,9 @@ class RunDir:
             raise RunDirError(
                 f"checkpoint {p} cannot be read safely",
                 expected="a state-dict checkpoint written by clinfuse (tensors, numbers, strings)",
-                found=f"{type(exc).__name__}: {_first_line(exc)}",
-                fix="the file is truncated, corrupted or holds objects other than weights; "
-                "fit the run again (clinfuse never loads such a file unsafely)",
+                found=_load_failure(exc),
+                fix="the file is truncated, corrupted or holds objects other than weights "
+                "(it is never loaded with full unpickling); fit the run again",
             ) from None
         if not isinstance(state, dict):
             raise RunDirError(
@@ -467,9 +472,19 @@ class RunDir:
         return f"RunDir({str(self.path)!r})"
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else ""
+def _load_failure(exc: BaseException) -> str:
+    """What a refused checkpoint holds, without torch's advice on loading it unsafely."""
+    import re
+
+    text = str(exc)
+    found = re.search(r"(?:[Uu]nsupported global: |unsupported )GLOBAL ([\w.]+)", text)
+    if found:
+        return f"a pickled object outside the allow-list: {found.group(1)}"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    first = first.split(". ")[0][:200]
+    if "weights_only" in first or "Weights only" in first:
+        return f"{type(exc).__name__}: content the restricted loader refuses"
+    return f"{type(exc).__name__}: {first}"
 
 
 def _epoch(row: Mapping[str, Any]) -> float:

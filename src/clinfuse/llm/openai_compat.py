@@ -35,6 +35,7 @@ import logging
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -124,6 +125,43 @@ def redact(text: str, secret: str | None) -> str:
     return text.replace(secret, "***") if secret else text
 
 
+SENSITIVE_HEADERS = frozenset({"authorization", "proxy-authorization", "x-goog-api-key",
+                               "api-key", "x-api-key", "cookie"})  # fmt: skip
+"""Headers that carry credentials: never forwarded to another origin on a redirect."""
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
+    return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port or default
+
+
+class _SameOriginAuth(urllib.request.HTTPRedirectHandler):
+    """Follows redirects as urllib does, but drops every credential header (and any header whose
+    value holds the secret) when the new URL has another scheme, host or port."""
+
+    def __init__(self, secret: str | None) -> None:
+        self.secret = secret
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _origin(newurl) != _origin(req.full_url):
+            for store in (new.headers, new.unredirected_hdrs):
+                for name in list(store):
+                    value = str(store[name])
+                    if name.lower() in SENSITIVE_HEADERS or (self.secret and self.secret in value):
+                        del store[name]
+            log.warning("redirect to another origin (%s): credentials not forwarded",
+                        urllib.parse.urlsplit(newurl).netloc)  # fmt: skip
+        return new
+
+
+def open_url(request: urllib.request.Request, timeout: float, secret: str | None = None) -> Any:
+    """``urllib.request.urlopen`` whose redirects never carry credentials to another origin."""
+    opener = urllib.request.build_opener(_SameOriginAuth(secret))
+    return opener.open(request, timeout=timeout)
+
+
 class HTTPTransport:
     """POSTs a body under the retry rules of the module docstring; shared by the HTTP backends.
 
@@ -190,7 +228,7 @@ class HTTPTransport:
             request = urllib.request.Request(url, data=body, headers=dict(headers), method="POST")
             retry_after = None
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as resp:
+                with open_url(request, self.timeout, secret) as resp:
                     return resp.read()
             except urllib.error.HTTPError as exc:
                 error_body = _read(exc)
@@ -339,6 +377,16 @@ class OpenAICompatBackend:
     def __repr__(self) -> str:  # never the key itself
         key = "set" if self._api_key else "none"
         return f"OpenAICompatBackend(model_id={self.model_id!r}, api_key={key})"
+
+    def __getstate__(self) -> dict[str, Any]:  # a pickle never holds the key
+        return {k: v for k, v in self.__dict__.items() if k != "_api_key"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """An unpickled backend reads its key from ``api_key_env`` again (a key passed as
+        ``api_key=`` stays in the process that was given it)."""
+        self.__dict__.update(state)
+        env = self.api_key_env
+        self._api_key = (os.environ.get(env) if env else None) or None
 
     # -- request ---------------------------------------------------------------------------------
     def request_body(

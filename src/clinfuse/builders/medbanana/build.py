@@ -28,6 +28,7 @@ from clinfuse.core.builder import BUILDERS, Builder, DatasetCard
 from clinfuse.core.errors import ConfigError, DataError
 from clinfuse.core.learner import DemoResult
 from clinfuse.core.loop import progress_enabled
+from clinfuse.core.paths import is_within, slug
 from clinfuse.core.runs import RunDir, atomic_path
 
 log = logging.getLogger(__name__)
@@ -62,15 +63,21 @@ def progress_stats(n: int, n_ok: int, seconds: float) -> dict[str, float]:
     }
 
 
-def resume_state(root: Path) -> set[str]:
+def resume_state(root: Path, task_ids: set[str] | None = None) -> set[str]:
     """Finished task ids; drops torn lines, and the attempts, images and conversations of
-    unfinished tasks (they are redone from round 1)."""
-    done_rows, _ = records.rewrite_jsonl(root / TASKS, lambda r: "task_id" in r)
+    unfinished tasks (they are redone from round 1).
+
+    The logs are untrusted: an image is deleted only when it lies under ``root`` and still has
+    the SHA-256 its attempt recorded; a conversation only when its task is one of ``task_ids``
+    (the tasks of this build's inputs), under ``conversations/``."""
+    done_rows, _ = records.rewrite_jsonl(root / TASKS, lambda r: isinstance(r.get("task_id"), str))
     done = {r["task_id"] for r in done_rows}
     _, dropped = records.rewrite_jsonl(root / ATTEMPTS, lambda r: r.get("task_id") in done)
-    n = records.remove_files(root, (r.get("image") for r in dropped))
-    for tid in {r.get("task_id") for r in dropped}:
-        records.remove_files(root, [f"{CONVERSATIONS}/{tid}.json"])
+    n = records.remove_files(root, ((r.get("image"), r.get("image_sha256")) for r in dropped))
+    for tid in {r.get("task_id") for r in dropped} & (task_ids or set()):
+        conv = root / CONVERSATIONS / f"{slug(tid)}.json"
+        if conv.is_file() and not conv.is_symlink() and is_within(conv, root / CONVERSATIONS):
+            conv.unlink()
     if dropped:
         log.info("medbanana: discarded %d attempts (%d images) of unfinished tasks",
                  len(dropped), n)  # fmt: skip
@@ -89,27 +96,43 @@ class MedBanana(Builder):
     attempt_hook: Callable[[dict[str, Any]], None] | None = None
     """Called after every attempt is logged (thread / serial executors); tests inject faults."""
 
-    def tasks(self, run: RunDir) -> list[Task]:
+    _tasks: list[Task] | None = None
+
+    def prepare(self) -> None:
+        """Read the manifest or scan the folder and make the tasks (user data only; the
+        default data are written inside the build folder by :meth:`tasks`)."""
+        if self.config.data != "default":
+            self._tasks = self._make(self._user_sources())
+
+    def _user_sources(self) -> list[Any]:
+        path = Path(self.config.data)
+        if not path.exists():
+            raise DataError(
+                f"input {path} does not exist",
+                expected="a folder <dataset>/{normal,<Disease>}/* or a CSV manifest",
+                found=str(path),
+                fix="--data /path/to/images, or --set data=default",
+            )
+        if path.suffix.lower() == ".csv":
+            return read_manifest(path, allow_outside=self.config.allow_outside_paths)
+        return scan_folder(path)
+
+    def _make(self, srcs: list[Any]) -> list[Task]:
         cfg = self.config
-        if cfg.data == "default":
+        tasks = make_tasks(srcs, cfg.modality, cfg.diseases, cfg.directions)
+        return tasks[: cfg.limit] if cfg.limit else tasks
+
+    def tasks(self, run: RunDir) -> list[Task]:
+        if self._tasks is not None:
+            return self._tasks
+        if self.config.data == "default":
             from clinfuse.builders.medbanana.sources import write_default_inputs
 
             manifest = run.path / "inputs" / "manifest.csv"
             if not manifest.exists():
-                write_default_inputs(run.path / "inputs", cfg.max_side, cfg.seed)
-            srcs = read_manifest(manifest)
-        else:
-            path = Path(cfg.data)
-            if not path.exists():
-                raise DataError(
-                    f"input {path} does not exist",
-                    expected="a folder <dataset>/{normal,<Disease>}/* or a CSV manifest",
-                    found=str(path),
-                    fix="--data /path/to/images, or --set data=default",
-                )
-            srcs = read_manifest(path) if path.suffix.lower() == ".csv" else scan_folder(path)
-        tasks = make_tasks(srcs, cfg.modality, cfg.diseases, cfg.directions)
-        return tasks[: cfg.limit] if cfg.limit else tasks
+                write_default_inputs(run.path / "inputs", self.config.max_side, self.config.seed)
+            return self._make(read_manifest(manifest))
+        return self._make(self._user_sources())
 
     # -- executors ----------------------------------------------------------------------------
     def _local(self, todo: Sequence[Task], root: str) -> Iterator[dict[str, Any]]:
@@ -179,7 +202,7 @@ class MedBanana(Builder):
                 expected="a new --out, or --resume",
                 fix="add --resume to continue this build",
             )
-        done = resume_state(root)
+        done = resume_state(root, {t.task_id for t in tasks})
         todo = [t for t in tasks if t.task_id not in done]
         skipped = len(tasks) - len(todo)
         log.info("medbanana: %d tasks, %d done, %d to run", len(tasks), skipped, len(todo))

@@ -21,6 +21,9 @@ class MedBananaConfig:
     """`default` (real images installed packages ship, plus seeded diseased copies), a folder
     `<dataset>/{normal,<disease>}/*` (or a folder of such datasets), or a CSV manifest
     (columns image, label, optional dataset, modality, mask)."""
+    allow_outside_paths: bool = False
+    """Accept image and mask paths in a CSV manifest that lie outside the manifest's folder
+    (absolute paths, ``..``); off, such a row is refused."""
     modality: Literal["auto", "chest_xray", "brain_mri", "fundus"] = "auto"
     """Modality of every dataset; auto reads it from the dataset name (mimic/chest/cxr,
     brain/tumor/mri, odir/fundus/retina) or the manifest's modality column."""

@@ -22,6 +22,7 @@ from clinfuse.builders.medbanana.roles import AttemptError, HistoryEntry, Roles
 from clinfuse.builders.medbanana.sources import load_image, load_mask, to_array
 from clinfuse.builders.medbanana.tasks import Task
 from clinfuse.core.errors import DataError
+from clinfuse.core.paths import file_sha256, output_path, slug
 from clinfuse.core.runs import atomic_write_json
 
 __all__ = ["ATTEMPTS", "CONVERSATIONS", "TASKS", "run_task"]
@@ -99,8 +100,8 @@ def run_task(
                 extra.update(judge_request=v.request, judge_reply=v.reply)
                 rel = image_path(task.task_id, task.dataset, task.disease,
                                  None if v.qualified else rnd, cfg.image_format)  # fmt: skip
-                save_image(edit.image, root / rel, cfg.image_format)
-                rec["image"] = str(rel)
+                written = save_image(edit.image, output_path(root, rel), cfg.image_format)
+                rec.update(image=str(rel), image_sha256=file_sha256(written))
             except AttemptError as exc:
                 rec.update(qualified=False, reason_code=exc.code, reason=str(exc))
             record(rec, extra)
@@ -125,6 +126,6 @@ def run_task(
         "seconds": time.perf_counter() - t0,
     }
     conv.update(status=status, final_instruction=final, accepted_image=accepted)
-    atomic_write_json(root / CONVERSATIONS / f"{task.task_id}.json", conv)
+    atomic_write_json(output_path(root, CONVERSATIONS, f"{slug(task.task_id)}.json"), conv)
     append_jsonl(root / TASKS, done)
     return done

@@ -19,6 +19,7 @@ from typing import Any
 
 from PIL import Image
 
+from clinfuse.core.paths import remove_created, slug
 from clinfuse.core.runs import atomic_path, atomic_write_text, json_default
 
 __all__ = ["append_jsonl", "image_path", "read_jsonl", "rewrite_jsonl", "save_image"]
@@ -81,9 +82,9 @@ def image_path(task_id: str, dataset: str, disease: str, rnd: int | None, fmt: s
     """``images/accepted/<dataset>/<disease>/<task>.png`` (``rnd=None``) or
     ``images/failed/<dataset>/<disease>/<task>-r<round>.png`` (relative to the build root)."""
     ext = "jpg" if fmt == "jpeg" else "png"
-    kind, name = ("accepted", f"{task_id}.{ext}") if rnd is None else (
-        "failed", f"{task_id}-r{rnd}.{ext}")  # fmt: skip
-    return Path("images") / kind / dataset / disease / name
+    kind, name = ("accepted", f"{slug(task_id)}.{ext}") if rnd is None else (
+        "failed", f"{slug(task_id)}-r{int(rnd)}.{ext}")  # fmt: skip
+    return Path("images") / kind / slug(dataset) / slug(disease) / name
 
 
 def save_image(img: Image.Image, path: str | Path, fmt: str = "png") -> Path:
@@ -98,11 +99,8 @@ def save_image(img: Image.Image, path: str | Path, fmt: str = "png") -> Path:
     return Path(path)
 
 
-def remove_files(root: Path, rels: Iterable[str | None]) -> int:
-    """Delete the files ``rels`` under ``root`` that exist; return how many went."""
-    n = 0
-    for rel in rels:
-        if rel and (root / rel).is_file():
-            (root / rel).unlink()
-            n += 1
-    return n
+def remove_files(root: Path, rels: Iterable[tuple[str | None, str | None]]) -> int:
+    """Delete the files ``(rel, sha256)`` this build wrote: only under ``root`` and only when
+    the file still has the recorded hash (:func:`clinfuse.core.paths.remove_created`); return
+    how many went. A log line naming any other file deletes nothing."""
+    return sum(remove_created(root, rel, sha) for rel, sha in rels)

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from clinfuse.core.errors import DataError
+from clinfuse.core.paths import Slugs, input_path, slug
 
 __all__ = [
     "DISEASE_PRESETS",
@@ -102,7 +103,7 @@ class Task:
 
 
 def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+    return slug(name)
 
 
 def _images(folder: Path) -> list[Path]:
@@ -139,14 +140,24 @@ def scan_folder(root: str | Path) -> list[Source]:
     return out
 
 
-def read_manifest(path: str | Path) -> list[Source]:
+def read_manifest(path: str | Path, *, allow_outside: bool = False) -> list[Source]:
     """Sources of a CSV manifest: columns ``image`` and ``label`` (``normal`` or a disease),
-    optional ``dataset`` (default: the CSV's stem), ``modality`` and ``mask``; relative paths
-    are taken from the CSV's folder."""
+    optional ``dataset`` (default: the CSV's stem), ``modality`` and ``mask``.
+
+    Image and mask paths are taken from the CSV's folder and must stay under it (the path
+    policy of :mod:`clinfuse.core.paths`) unless ``allow_outside`` is set."""
     import pandas as pd
 
     path = Path(path)
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise DataError(
+            f"cannot read the manifest {path}",
+            expected="a UTF-8 CSV file with columns image, label[, dataset, modality, mask]",
+            found=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}",
+            fix="check the file (an empty, truncated or non-UTF-8 file cannot be read)",
+        ) from None
     missing = {"image", "label"} - set(df.columns)
     if missing:
         raise DataError(
@@ -156,11 +167,15 @@ def read_manifest(path: str | Path) -> list[Source]:
         )
     base = path.parent
     out = []
-    for r in df.to_dict("records"):
-        img = Path(r["image"]) if Path(r["image"]).is_absolute() else base / r["image"]
+    for i, r in enumerate(df.to_dict("records"), start=2):
+        where = f"manifest {path} line {i}"
+        if not str(r["image"]).strip() or not str(r["label"]).strip():
+            raise DataError(f"{where} has an empty image or label",
+                            expected="an image path and a label", found=r)  # fmt: skip
+        img = input_path(base, r["image"], source=where, allow_outside=allow_outside)
         mask = r.get("mask") or None
-        if mask and " " not in mask.strip() and "," not in mask and not Path(mask).is_absolute():
-            mask = str(base / mask)
+        if mask and " " not in mask.strip() and "," not in mask:
+            mask = str(input_path(base, mask, source=where, allow_outside=allow_outside))
         label = "normal" if r["label"].strip().lower() == "normal" else r["label"].strip()
         out.append(Source(str(img), label, r.get("dataset") or path.stem,
                           r.get("modality") or None, mask))  # fmt: skip
@@ -179,6 +194,7 @@ def make_tasks(
     :data:`DISEASE_PRESETS` of its modality.
     """
     tasks: dict[str, Task] = {}
+    ids = Slugs("task")  # "a b.png" and "a_b.png" would share a task id: refused
     by_ds: dict[str, list[Source]] = {}
     for s in sources:
         by_ds.setdefault(s.dataset, []).append(s)
@@ -202,5 +218,6 @@ def make_tasks(
                 if direction not in directions:
                     continue
                 tid = f"{_safe(ds)}__{stem}__{_safe(disease)}__{direction}"
+                ids.add(f"{ds}|{s.image}|{disease}|{direction}", f"image {s.image}", tid)
                 tasks[tid] = Task(tid, ds, mod, disease, direction, s.image, s.mask)
     return [tasks[k] for k in sorted(tasks)]

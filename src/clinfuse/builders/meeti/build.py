@@ -37,6 +37,7 @@ from clinfuse.core.config import check_fields
 from clinfuse.core.errors import ClinfuseError, ConfigError, DataError
 from clinfuse.core.learner import DemoResult
 from clinfuse.core.loop import progress_enabled
+from clinfuse.core.paths import Slugs, output_path
 from clinfuse.core.runs import RunDir, atomic_path, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,9 @@ class MEETIConfig:
     data: str = "default"
     """`default` (12-lead ECGs simulated with neurokit2 plus the real recordings installed
     packages ship), or a folder: any WFDB directory, the MIMIC-IV-ECG layout, or LUDB."""
+    allow_outside_paths: bool = False
+    """Accept record paths in record_list.csv that lie outside the data folder (absolute
+    paths, ``..``); off, such a row is refused."""
     layout: Literal["auto", "wfdb", "mimic", "ludb"] = "auto"
     """Input layout (auto: MIMIC when record_list.csv exists, LUDB when ludb.csv exists)."""
     n_simulated: int = 8
@@ -117,7 +121,7 @@ def study_dir(root: str | Path, study_id: str, subject_id: str | None) -> Path:
 
 
 def _paths(root: str | Path, study_id: str, subject_id: str | None) -> dict[str, Path]:
-    d = study_dir(root, study_id, subject_id)
+    d = output_path(root, study_dir("", study_id, subject_id))
     stem = _safe(study_id)
     return {
         "dir": d,
@@ -304,34 +308,56 @@ class MEETI(Builder):
     description = "ECG data set: waveform, 300-dpi image, beat x lead parameters, text"
     paper = "arXiv 2507.15255 (MEETI)"
 
+    _refs: list[Any] | None = None
+
+    def prepare(self) -> None:
+        """Scan the user's input folder (and refuse colliding study ids) before the build
+        folder exists; the default data are written inside the build folder by :meth:`refs`."""
+        if self.config.data != "default":
+            self._refs = self._checked(self._user_refs())
+
+    def _user_refs(self) -> list[Any]:
+        from clinfuse.builders.meeti import io
+
+        root = Path(self.config.data)
+        if not root.exists():
+            raise DataError(
+                f"input folder {root} does not exist",
+                expected="a WFDB directory, a MIMIC-IV-ECG root or LUDB",
+                found=str(root),
+                fix="--data /path/to/records, or --set data=default",
+            )
+        return io.scan(root, self.config.layout, allow_outside=self.config.allow_outside_paths)
+
+    def _checked(self, refs: list[Any]) -> list[Any]:
+        """``refs`` (first ``limit``), refusing two records whose study folders would be one."""
+        if not refs:
+            raise DataError(
+                f"no ECG records found in {self.config.data}", fix="check --data / --set layout"
+            )
+        refs = refs[: self.config.limit] if self.config.limit else refs
+        folders = Slugs("study id")
+        for ref in refs:
+            key = study_dir("", str(ref.study_id), ref.subject_id).as_posix()
+            folders.add(f"{ref.subject_id}/{ref.study_id}", str(ref.path), key)
+        return refs
+
     def refs(self, run: RunDir) -> list[Any]:
         """The input records: the embedded default is first written as a MIMIC-IV-ECG mini
         database under ``<run>/inputs`` (so the default exercises the MIMIC reader too)."""
         from clinfuse.builders.meeti import io
 
         cfg = self.config
+        if self._refs is not None:
+            return self._refs
         if cfg.data == "default":
             from clinfuse.builders.meeti.default_data import default_records
 
             inputs = run.path / "inputs"
             if not (inputs / "record_list.csv").exists():
                 io.write_mimic_layout(default_records(n_sim=cfg.n_simulated, seed=cfg.seed), inputs)
-            refs = io.scan(inputs, "mimic")
-        else:
-            root = Path(cfg.data)
-            if not root.exists():
-                raise DataError(
-                    f"input folder {root} does not exist",
-                    expected="a WFDB directory, a MIMIC-IV-ECG root or LUDB",
-                    found=str(root),
-                    fix="--data /path/to/records, or --set data=default",
-                )
-            refs = io.scan(root, cfg.layout)
-        if not refs:
-            raise DataError(
-                f"no ECG records found in {cfg.data}", fix="check --data / --set layout"
-            )
-        return refs[: cfg.limit] if cfg.limit else refs
+            return self._checked(io.scan(inputs, "mimic"))
+        return self._checked(self._user_refs())
 
     def build(self, run: RunDir, *, resume: bool = False) -> DatasetCard:
         from tqdm.auto import tqdm
@@ -387,8 +413,7 @@ class MEETI(Builder):
             **self.evaluate(run),
         }
         run.write_metrics(metrics)
-        if failures:
-            atomic_write_json(run.path / "failures.json", failures)
+        atomic_write_json(run.path / "failures.json", failures)
         self._plots(run)
         log.info("meeti data set written to %s", run.path)
         return card
@@ -481,8 +506,12 @@ class MEETI(Builder):
         beats_path = run.path / "beats.parquet"
         if beats_path.exists():
             ids = set(pd.read_parquet(beats_path, columns=["study_id"])["study_id"])
-            out["share_with_beat_rows"] = float(np.mean([s in ids for s in records["study_id"]]))
-        out["duplicate_studies"] = float(records["study_id"].duplicated().sum())
+            studies = records["study_id"] if len(records) else []
+            out["share_with_beat_rows"] = (
+                float(np.mean([s in ids for s in studies])) if len(studies) else 0.0
+            )
+        ids = records["study_id"] if "study_id" in records else pd.Series(dtype=str)
+        out["duplicate_studies"] = float(ids.duplicated().sum())
         return out
 
     def _plots(self, run: RunDir) -> list[Path]:

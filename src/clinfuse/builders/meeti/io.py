@@ -39,6 +39,7 @@ from typing import Any, Literal
 import numpy as np
 
 from clinfuse.core.errors import ConfigError, DataError, require
+from clinfuse.core.paths import input_path
 from clinfuse.core.runs import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -221,11 +222,14 @@ class LoadConfig:
 # scanning
 
 
-def scan(root: str | Path, layout: Layout = "auto") -> list[RecordRef]:
+def scan(
+    root: str | Path, layout: Layout = "auto", *, allow_outside: bool = False
+) -> list[RecordRef]:
     """List the ECG records under ``root`` without reading any signal.
 
     ``auto`` picks ``mimic`` when ``root/record_list.csv`` exists, ``ludb`` when
-    ``root/ludb.csv`` exists, else ``wfdb``.
+    ``root/ludb.csv`` exists, else ``wfdb``. A ``path`` of ``record_list.csv`` must stay under
+    ``root`` unless ``allow_outside`` (the path policy of :mod:`clinfuse.core.paths`).
 
     Example:
         >>> scan("/nonexistent")  # doctest: +ELLIPSIS
@@ -250,7 +254,10 @@ def scan(root: str | Path, layout: Layout = "auto") -> list[RecordRef]:
             found=layout,
             fix="use one of the expected layouts",
         )
-    refs = _SCANNERS[layout](root)
+    if layout == "mimic":
+        refs = _scan_mimic(root, allow_outside=allow_outside)
+    else:
+        refs = _SCANNERS[layout](root)
     if not refs:
         raise DataError(
             f"no ECG records found under {root} (layout {layout!r})",
@@ -367,18 +374,24 @@ def _machine_value(raw: str, column: str, study: str, path: Path) -> float:
     return math.nan if value == MIMIC_MISSING else value
 
 
-def _scan_mimic(root: Path) -> list[RecordRef]:
+def _scan_mimic(root: Path, *, allow_outside: bool = False) -> list[RecordRef]:
     rows = _read_csv(root / "record_list.csv", ("study_id", "path"))
     machine_rows = _read_machine(root)
     refs = []
-    for row in rows:
+    for i, row in enumerate(rows, start=2):
         study = _text(row["study_id"])
+        where = f"{root / 'record_list.csv'} line {i}"
+        if not study or not _text(row["path"]):
+            raise DataError(f"{where} has an empty study_id or path",
+                            expected="subject_id, study_id, file_name, ecg_time, path",
+                            found=dict(row), fix="repair the row")  # fmt: skip
         info = machine_rows.pop(study, None)
+        path = input_path(root, _text(row["path"]), source=where, allow_outside=allow_outside)
         refs.append(
             RecordRef(
                 study_id=study,
                 subject_id=_text(row.get("subject_id")) or None,
-                path=str(root / _text(row["path"])),
+                path=str(path),
                 ecg_time=_text(row.get("ecg_time")) or None,
                 source="mimic",
                 report=info[0] if info else (),
