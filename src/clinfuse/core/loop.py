@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from clinfuse.core import trackers as tracking
 from clinfuse.core.errors import ConfigError, RunDirError
 from clinfuse.core.runs import RunDir
 from clinfuse.core.seed import rng_state, set_rng_state
@@ -138,6 +139,7 @@ def fit_loop(
     extra_state: Callable[[], Mapping[str, Any]] | None = None,
     on_epoch_end: Callable[[int, Mapping[str, float]], None] | None = None,
     max_seconds: float | None = None,
+    log_with: str | Sequence[str] | None = None,
 ) -> LoopResult:
     """Train ``model`` for up to ``epochs`` epochs, keeping the best by ``monitor``.
 
@@ -148,6 +150,9 @@ def fit_loop(
     The ``model``/``optimizer``/``train_loader`` given must already be prepared by ``accelerator``.
     ``max_seconds`` stops after the first epoch that ends past that much wall time since the call
     (a time budget; the best checkpoint is kept as usual).
+    ``log_with`` (``tensorboard``, ``mlflow``, ``wandb``) logs the config and every epoch's row
+    to those trackers inside ``run`` (:mod:`clinfuse.core.trackers`); without it the loop logs to
+    the trackers made active by the caller (``clinfuse fit --log-with``), if any.
     """
     acc = accelerator or LocalAccelerator()
     main = acc.is_main_process
@@ -166,85 +171,101 @@ def fit_loop(
             run.truncate_history(int(state["epoch"]))
         log.info("resuming %s at epoch %d (best %s=%.4g)", run.path, start_epoch, monitor, best)
 
-    stopped = False
-    epoch = start_epoch - 1
-    loop_started = time.perf_counter()
-    bar = tqdm(
-        range(start_epoch, epochs + 1),
-        desc="epochs",
-        disable=not (progress_enabled(progress) and main),
-        initial=start_epoch - 1,
-        total=epochs,
-        dynamic_ncols=True,
-    )
-    for epoch in bar:
-        started = time.perf_counter()
-        model.train()
-        sums: dict[str, float] = {}
-        n_batches = 0
-        for batch in train_loader:
-            optimizer.zero_grad(set_to_none=True)
-            loss, parts = step_fn(model, batch, epoch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"the training loss became {float(loss.detach())} at epoch {epoch}; lower the "
-                    "learning rate or the regulariser weights, or enable grad_clip"
+    trackers = tracking.for_run(run) if main else None
+    own = None
+    if log_with and main and run is not None:
+        meta = run.meta()
+        own = tracking.open_trackers(log_with, run.path, meta["config"], method=meta["method"])
+        trackers = own
+    try:
+        stopped = False
+        epoch = start_epoch - 1
+        loop_started = time.perf_counter()
+        bar = tqdm(
+            range(start_epoch, epochs + 1),
+            desc="epochs",
+            disable=not (progress_enabled(progress) and main),
+            initial=start_epoch - 1,
+            total=epochs,
+            dynamic_ncols=True,
+        )
+        for epoch in bar:
+            started = time.perf_counter()
+            model.train()
+            sums: dict[str, float] = {}
+            n_batches = 0
+            for batch in train_loader:
+                optimizer.zero_grad(set_to_none=True)
+                loss, parts = step_fn(model, batch, epoch)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"the training loss became {float(loss.detach())} at epoch {epoch}; lower "
+                        "the learning rate or the regulariser weights, or enable grad_clip"
+                    )
+                acc.backward(loss)
+                if grad_clip:
+                    acc.clip_grad_norm_(model.parameters(), grad_clip)
+                optimizer.step()
+                n_batches += 1
+                for k, v in {"loss": float(loss.detach()), **parts}.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+            row: dict[str, float] = {"epoch": epoch, "train_seconds": time.perf_counter() - started}
+            row.update({f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()})
+            model.eval()
+            with torch.no_grad():
+                val = dict(eval_fn(acc.unwrap_model(model)))
+            if monitor not in val:
+                raise ConfigError(
+                    f"monitor {monitor!r} is not among the validation metrics",
+                    expected=", ".join(sorted(val)),
+                    found=monitor,
+                    fix=f"--set monitor={sorted(val)[0]}",
                 )
-            acc.backward(loss)
-            if grad_clip:
-                acc.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
-            n_batches += 1
-            for k, v in {"loss": float(loss.detach()), **parts}.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-        row: dict[str, float] = {"epoch": epoch, "train_seconds": time.perf_counter() - started}
-        row.update({f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()})
-        model.eval()
-        with torch.no_grad():
-            val = dict(eval_fn(acc.unwrap_model(model)))
-        if monitor not in val:
-            raise ConfigError(
-                f"monitor {monitor!r} is not among the validation metrics",
-                expected=", ".join(sorted(val)),
-                found=monitor,
-                fix=f"--set monitor={sorted(val)[0]}",
+            row.update(
+                {f"valid_{k}" if not k.startswith("valid_") else k: v for k, v in val.items()}
             )
-        row.update({f"valid_{k}" if not k.startswith("valid_") else k: v for k, v in val.items()})
-        score = float(val[monitor])
-        improved = _better(score, best, mode)
-        if improved:
-            best, best_epoch, bad = score, epoch, 0
-        else:
-            bad += 1
-        history.append(row)
-        if main and run is not None:
-            run.log_epoch(row)
-            state = {
-                "model": acc.unwrap_model(model).state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "epoch": epoch,
-                "best": best,
-                "best_epoch": best_epoch,
-                "bad": bad,
-                "rng": rng_state(),
-                **(dict(extra_state()) if extra_state else {}),
-            }
+            score = float(val[monitor])
+            improved = _better(score, best, mode)
             if improved:
-                run.save_checkpoint("best", state)
-            run.save_checkpoint("last", state)
-        acc.wait_for_everyone()
-        train_loss = row.get("train_loss", float("nan"))
-        bar.set_postfix({"loss": f"{train_loss:.4f}", monitor: f"{score:.4f}"})
-        if on_epoch_end:
-            on_epoch_end(epoch, row)
-        if patience is not None and bad >= patience:
-            stopped = True
-            log.info("early stop at epoch %d: no %s improvement for %d epochs", epoch, monitor, bad)
-            break
-        if max_seconds is not None and time.perf_counter() - loop_started > max_seconds:
-            stopped = True
-            log.info("time budget of %.0f s spent after epoch %d", max_seconds, epoch)
-            break
+                best, best_epoch, bad = score, epoch, 0
+            else:
+                bad += 1
+            history.append(row)
+            if main and run is not None:
+                run.log_epoch(row)
+                state = {
+                    "model": acc.unwrap_model(model).state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch,
+                    "best": best,
+                    "best_epoch": best_epoch,
+                    "bad": bad,
+                    "rng": rng_state(),
+                    **(dict(extra_state()) if extra_state else {}),
+                }
+                if improved:
+                    run.save_checkpoint("best", state)
+                run.save_checkpoint("last", state)
+            if trackers is not None:
+                trackers.log(row, step=epoch)
+            acc.wait_for_everyone()
+            train_loss = row.get("train_loss", float("nan"))
+            bar.set_postfix({"loss": f"{train_loss:.4f}", monitor: f"{score:.4f}"})
+            if on_epoch_end:
+                on_epoch_end(epoch, row)
+            if patience is not None and bad >= patience:
+                stopped = True
+                log.info(
+                    "early stop at epoch %d: no %s improvement for %d epochs", epoch, monitor, bad
+                )
+                break
+            if max_seconds is not None and time.perf_counter() - loop_started > max_seconds:
+                stopped = True
+                log.info("time budget of %.0f s spent after epoch %d", max_seconds, epoch)
+                break
+    finally:
+        if own is not None:
+            own.finish()
     bar.close()
     if getattr(acc, "num_processes", 1) > 1:
         sums_t = torch.tensor([weights_checksum(acc.unwrap_model(model))], dtype=torch.float64)
