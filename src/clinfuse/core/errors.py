@@ -80,3 +80,57 @@ def require(module: str, extra: str):
             found=f"ImportError: {exc}",
             fix=f"pip install 'clinfuse[{extra}]'",
         ) from exc
+
+
+def _format_failures() -> tuple[type[BaseException], ...]:
+    """Exceptions a parser raises on a malformed file (decoding, parsing, decompression,
+    container formats, a field of the wrong type or shape)."""
+    import pickle
+    import struct
+    import zipfile
+    import zlib
+
+    return (UnicodeError, ValueError, TypeError, KeyError, IndexError, AttributeError,
+            EOFError, OSError, RuntimeError, OverflowError, zlib.error, struct.error,
+            zipfile.BadZipFile, pickle.UnpicklingError)  # fmt: skip
+
+
+def reads_untrusted(expected: str):
+    """Decorate a reader ``fn(path, ...)`` of untrusted files: a :class:`ClinfuseError` passes
+    through, and any exception a malformed file makes a parser raise becomes a
+    :class:`DataError` naming the file, what was expected and what broke.
+
+    Example:
+        >>> @reads_untrusted("a UTF-8 text file")
+        ... def read(path):
+        ...     return b"\\xff".decode("utf-8")
+        >>> read("x.txt")
+        Traceback (most recent call last):
+        ...
+        clinfuse.core.errors.DataError: cannot read x.txt
+          expected: a UTF-8 text file
+          found:    UnicodeDecodeError: 'utf-8' codec can't decode byte 0xff in position 0: invalid start byte
+          fix:      check the file: it may be truncated, corrupted, empty, or of another format
+    """  # noqa: E501
+    import functools
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def reader(path, *args, **kwargs):
+            try:
+                return fn(path, *args, **kwargs)
+            except ClinfuseError:
+                raise
+            except _format_failures() as exc:
+                text = str(exc).strip().splitlines()
+                raise DataError(
+                    f"cannot read {getattr(path, 'path', None) or path}",
+                    expected=expected,
+                    found=f"{type(exc).__name__}: {text[0][:200] if text else ''}",
+                    fix="check the file: it may be truncated, corrupted, empty, or of another "
+                    "format",
+                ) from exc
+
+        return reader
+
+    return wrap

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from clinfuse.core.errors import DataError
+from clinfuse.core.errors import DataError, reads_untrusted
 from clinfuse.core.runs import atomic_path
 from clinfuse.rl.data import Trajectories
 
@@ -316,6 +316,7 @@ def save_trajectories(traj: Trajectories, path: str | Path) -> Path:
     return path
 
 
+@reads_untrusted("a .parquet or .npz file written by Trajectories.save")
 def load_trajectories(path: str | Path) -> Trajectories:
     """Read trajectories written by :func:`save_trajectories` (validated on load)."""
     path = Path(path)

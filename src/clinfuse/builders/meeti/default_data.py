@@ -26,7 +26,7 @@ from clinfuse.builders.meeti.io import (
     RecordRef,
     canonical_lead,
 )
-from clinfuse.core.errors import DataError, require
+from clinfuse.core.errors import DataError, reads_untrusted, require
 from clinfuse.core.packages import package_file
 
 logger = logging.getLogger(__name__)
@@ -124,6 +124,7 @@ def _ge_statements(root: ET.Element) -> tuple[str, ...]:
     return ()
 
 
+@reads_untrusted("a GE MUSE / CardioSoft 12SL XML export")
 def read_ge_xml(path: str | Path, study_id: str | None = None) -> EcgRecord:
     """Read a GE CardioSoft / MUSE-style resting ECG XML export (``CardiologyXML``).
 

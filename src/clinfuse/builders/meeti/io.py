@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from clinfuse.core.errors import ConfigError, DataError, require
+from clinfuse.core.errors import ConfigError, DataError, reads_untrusted, require
 from clinfuse.core.paths import input_path
 from clinfuse.core.runs import atomic_write_text
 
@@ -222,6 +222,7 @@ class LoadConfig:
 # scanning
 
 
+@reads_untrusted("a WFDB folder, a MIMIC-IV-ECG root or LUDB")
 def scan(
     root: str | Path, layout: Layout = "auto", *, allow_outside: bool = False
 ) -> list[RecordRef]:
@@ -631,6 +632,7 @@ def _to_mv(ref: RecordRef, header: Any, digital: np.ndarray, channels: list[int]
     return out
 
 
+@reads_untrusted("a WFDB record (.hea header and its signal files)")
 def load(ref: RecordRef, config: LoadConfig | None = None) -> EcgRecord:
     """Read one WFDB record into mV, keep its standard leads, flag quality problems, resample.
 

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clinfuse.core.errors import DataError, require
+from clinfuse.core.errors import DataError, reads_untrusted, require
 from clinfuse.core.packages import package_dir
 from clinfuse.core.runs import atomic_path
 from clinfuse.methods.deepmedix.prompt import build_prompt
@@ -237,6 +237,7 @@ def _parquet_rows(path: Path) -> Iterable[tuple[str, Any]]:
 _READERS = {".jsonl": _jsonl_rows, ".parquet": _parquet_rows}
 
 
+@reads_untrusted("xraybench-style records (.jsonl or .parquet)")
 def load_records(path: str | Path) -> list[XrayRecord]:
     """Read xraybench-style records from ``.jsonl`` or ``.parquet`` (columns in the module doc).
 

