@@ -93,6 +93,24 @@ class DPsurvConfig:
     """Inner validation share (stratified event x time quartile) for K and the epoch [code]."""
     baselines: tuple[Baseline, ...] = ("abmil", "meanpool_cox", "panther_linear", "cox")
     """Baselines trained on the same fold (bag-only ones are skipped in tabular mode)."""
+    calibration: Literal["auto", "scale", "evidential", "none"] = "auto"
+    """How the band is calibrated on inner out-of-fold predictions of the training fold, per risk
+    tercile: `scale` widens/narrows it around S on the logit scale (S unchanged), `evidential`
+    divides the GRFN precision h (S moves with it), `auto` takes the narrower of the two whose
+    calibration-set IBS stays within 0.005 of the raw curve's, `none` keeps the raw band
+    [inferred]."""
+    recentre: bool = True
+    """Before scaling the band, raise each risk tercile's curves to the power that brings their
+    mean to the tercile's Kaplan-Meier on the calibration cases (a proportional-hazards
+    correction; without it a band whose edge runs along a biased curve covers erratically)
+    [inferred]."""
+    nominal: float = 0.9
+    """Nominal coverage of the calibrated band (risk groups) and case intervals."""
+    calibration_folds: int = 4
+    """Inner folds whose out-of-fold predictions calibrate the band [inferred]."""
+    coverage_horizon: float = 0.9
+    """Coverage is checked up to this quantile of the training follow-up times; later the
+    Kaplan-Meier rests on few cases and interval upper ends are open [inferred]."""
     grid_points: int = 100
     """Evaluation time grid between the test fold's shortest and longest follow-up."""
     seed: int = 0
@@ -118,5 +136,8 @@ class DPsurvConfig:
             "fold": (0 <= self.fold < max(self.n_folds, 1) or self.splits is not None, ">= 0"),
             "n_cases": (self.n_cases >= 20, ">= 20"),
             "grid_points": (self.grid_points >= 10, ">= 10"),
+            "nominal": (0.5 <= self.nominal < 1.0, "in [0.5, 1)"),
+            "calibration_folds": (self.calibration_folds >= 2, ">= 2"),
+            "coverage_horizon": (0.0 < self.coverage_horizon <= 1.0, "in (0, 1]"),
         }
         check_fields(self, checks)

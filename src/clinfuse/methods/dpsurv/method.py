@@ -31,10 +31,17 @@ from clinfuse.core.errors import ConfigError, DataError
 from clinfuse.core.learner import METHODS, DemoResult, Learner
 from clinfuse.core.runs import RunDir, atomic_write_text
 from clinfuse.methods.dpsurv import baselines as bl
+from clinfuse.methods.dpsurv.calibrate import (
+    BandCalibration,
+    BandFn,
+    calibration_ibs,
+    fit_calibration,
+    scale_band,
+)
 from clinfuse.methods.dpsurv.config import DPsurvConfig
 from clinfuse.methods.dpsurv.data import Bag, SurvivalCohort, load_cohort, stratified_folds
 from clinfuse.methods.dpsurv.ennreg import init_ennreg
-from clinfuse.methods.dpsurv.grfn import SurvivalBand
+from clinfuse.methods.dpsurv.grfn import SurvivalBand, mixture_survival
 from clinfuse.methods.dpsurv.losses import (
     bin_index,
     discrete_nll,
@@ -53,7 +60,13 @@ from clinfuse.methods.dpsurv.proto import (
 from clinfuse.methods.dpsurv.synthetic import make_synthetic_cohort
 from clinfuse.methods.dpsurv.tabular import load_tabular, tabular_names
 from clinfuse.methods.dpsurv.train import TrainConfig, inner_split, train_module
-from clinfuse.metrics.survival import harrell_c, survival_metrics, tercile_coverage
+from clinfuse.metrics.survival import (
+    band_interval,
+    harrell_c,
+    ipcw_interval_coverage,
+    survival_metrics,
+    tercile_coverage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +156,22 @@ def adjusted_rand_index(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if top == 0 else float((index - expected) / top)
 
 
+@dataclass
+class CalibratedBand:
+    """The calibrated point curve and band ``(n, T)`` of some cases, with each case's credal
+    interval miss level ``alpha (n,)`` and the model's risk ``(n,)``."""
+
+    s: np.ndarray
+    s_low: np.ndarray
+    s_up: np.ndarray
+    alpha: np.ndarray
+    risk: np.ndarray
+
+    def interval(self, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each case's event-time interval at its calibrated level (see ``band_interval``)."""
+        return band_interval(self.s_low, self.s_up, grid, self.alpha)
+
+
 def _risk_from_edges(s_edges: torch.Tensor) -> np.ndarray:
     """The official risk score: minus the sum of the survival at the bin edges."""
     return -s_edges.detach().double().sum(-1).numpy()
@@ -173,6 +202,11 @@ class DPsurv(Learner):
         self._reps: dict[tuple[int, int], Reps] = {}
         self._baseline_preds: dict[str, dict[str, np.ndarray]] = {}
         self._proto_labels: np.ndarray | None = None
+        self.calibration: BandCalibration | None = None
+        self.cov_grid: np.ndarray | None = None
+        self.calibration_report: dict[str, Any] = {}
+        self.calibrations: dict[str, BandCalibration] = {}
+        """Every fitted calibration family of the last fit (the chosen one is ``calibration``)."""
 
     # -- data -----------------------------------------------------------------------------
     def load_data(self, path: str | None = None) -> DPsurvData:
@@ -368,6 +402,113 @@ class DPsurv(Learner):
             band = net.band(torch.as_tensor(self.edges), reps.pi, reps.x, reps.z, self.config.lam)
         return _risk_from_edges(band.s)
 
+    # -- calibration of the band ------------------------------------------------------------
+    def _coverage_grid(self, time: np.ndarray) -> np.ndarray:
+        """Grid of the coverage checks: the training fold's shortest follow-up to its
+        ``coverage_horizon`` quantile."""
+        hi = float(np.quantile(time, self.config.coverage_horizon))
+        lo = max(float(time.min()), 1e-6 * hi)
+        return np.linspace(lo, hi, self.config.grid_points)
+
+    def _oof_grfn(
+        self, reps: Reps, time: np.ndarray, event: np.ndarray, k: int, epochs: int
+    ) -> dict[str, Any]:
+        """GRFN outputs and risks of every training case from a model that did not see it
+        (``calibration_folds`` inner folds, K and the epoch count of the outer fit)."""
+        cfg = self.config
+        n, c = reps.pi.shape
+        mu, var, h = (torch.zeros(n, c, dtype=torch.float64) for _ in range(3))
+        risk = np.zeros(n)
+        for a, b in stratified_folds(event, cfg.calibration_folds, seed=cfg.seed + 1):
+            net, _ = self._fit_net(reps.take(a), time[a], event[a], k, None, epochs=epochs)
+            rb = reps.take(b)
+            with torch.no_grad():
+                m, v, hh = net(rb.x, rb.z)
+            ib = torch.as_tensor(b, dtype=torch.long)
+            mu[ib], var[ib], h[ib] = m, v, hh
+            risk[b] = self._risk(net, rb)
+        return {"pi": reps.pi, "mu": mu, "var": var, "h": h, "risk": risk}
+
+    def _band_fn(self, family: str, grfn: dict[str, Any], grid: np.ndarray) -> BandFn:
+        """``(kappa, rows) -> (s, s_low, s_up)`` of one calibration family (see
+        :mod:`.calibrate`)."""
+        t = torch.as_tensor(grid, dtype=torch.float64)
+        lam = self.config.lam
+        pi, mu, var, h = grfn["pi"], grfn["mu"], grfn["var"], grfn["h"]
+        if family == "evidential":
+
+            def evidential(
+                kappa: np.ndarray, rows: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                r = torch.as_tensor(rows, dtype=torch.long)
+                k = torch.as_tensor(np.asarray(kappa, dtype=np.float64))[:, None]
+                b = mixture_survival(t, pi[r], mu[r], var[r], h[r] / k, lam)
+                return b.s.numpy(), b.s_low.numpy(), b.s_up.numpy()
+
+            return evidential
+        raw = mixture_survival(t, pi, mu, var, h, lam)
+        s, lo, up = raw.s.numpy(), raw.s_low.numpy(), raw.s_up.numpy()
+        if family == "scale":
+            return lambda kappa, rows: scale_band(s[rows], lo[rows], up[rows], kappa)
+        return lambda kappa, rows: (s[rows], lo[rows], up[rows])
+
+    def _calibrate(
+        self, reps: Reps, time: np.ndarray, event: np.ndarray, k: int, epochs: int
+    ) -> None:
+        """Fit the band calibration on inner out-of-fold predictions (``calibration="auto"``:
+        the narrowest calibrated band whose calibration-set IBS is within 0.005 of the raw
+        curve's)."""
+        cfg = self.config
+        self.cov_grid = self._coverage_grid(time)
+        if cfg.calibration == "none":
+            self.calibration = BandCalibration.identity(cfg.nominal)
+            self.calibration_report = {"calibration": "none"}
+            return
+        t0 = _time.perf_counter()
+        oof = self._oof_grfn(reps, time, event, k, epochs)
+        families = ("scale", "evidential") if cfg.calibration == "auto" else (cfg.calibration,)
+        raw_ibs = calibration_ibs(
+            self._band_fn("none", oof, self.cov_grid), BandCalibration.identity(cfg.nominal),
+            oof["risk"], time, event, self.cov_grid,
+        )  # fmt: skip
+        report: dict[str, Any] = {"calibration_raw_ibs": raw_ibs}
+        fitted = []
+        for fam in families:
+            fn = self._band_fn(fam, oof, self.cov_grid)
+            cal = fit_calibration(
+                fam, fn, oof["risk"], time, event, self.cov_grid, cfg.nominal, seed=cfg.seed,
+                recentre_groups=cfg.recentre,
+            )  # fmt: skip
+            ibs = calibration_ibs(fn, cal, oof["risk"], time, event, self.cov_grid)
+            fitted.append((cal, ibs))
+            report.update({
+                f"calibration_{fam}_width": cal.width,
+                f"calibration_{fam}_ibs": ibs,
+                **{f"calibration_{fam}_kappa_{g}": v for g, v in enumerate(cal.kappa)},
+                **{f"calibration_{fam}_alpha_{g}": v for g, v in enumerate(cal.alpha)},
+                **{f"calibration_{fam}_centre_{g}": v for g, v in enumerate(cal.centre)},
+            })  # fmt: skip
+        self.calibrations = {c.family: c for c, _ in fitted}
+        self.calibrations["none"] = BandCalibration.identity(cfg.nominal)
+        ok = [f for f in fitted if f[1] <= raw_ibs + 0.005] or fitted
+        self.calibration = min(ok, key=lambda f: f[0].width)[0]
+        report["calibration"] = self.calibration.family
+        report["seconds_calibration"] = _time.perf_counter() - t0
+        self.calibration_report = report
+        log.info("band calibration: %s", self.calibration.to_dict())
+
+    def calibrated_band(self, reps: Reps, t: np.ndarray) -> CalibratedBand:
+        """The calibrated curve, band and interval levels of the cases ``reps`` at times ``t``."""
+        net = self._require_model()
+        cal = self.calibration or BandCalibration.identity(self.config.nominal)
+        risk = self._risk(net, reps)
+        with torch.no_grad():
+            mu, var, h = net(reps.x, reps.z)
+        grfn = {"pi": reps.pi, "mu": mu, "var": var, "h": h}
+        fn = self._band_fn(cal.family, grfn, np.asarray(t, dtype=np.float64))
+        s, lo, up, alpha = cal.apply(fn, risk)
+        return CalibratedBand(s, lo, up, alpha, risk)
+
     # -- fit ------------------------------------------------------------------------------
     def fit(self, data: DPsurvData, run: RunDir, *, resume: bool = False) -> DPsurv:
         cfg = self.config
@@ -409,6 +550,7 @@ class DPsurv(Learner):
         self.model, _ = self._fit_net(
             reps, time, event, self.n_prototypes, None, epochs=max(1, int(best["best_epoch"]))
         )
+        self._calibrate(reps, time, event, self.n_prototypes, max(1, int(best["best_epoch"])))
         t_fit = _time.perf_counter() - t0
         run.save_checkpoint("best", self.state_dict())
         pd.DataFrame(sweep).to_csv(run.path / "k_selection.csv", index=False)
@@ -420,6 +562,7 @@ class DPsurv(Learner):
             "fold": cfg.fold,
             "n_train": int(len(tr)),
             "chosen_K": self.n_prototypes,
+            **self.calibration_report,
             "seconds_prototypes": t_proto,
             "seconds_dpsurv": t_fit,
             **{f"seconds_{k}": v for k, v in base_times.items()},
@@ -495,14 +638,9 @@ class DPsurv(Learner):
         """Per model: survival ``(n, T)`` on ``grid`` and risk ``(n,)`` (DPsurv: band too)."""
         assert self.edges is not None
         reps = self.reps(data, idx)
-        band = self.band(reps, grid)
+        cb = self.calibrated_band(reps, grid)
         out: dict[str, Any] = {
-            "dpsurv": {
-                "surv": band.s.numpy(),
-                "s_low": band.s_low.numpy(),
-                "s_up": band.s_up.numpy(),
-                "risk": self._risk(self._require_model(), reps),
-            }
+            "dpsurv": {"surv": cb.s, "s_low": cb.s_low, "s_up": cb.s_up, "risk": cb.risk}
         }
         for name, model in getattr(self, "_baseline_models", {}).items():
             out[name] = _PREDICT[name](self, model, data, idx, grid)
@@ -518,11 +656,8 @@ class DPsurv(Learner):
         for name, c in curves.items():
             m = survival_metrics(self.train_time, self.train_event, time, event, c["surv"], grid,
                                  c["risk"], tau=float(grid[-1]))  # fmt: skip
-            if "s_low" in c:
-                cov = tercile_coverage(time, event, c["risk"], c["s_low"], c["s_up"], grid)
-                m.update({f"coverage_{k}": v for k, v in cov.items()})
-                m["coverage_min"] = min(cov.values())
-                m["band_width"] = float(np.mean(c["s_up"] - c["s_low"]))
+            if name == "dpsurv":
+                m.update(self._coverage(self.reps(data, idx), time, event))
             rows.append({"model": name, **m})
         self.table = pd.DataFrame(rows)
         self._last_curves = (idx, grid, curves)
@@ -535,6 +670,27 @@ class DPsurv(Learner):
         if run is not None:
             self.table.to_csv(run.path / f"comparison_{split}.csv", index=False)
         return flat
+
+    def _coverage(self, reps: Reps, time: np.ndarray, event: np.ndarray) -> dict[str, float]:
+        """Coverage of the calibrated band and of the raw one on the coverage grid: per risk
+        tercile (Kaplan-Meier inside the mean band), per case (IPCW hit rate of the credal
+        interval) and the mean band width."""
+        grid = self.cov_grid if self.cov_grid is not None else self._coverage_grid(time)
+        cb = self.calibrated_band(reps, grid)
+        raw = self.band(reps, grid)
+        a = 1.0 - self.config.nominal
+        out: dict[str, float] = {}
+        for tag, lo, up, alpha in (
+            ("", cb.s_low, cb.s_up, cb.alpha),
+            ("raw_", raw.s_low.numpy(), raw.s_up.numpy(), a),
+        ):
+            cov = tercile_coverage(time, event, cb.risk, lo, up, grid)
+            out.update({f"{tag}coverage_{k}": v for k, v in cov.items()})
+            out[f"{tag}coverage_min"] = min(cov.values())
+            lower, upper = band_interval(lo, up, grid, alpha)
+            out[f"{tag}coverage_case"] = float(ipcw_interval_coverage(time, event, lower, upper))
+            out[f"{tag}band_width"] = float(np.mean(up - lo))
+        return out
 
     def _ground_truth_checks(self, data: DPsurvData, tr: np.ndarray) -> dict[str, float]:
         """Synthetic cohorts: prototype ARI, pi against the true proportions, oracle C-index,
@@ -593,8 +749,9 @@ class DPsurv(Learner):
         idx = data.split(self.config.fold, split)
         grid = self._grid(data.time[idx])
         reps = self.reps(data, idx)
-        band = self.band(reps, grid)
-        risk = self._risk(self._require_model(), reps)
+        cb = self.calibrated_band(reps, grid)
+        cov_grid = self.cov_grid if self.cov_grid is not None else self._coverage_grid(grid)
+        lower, upper = self.calibrated_band(reps, cov_grid).interval(cov_grid)
 
         def median(s: np.ndarray) -> np.ndarray:
             below = s <= 0.5
@@ -605,11 +762,14 @@ class DPsurv(Learner):
             "case_id": data.case_ids[idx],
             "time": data.time[idx],
             "event": data.event[idx],
-            "risk": risk,
-            "median_survival": median(band.s.numpy()),
-            "median_low": median(band.s_low.numpy()),
-            "median_up": median(band.s_up.numpy()),
-            "band_width": (band.s_up - band.s_low).mean(1).numpy(),
+            "risk": cb.risk,
+            "median_survival": median(cb.s),
+            "median_low": median(cb.s_low),
+            "median_up": median(cb.s_up),
+            "band_width": (cb.s_up - cb.s_low).mean(1),
+            "interval_low": lower,
+            "interval_up": upper,
+            "interval_level": 1.0 - cb.alpha,
         })  # fmt: skip
         contrib = self.contributions(data, idx)
         for c in range(contrib.shape[1]):
@@ -628,15 +788,19 @@ class DPsurv(Learner):
         folder = Path(folder)
         idx = data.split(self.config.fold, split)[:n_cases]
         grid = self._grid(data.time[data.split(self.config.fold, split)])
-        band = self.band(self.reps(data, idx), grid)
+        cb = self.calibrated_band(self.reps(data, idx), grid)
+        lower, upper = cb.interval(grid)
         contrib = self.contributions(data, idx)
+        cal = self.calibration or BandCalibration.identity(self.config.nominal)
+        label = f"band, calibrated ({cal.family}) to {cal.nominal:.0%}"
         out: list[Path] = []
         for j, i in enumerate(idx):
             case = str(data.case_ids[i])
             out.append(plots.survival_band_png(
-                grid, band.s[j].numpy(), band.s_low[j].numpy(), band.s_up[j].numpy(),
+                grid, cb.s[j], cb.s_low[j], cb.s_up[j],
                 folder / f"{case}_survival.png", title=f"{case} (time {data.time[i]:.0f}, "
-                f"{'event' if data.event[i] else 'censored'})",
+                f"{'event' if data.event[i] else 'censored'})", label=label,
+                interval=(float(lower[j]), float(upper[j]), 1.0 - float(cb.alpha[j])),
             ))  # fmt: skip
             out.append(plots.contributions_png(contrib[j], folder / f"{case}_contributions.png",
                                                title=case))  # fmt: skip
@@ -670,6 +834,10 @@ class DPsurv(Learner):
         if self.prior is not None:
             state["prior_means"] = self.prior.means
             state["prior_var"] = self.prior.var
+        if self.calibration is not None:
+            state["calibration"] = self.calibration.to_dict()
+        if self.cov_grid is not None:
+            state["cov_grid"] = torch.as_tensor(self.cov_grid)
         if self.z_scale is not None:
             state["z_mean"] = torch.as_tensor(self.z_scale[0])
             state["z_std"] = torch.as_tensor(self.z_scale[1])
@@ -687,13 +855,17 @@ class DPsurv(Learner):
             self.prior = PrototypePrior(state["prior_means"], state["prior_var"])
         if "z_mean" in state:
             self.z_scale = (state["z_mean"].numpy(), state["z_std"].numpy())
+        if "calibration" in state:
+            self.calibration = BandCalibration.from_dict(state["calibration"])
+        if "cov_grid" in state:
+            self.cov_grid = state["cov_grid"].numpy()
 
     # -- report ---------------------------------------------------------------------------
     def report_table(self) -> str:
         if self.table is None:
             return ""
         cols = ["model", "harrell_c", "uno_c", "antolini_c", "ibs", "inbll", "d_calibration_p",
-                "coverage_min", "band_width"]  # fmt: skip
+                "coverage_min", "coverage_case", "band_width"]  # fmt: skip
         df = self.table.reindex(columns=cols)
         lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for _, r in df.iterrows():

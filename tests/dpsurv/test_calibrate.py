@@ -1,0 +1,142 @@
+"""Band calibration: the families' invariants, coverage reached on fresh draws of a planted
+cohort whose true survival is known, and the learner's calibrated band end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import clinfuse
+from clinfuse.core.errors import ConfigError
+from clinfuse.methods.dpsurv import plots
+from clinfuse.methods.dpsurv.calibrate import (
+    BandCalibration,
+    fit_calibration,
+    scale_band,
+    tercile_groups,
+)
+from clinfuse.metrics.survival import band_interval, interval_coverage, ipcw_interval_coverage
+
+GRID = np.linspace(0.05, 2.0, 60)
+
+
+def _cohort(n: int, seed: int):
+    """Exponential times with rate exp(x), independent exponential censoring (~30%)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    rate = np.exp(x)
+    t = rng.exponential(1 / rate)
+    c = rng.exponential(2.5, size=n)
+    return x, np.minimum(t, c), (t <= c).astype(int), np.exp(-np.outer(rate, GRID))
+
+
+def _biased_model(x):
+    """A model whose curve is too optimistic for high risk and too pessimistic for low risk,
+    with a raw band far too narrow (the failure the calibration must fix)."""
+    s = np.exp(-np.outer(np.exp(0.6 * x), GRID))
+    return x, s, np.clip(s - 0.005, 0, 1), np.clip(s + 0.005, 0, 1)
+
+
+def _band_fn(s, lo, up):
+    return lambda kappa, rows: scale_band(s[rows], lo[rows], up[rows], kappa)
+
+
+def test_scale_band_invariants():
+    _, s, lo, up = _biased_model(np.linspace(-2, 2, 7))
+    prev = None
+    for k in (0.0, 0.5, 1.0, 4.0, 50.0):
+        s2, lo2, up2 = scale_band(s, lo, up, k)
+        assert np.array_equal(s2, s)
+        assert np.all((0 <= lo2) & (lo2 <= s) & (s <= up2) & (up2 <= 1))
+        if prev is not None:  # nested: wider as kappa grows
+            assert np.all(lo2 <= prev[0] + 1e-12) and np.all(up2 >= prev[1] - 1e-12)
+        prev = (lo2, up2)
+    np.testing.assert_allclose(scale_band(s, lo, up, 1.0)[1], lo, atol=1e-9)
+    np.testing.assert_allclose(scale_band(s, lo, up, 0.0)[2], s, atol=1e-9)
+
+
+def test_calibration_reaches_the_nominal_level_on_fresh_cases():
+    x, t, e, _ = _cohort(3000, seed=0)
+    risk, s, lo, up = _biased_model(x)
+    cal = fit_calibration("scale", _band_fn(s, lo, up), risk, t, e, GRID, 0.9)
+    assert all(k > 1.0 for k in cal.kappa)  # the raw band was too narrow in every tercile
+    # recentring: the model's hazard is too high for low risk and too low for high risk
+    assert cal.centre[0] < 1.0 < cal.centre[2]
+    raw_cov, cal_cov, case_cov, raw_case = [], [], [], []
+    for seed in range(1, 7):  # fresh cases from the same population
+        x2, t2, e2, _ = _cohort(3000, seed=seed)
+        risk2, s2, lo2, up2 = _biased_model(x2)
+        _, clo, cup, alpha = cal.apply(_band_fn(s2, lo2, up2), risk2)
+        groups = tercile_groups(risk2, cal.cuts)
+        for g in range(3):
+            i = groups == g
+            raw_cov.append(interval_coverage(t2[i], e2[i], lo2[i], up2[i], GRID))
+            cal_cov.append(interval_coverage(t2[i], e2[i], clo[i], cup[i], GRID))
+        case_cov.append(ipcw_interval_coverage(t2, e2, *band_interval(clo, cup, GRID, alpha)))
+        raw_case.append(ipcw_interval_coverage(t2, e2, *band_interval(lo2, up2, GRID, 0.1)))
+    # one group's Kaplan-Meier coverage varies a lot between samples; its mean does not
+    assert np.mean(raw_cov) < 0.5
+    assert 0.8 <= np.mean(cal_cov) <= 0.98, cal_cov
+    assert abs(np.mean(case_cov) - 0.9) < 0.02, case_cov
+    assert abs(np.mean(raw_case) - 0.9) > 0.03, raw_case  # the raw credal interval misses
+
+
+def test_identity_and_round_trip():
+    cal = BandCalibration.identity(0.8)
+    assert cal.family == "none" and cal.alpha == pytest.approx((0.2, 0.2, 0.2))
+    kappa, alpha, centre = cal.per_case(np.array([-5.0, 0.0, 5.0]))
+    assert np.all(kappa == 1.0) and np.allclose(alpha, 0.2) and np.all(centre == 1.0)
+    fitted = BandCalibration(
+        "scale", 0.9, (0.1, 0.2), (1.0, 2.0, 3.0), (0.1, 0.2, 0.3), 0.4, (0.5, 1.0, 2.0)
+    )
+    assert BandCalibration.from_dict(fitted.to_dict()) == fitted
+    with pytest.raises(ConfigError, match="nominal"):
+        fit_calibration("scale", lambda k: None, np.zeros(3), np.ones(3), np.ones(3), GRID, 1.0)
+
+
+SMALL = ["progress=false", "n_cases=120", "n_components=6", "n_prototypes=1", "epochs=10",
+         "baselines=", "calibration_folds=2"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dpsurv_cal") / "run"
+    learner, rd = clinfuse.run("dpsurv", overrides=SMALL, out=out)
+    return learner, rd, learner.load_data()
+
+
+def test_learner_reports_and_saves_its_calibration(small):
+    learner, rd, data = small
+    m = rd.read_metrics()
+    assert m["calibration"] in ("scale", "evidential")
+    assert learner.calibration is not None and learner.calibration.family == m["calibration"]
+    for key in ("test_coverage_case", "test_raw_coverage_case", "test_band_width"):
+        assert 0.0 <= m[key] <= 1.0
+    again = clinfuse.load(rd.path)
+    assert again.calibration == learner.calibration
+    np.testing.assert_allclose(again.cov_grid, learner.cov_grid)
+    p = learner.predict(data, "test")
+    assert {"interval_low", "interval_up", "interval_level"} <= set(p.columns)
+    assert np.all(p["interval_low"] <= p["interval_up"])
+
+
+def test_show_draws_the_calibrated_band(small, tmp_path, monkeypatch):
+    learner, _, data = small
+    drawn = []
+    real = plots.survival_band_png
+
+    def spy(grid, s, s_low, s_up, path, **kw):
+        drawn.append((s_low, s_up, kw))
+        return real(grid, s, s_low, s_up, path, **kw)
+
+    monkeypatch.setattr(plots, "survival_band_png", spy)
+    learner.write_prediction_report(data, "test", tmp_path, n_cases=2)
+    assert len(drawn) == 2 and all(p.suffix == ".png" for p in tmp_path.iterdir())
+    idx = data.split(0, "test")[:2]
+    grid = learner._grid(data.time[data.split(0, "test")])
+    cb = learner.calibrated_band(learner.reps(data, idx), grid)
+    raw = learner.band(learner.reps(data, idx), grid)
+    np.testing.assert_allclose(drawn[0][0], cb.s_low[0])
+    np.testing.assert_allclose(drawn[0][1], cb.s_up[0])
+    assert not np.allclose(cb.s_up - cb.s_low, (raw.s_up - raw.s_low).numpy())
+    assert "calibrated" in drawn[0][2]["label"]
