@@ -811,9 +811,16 @@ class BehaviourConfig:
     """MLP Adam learning rate."""
     max_iter: int = 200
     """Logistic: L-BFGS iterations."""
-    smoothing: float = 0.5
-    """Tabular: Dirichlet pseudo-count added to every allowed action of a seen state (Laplace
-    smoothing at 1), so no allowed action gets a probability below its support."""
+    smoothing: float | None = None
+    """Tabular: Dirichlet pseudo-count added to every allowed action of a seen state (1 is
+    Laplace smoothing). None: an empirical-Bayes Dirichlet prior
+    :math:`\alpha_0 m(a)` towards the marginal action frequencies :math:`m`, with
+    :math:`\alpha_0` from ``prior_strengths`` chosen by held-out NLL (``prior_strength``
+    without calibration). Either way no allowed action falls below its prior share."""
+    prior_strengths: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+    """Tabular: candidate total pseudo-counts :math:`\alpha_0` of the empirical-Bayes prior."""
+    prior_strength: float = 1.0
+    """Tabular: :math:`\alpha_0` used without calibration."""
     ece_bins: int = 10
     """Confidence bins of the expected calibration error."""
     sharpen_z: float = 2.0
@@ -965,15 +972,20 @@ def _fit_mlp(
 def _fit_tabular(
     x: np.ndarray, a: np.ndarray, mask: np.ndarray, n_actions: int, cfg: BehaviourConfig, seed: int
 ) -> Callable[[np.ndarray], np.ndarray]:
-    r"""Counts per exact observation row: :math:`\hat\pi_b(a|s) \propto n(s,a) + \alpha`
-    (over actions allowed in ``s``); unseen rows get the marginal action frequencies."""
+    r"""Counts per exact observation row: :math:`\hat\pi_b(a|s) \propto n(s,a) + c_a` over the
+    actions allowed in ``s``, with :math:`c_a` = ``smoothing`` or the empirical-Bayes prior
+    :math:`\alpha_0 m(a)` (:math:`m` the marginal action frequencies, add-one smoothed);
+    unseen rows get :math:`m`."""
     index = _RowIndex(x)
     counts = np.zeros((len(index), n_actions))
     np.add.at(counts, (index.inverse, a), 1.0)
     allowed = np.zeros((len(index), n_actions), dtype=bool)
     np.logical_or.at(allowed, index.inverse, mask)
-    table = np.log(np.where(allowed, counts + cfg.smoothing, 1e-12))
-    marginal = np.log(np.bincount(a, minlength=n_actions) + cfg.smoothing)
+    freq = np.bincount(a, minlength=n_actions) + 1.0
+    freq = freq / freq.sum()
+    prior = cfg.smoothing if cfg.smoothing is not None else cfg.prior_strength * freq
+    table = np.log(np.where(allowed, counts + prior, 1e-12))
+    marginal = np.log(freq)
 
     def logits(obs: np.ndarray) -> np.ndarray:
         ids = index.lookup(obs)
@@ -1028,6 +1040,21 @@ def _episode_ess(traj_rows: np.ndarray, ratio: np.ndarray) -> float:
     return ess(w) / len(w) if len(w) else 1.0
 
 
+def _best_prior(
+    x: np.ndarray, a: np.ndarray, mask: np.ndarray, fit: np.ndarray, cal: np.ndarray,
+    traj: Trajectories, cfg: BehaviourConfig,
+) -> float:  # fmt: skip
+    """The empirical-Bayes prior strength with the smallest held-out NLL."""
+    nll = {}
+    for s in cfg.prior_strengths:
+        c = replace(cfg, prior_strength=float(s))
+        z = _fit_tabular(x[fit], a[fit], mask[fit], traj.n_actions, c, 0)(x[cal])
+        nll[float(s)] = _nll(_floor(_masked_softmax(z, mask[cal]), mask[cal], cfg.clip), a[cal])
+    best = min(nll, key=nll.__getitem__)
+    log.debug("tabular behaviour prior strengths (held-out NLL): %s -> %g", nll, best)
+    return best
+
+
 def fit_behaviour(
     traj: Trajectories,
     kind: Literal["logistic", "mlp", "tabular"] = "logistic",
@@ -1075,6 +1102,8 @@ def fit_behaviour(
     fit_rows = ~rows_cal
     mask = traj.allowed()
     x, a = traj.obs, traj.action
+    if kind == "tabular" and cfg.smoothing is None and calibrate:
+        cfg = replace(cfg, prior_strength=_best_prior(x, a, mask, fit_rows, rows_cal, traj, cfg))
     logits_fn = _BEHAVIOUR[kind](
         x[fit_rows], a[fit_rows], mask[fit_rows], traj.n_actions, cfg, seed
     )
@@ -1100,6 +1129,7 @@ def fit_behaviour(
             grid.ep[rows], p_cal[np.arange(len(rows)), a[ev]] / p_raw[np.arange(len(rows)), a[ev]]
         ),
         "refit": bool(calibrate and cfg.refit and kind in ("tabular", "logistic")),
+        "prior_strength": cfg.prior_strength if kind == "tabular" else None,
     }
     if report["refit"]:
         logits_fn = _BEHAVIOUR[kind](x, a, mask, traj.n_actions, cfg, seed)
@@ -1284,6 +1314,30 @@ def _auto_kind(traj: Trajectories) -> FQEKind:
     return "tabular" if distinct <= max(50, len(traj) // 10) else "linear"
 
 
+def _bootstrap_many(
+    traj: Trajectories,
+    runs: dict[str, Callable[[Trajectories, np.ndarray], OPEResult]],
+    n_boot: int,
+    alpha: float,
+    seed: int,
+) -> dict[str, tuple[float, float]]:
+    """:func:`bootstrap_ci` of several estimators on the same resamples (each gets the interval
+    that :func:`bootstrap_ci` with this seed gives it alone)."""
+    if n_boot <= 0:
+        return dict.fromkeys(runs, (np.nan, np.nan))
+    if n_boot < 2 or not 0.0 < alpha < 1.0:
+        raise ConfigError("bootstrap needs n_boot >= 2 and alpha in (0, 1)", found=(n_boot, alpha))
+    rng = np.random.default_rng(seed)
+    n = traj.n_episodes
+    vals = np.empty((len(runs), n_boot))
+    for b in range(n_boot):
+        boot, rows = _resample(traj, rng.integers(0, n, size=n))
+        for j, run in enumerate(runs.values()):
+            vals[j, b] = run(boot, rows).value
+    q = np.quantile(vals, [alpha / 2, 1 - alpha / 2], axis=1)
+    return {k: (float(q[0, j]), float(q[1, j])) for j, k in enumerate(runs)}
+
+
 def evaluate_policy(
     traj: Trajectories,
     pi_e: np.ndarray,
@@ -1344,11 +1398,12 @@ def evaluate_policy(
             f"unknown OPE estimator(s) {unknown}",
             expected=f"some of {sorted(ESTIMATORS) + ['fqe']}",
         )
+    runs = {e: _estimator_run(e, pi_e, pi_b, gamma, q_hat, v_hat, model, traj) for e in estimators}
+    cis = _bootstrap_many(traj, runs, n_boot, alpha, seed)
     rows_out = []
-    for name in estimators:
-        run = _estimator_run(name, pi_e, pi_b, gamma, q_hat, v_hat, model, traj)
+    for name, run in runs.items():
         res = run(traj, np.arange(len(traj)))
-        low, high = bootstrap_ci(traj, run, n_boot, alpha, seed) if n_boot > 0 else (np.nan, np.nan)
+        low, high = cis[name]
         flags = _flags(
             name, res.value, low, high, res.ess, lo, hi, ess_floor, support, max_low_support
         )
@@ -1442,11 +1497,11 @@ def describe(table: pd.DataFrame) -> str:
         )
     m = table.attrs.get("fqe")
     if m:
-        bounds = m["bounds"]
-        extra = f", bounds with unseen (s, a) at the range ends {bounds[0]:.3f}..{bounds[1]:.3f}"
+        b = m["bounds"]
+        extra = f", bounds with unseen (s, a) at the range ends {b[0]:.3f}..{b[1]:.3f}" if b else ""
         lines.append(
             f"FQE: {m['folds']}-fold cross-fitted by patient; target mass on (s, a) unseen by "
-            f"the row's model {m['unseen_mass']:.3f}" + (extra if bounds else "")
+            f"the row's model {m['unseen_mass']:.3f}" + extra
         )
     lo, hi = table.attrs.get("value_range", (-np.inf, np.inf))
     lines.append(f"return range [{lo:.3g}, {hi:.3g}]")
