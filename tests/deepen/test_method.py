@@ -145,3 +145,31 @@ def test_near_mix_keeps_the_clinicians_support() -> None:
     np.testing.assert_allclose(near_mix(p, 0.1, 0.0), 0.9 * p + 0.1 / 6)  # plain uniform mix
     ratio = mix[p >= 0.01] / p[p >= 0.01]
     assert ratio.min() >= 0.9 - 1e-12  # importance ratios of the mix stay bounded below
+
+
+def test_report_never_prints_a_degenerate_estimate_bare(tiny) -> None:
+    """Greedy policies rest on a handful of patients: their weight-based estimates carry a low-ESS
+    flag, mortality comes from the cross-fitted FQE instead, and every printed value lies in the
+    return range."""
+    learner, run, _ = tiny
+    table = learner.table.set_index("policy")
+    lo, hi = (
+        learner.table.attrs["q_sanity"]["return_low"],
+        learner.table.attrs["q_sanity"]["return_high"],
+    )
+    for e in ("wis", "cwpdis", "wdr", "fqe"):
+        assert table[e].between(lo, hi).all(), e
+        low_ess = table[f"{e}_ess"] < learner.config.ess_floor
+        if e != "fqe":
+            assert table.loc[low_ess, f"{e}_flags"].str.contains("low_ess").all(), e
+    wdr_ok = table["wdr_ess"] >= learner.config.ess_floor
+    assert (table.loc[~wdr_ok, "selected_by"] == "fqe").all()
+    assert (table.loc[wdr_ok, "selected_by"] == "wdr").all()
+    text = learner.report_table()
+    for name in table.index[~wdr_ok]:
+        line = next(ln for ln in text.splitlines() if ln.startswith(f"| {name} |"))
+        assert "ESS" in line and "[fqe]" in line, line
+    assert "Q sanity" in text
+    sweep = pd.read_csv(run.path / "alpha_sweep.csv")
+    best = sweep.loc[sweep["valid_selected"].idxmax(), "alpha"]
+    assert run.read_metrics()["chosen_alpha"] == best

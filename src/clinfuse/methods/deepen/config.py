@@ -11,7 +11,7 @@ from typing import Literal
 
 from clinfuse.core.config import check_fields
 
-Estimator = Literal["is", "wis", "pdis", "cwpdis", "dr", "wdr"]
+Estimator = Literal["is", "wis", "pdis", "cwpdis", "dr", "wdr", "fqe"]
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,14 @@ class DeepENConfig:
     """Steps between hard target-network copies [inferred]."""
     alphas: tuple[float, ...] = (0.0, 0.1, 0.5, 1.0, 2.0, 5.0)
     """CQL alphas swept; the one with the best validation OPE estimate is kept [inferred]."""
-    selection: Estimator = "wis"
-    """OPE estimator that picks alpha on the validation split (notes §4: WIS was the least wrong
-    on ICU-Sepsis; DeepEN reports CWPDIS, which is computed too) [inferred]."""
+    selection: Estimator = "wdr"
+    """OPE estimator that picks alpha on the validation split and feeds the estimated mortality:
+    weighted doubly robust with a linear FQE cross-fitted over 5 patient folds; where its ESS
+    is below `ess_floor` the cross-fitted FQE estimate is used instead (a greedy policy's
+    importance weights rest on a handful of patients) [inferred]."""
+    ess_floor: float = 20.0
+    """Effective sample size (episodes) below which a weight-based estimate is not used for
+    selection or mortality and is printed with its flag [inferred]."""
     support_min_count: int = 5
     """Actions logged fewer times than this in the training split are masked out of every
     learned policy (data-support filter; 0 keeps all) [inferred]."""
@@ -118,6 +123,7 @@ class DeepENConfig:
             "near_share": (0.0 <= self.near_share <= 1.0, "in [0, 1]"),
             "near_support": (0.0 <= self.near_support < 1.0, "in [0, 1)"),
             "n_boot": (self.n_boot >= 10, ">= 10"),
+            "ess_floor": (self.ess_floor >= 1, ">= 1"),
             "rollout_patients": (self.rollout_patients >= 100, ">= 100"),
             "support_min_count": (self.support_min_count >= 0, ">= 0"),
         }

@@ -8,8 +8,10 @@ The pipeline of :meth:`DeepEN.fit` (every step writes into the run directory):
 2. the clinician policy :math:`\\hat\\pi_b` (behaviour cloning, temperature-calibrated);
 3. for each CQL alpha: D3QN + CQL on the training split (checkpointed, so ``--resume`` skips the
    alphas already trained), its validation OPE estimate (``selection``) and, on simulator data,
-   its true value; the best estimate wins;
-4. on the test split: OPE (IS, WIS, PDIS, CWPDIS with patient-bootstrap CIs) of every comparison
+   its true value; the best estimate wins (``selection``: cross-fitted WDR, or cross-fitted FQE
+   where the WDR's ESS is below ``ess_floor``);
+4. on the test split: OPE (IS, WIS, PDIS, CWPDIS, WDR and FQE with patient-bootstrap CIs, every
+   estimate clipped to the return range and flagged when unreliable) of every comparison
    policy (learned, clinician, guideline, random, zero, maximum, and a near-behaviour mix used to
    check OPE), true values and mortality by seeded roll-outs (simulator), the return-to-mortality
    calibration, dose-deviation curves and the safety report.
@@ -46,8 +48,9 @@ from clinfuse.rl.splits import split_patients
 log = logging.getLogger(__name__)
 
 Policy = Callable[[np.ndarray], np.ndarray]
-OPE_ESTIMATORS = ("is", "wis", "pdis", "cwpdis")
-"""Estimators reported on the test split (model-free; DR/WDR/FQE live in ``clinfuse.rl.ope``)."""
+OPE_ESTIMATORS = ("is", "wis", "pdis", "cwpdis", "wdr", "fqe")
+"""Estimators reported on the test split; WDR and FQE use a linear FQE cross-fitted over
+patient folds."""
 DAY = 6.0  # 4-h steps per day
 
 
@@ -364,7 +367,19 @@ class DeepEN(Learner):
             estimators=list(estimators),
             n_boot=self.config.n_boot,
             seed=self.config.seed,
+            q_model="linear",
+            behaviour=self.behaviour,
+            ess_floor=self.config.ess_floor,
         )
+
+    def _selected(self, est: pd.DataFrame) -> tuple[str, pd.Series]:
+        """The estimate that selection and mortality use: ``selection``, or FQE where a
+        weight-based ``selection`` has ESS below ``ess_floor``."""
+        rows = est.set_index("estimator")
+        sel = self.config.selection
+        if sel != "fqe" and rows.loc[sel, "ess"] < self.config.ess_floor and "fqe" in rows.index:
+            return "fqe", rows.loc["fqe"]
+        return sel, rows.loc[sel]
 
     def _rollout(self, data: DeepENData, policy: Policy, n: int) -> dict[str, float]:
         """True value (mean discounted return) and mortality by seeded roll-outs."""
@@ -404,22 +419,30 @@ class DeepEN(Learner):
                 run.save_checkpoint(tag, {"q": learner.state_dict(), "alpha": alpha})
             learners[alpha] = learner
             pols = self.policies(data, learner)
-            est = self._ope(valid, raw["valid"].obs, pols["d3qn_cql"], (cfg.selection, "cwpdis"))
+            names = tuple(dict.fromkeys((cfg.selection, "wis", "cwpdis", "wdr", "fqe")))
+            est = self._ope(valid, raw["valid"].obs, pols["d3qn_cql"], names)
             row: dict[str, Any] = {"alpha": alpha}
             for _, r in est.iterrows():
                 row[f"valid_{r['estimator']}"] = float(r["value"])
                 row[f"valid_{r['estimator']}_ess"] = float(r["ess"])
+            used, chosen = self._selected(est)
+            row["valid_selected"], row["valid_selected_by"] = float(chosen["value"]), used
             if data.simulated:
                 row.update(self._rollout(data, pols["d3qn_cql"], cfg.rollout_patients // 2))
             sweep.append(row)
             log.info("alpha %g: %s", alpha, row)
-        best = max(sweep, key=lambda r: r[f"valid_{cfg.selection}"])
+        best = max(sweep, key=lambda r: r["valid_selected"])
         self.alpha = float(best["alpha"])
         self.model = learners[self.alpha]
         run.save_checkpoint("best", self.state_dict())
         pd.DataFrame(history).to_csv(run.path / "training.csv", index=False)
         pd.DataFrame(sweep).to_csv(run.path / "alpha_sweep.csv", index=False)
-        metrics = {"chosen_alpha": self.alpha, "data": data.name, "selection": cfg.selection}
+        metrics = {
+            "chosen_alpha": self.alpha,
+            "data": data.name,
+            "selection": cfg.selection,
+            "selected_by": best["valid_selected_by"],
+        }
         metrics.update(self._report(data, "test", run))
         run.write_metrics(metrics)
         self.plot(run)
@@ -440,15 +463,21 @@ class DeepEN(Learner):
         mort = mortality_calibration(g, ep_died, cfg.calibration)
         rows = []
         for name, policy in self.policies(data).items():
-            est = self._ope(traj, raw.obs, policy, OPE_ESTIMATORS)
+            names = tuple(dict.fromkeys((*OPE_ESTIMATORS, cfg.selection)))
+            est = self._ope(traj, raw.obs, policy, names)
             row: dict[str, Any] = {"policy": name}
             for _, r in est.iterrows():
                 e = r["estimator"]
                 row[e], row[f"{e}_low"], row[f"{e}_high"] = r["value"], r["ci_low"], r["ci_high"]
-                row[f"{e}_ess"] = r["ess"]
-            sel = cfg.selection
-            row["est_mortality"] = float(mort(row[sel]))
-            ends = mort(np.array([row[f"{sel}_low"], row[f"{sel}_high"]]))  # m falls with V
+                row[f"{e}_ess"], row[f"{e}_raw"] = r["ess"], r["value_raw"]
+                row[f"{e}_flags"] = r["flags"]
+            used, chosen = self._selected(est)
+            row["selected_by"] = used
+            row["selected"], row["selected_low"], row["selected_high"] = (
+                chosen["value"], chosen["ci_low"], chosen["ci_high"]
+            )  # fmt: skip
+            row["est_mortality"] = float(mort(chosen["value"]))
+            ends = mort(np.array([chosen["ci_low"], chosen["ci_high"]]))  # m falls with V
             row["est_mortality_low"], row["est_mortality_high"] = (
                 float(ends.min()),
                 float(ends.max()),
@@ -458,8 +487,19 @@ class DeepEN(Learner):
             rows.append(row)
         table = pd.DataFrame(rows)
         table.attrs["clinician_logged_mortality"] = float(ep_died.mean())
+        table.attrs["q_sanity"] = self.q_check(data, split)
         self.table = table
         return table
+
+    def q_check(self, data: DeepENData, split: str = "test") -> dict[str, Any]:
+        """Mean learned Q on the clinicians' logged actions against the return range of
+        ``split`` (an over-estimating Q-network sits outside it)."""
+        from clinfuse.rl.ope import q_sanity, value_range
+
+        model = self._require_model()
+        traj = self._prepare(data)[split]
+        q = model.q_values(traj.obs)[np.arange(len(traj)), traj.action]
+        return q_sanity(q, value_range(traj, self.config.gamma))
 
     def safety(self, data: DeepENData, split: str = "test") -> dict[str, float]:
         """Share of recommended actions outside data support or guideline bounds; agreement with
@@ -530,9 +570,11 @@ class DeepEN(Learner):
         metrics: dict[str, float] = {f"safety_{k}": v for k, v in safety.items()}
         for _, r in table.iterrows():
             for col in table.columns:
-                if col != "policy" and pd.notna(r[col]):
+                if col != "policy" and not isinstance(r[col], str) and pd.notna(r[col]):
                     metrics[f"{split}_{r['policy']}_{col}"] = float(r[col])
         metrics[f"{split}_clinician_logged_mortality"] = table.attrs["clinician_logged_mortality"]
+        for k, v in table.attrs["q_sanity"].items():
+            metrics[f"{split}_{k}"] = float(v)
         if run is not None:
             self._write_tables(run.path)
             run.write_predictions(self.predict(data, split))
@@ -559,32 +601,51 @@ class DeepEN(Learner):
         return plot_folder(folder, folder / "plots", self.config.selection)
 
     def report_table(self) -> str:
-        """The comparison table as Markdown (printed by ``clinfuse fit/evaluate deepen``)."""
+        """The comparison table as Markdown (printed by ``clinfuse fit/evaluate deepen``).
+
+        Every estimate is clipped to the return range and followed by its flags (outside the
+        range, low ESS, positivity); the mortality column converts the estimate that selection
+        uses (``selected_by``: the cross-fitted WDR, or FQE where the WDR's ESS is too small)."""
+        from clinfuse.rl.ope import format_estimate
+
         if self.table is None:
             return ""
         t = self.table
-        sel = self.config.selection
-        cols = ["policy", sel, "cwpdis", "est_mortality"]
-        head = f"| policy | {sel} (95% CI) | CWPDIS (95% CI) | est. mortality (95% CI) |"
-        if "true_value" in t.columns:
-            cols += ["true_value", "true_mortality"]
+
+        def est(r: pd.Series, e: str) -> str:
+            return format_estimate(
+                {"value": r[e], "ci_low": r[f"{e}_low"], "ci_high": r[f"{e}_high"],
+                 "value_raw": r[f"{e}_raw"], "ess": r[f"{e}_ess"], "flags": r[f"{e}_flags"]}
+            )  # fmt: skip
+
+        head = (
+            "| policy | WIS (95% CI) | CWPDIS (95% CI) | WDR (95% CI) | FQE (95% CI) | "
+            "est. mortality (95% CI) [from] |"
+        )
+        has_truth = "true_value" in t.columns
+        if has_truth:
             head += " true value (95% CI) | true mortality (95% CI) |"
         lines = [head, "|" + "---|" * (head.count("|") - 1)]
         for _, r in t.iterrows():
             cells = [
-                r["policy"],
-                f"{r[sel]:.2f} ({r[f'{sel}_low']:.2f}, {r[f'{sel}_high']:.2f})",
-                f"{r['cwpdis']:.2f} ({r['cwpdis_low']:.2f}, {r['cwpdis_high']:.2f})",
+                r["policy"], est(r, "wis"), est(r, "cwpdis"), est(r, "wdr"), est(r, "fqe"),
                 f"{r['est_mortality']:.3f} ({r['est_mortality_low']:.3f}, "
-                f"{r['est_mortality_high']:.3f})",
-            ]
-            if "true_value" in t.columns:
+                f"{r['est_mortality_high']:.3f}) [{r['selected_by']}]",
+            ]  # fmt: skip
+            if has_truth:
                 cells += [
                     f"{r['true_value']:.2f} ({r['true_low']:.2f}, {r['true_high']:.2f})",
                     f"{r['true_mortality']:.3f} ({r['true_mortality_low']:.3f}, "
                     f"{r['true_mortality_high']:.3f})",
                 ]
             lines.append("| " + " | ".join(cells) + " |")
+        qs = t.attrs.get("q_sanity")
+        if qs:
+            verdict = "OUTSIDE the return range" if qs["q_outside_range"] else "inside it"
+            lines.append(
+                f"\nQ sanity: mean learned Q on the clinicians' actions {qs['q_logged_mean']:.2f}; "
+                f"return range [{qs['return_low']:.2f}, {qs['return_high']:.2f}]: {verdict}."
+            )
         return "\n".join(lines)
 
     def evaluate(self, data: DeepENData, split: str = "test", corrupt: str | None = None) -> dict:
@@ -650,7 +711,7 @@ class DeepEN(Learner):
 
     def demo(self, data: DeepENData, run: RunDir) -> DemoResult:
         m = run.read_metrics()
-        key = "true_value" if "test_d3qn_cql_true_value" in m else self.config.selection
+        key = "true_value" if "test_d3qn_cql_true_value" in m else "selected"
         return DemoResult(
             system="deepen",
             data=f"{data.name} ({data.traj.n_episodes} admissions)",
