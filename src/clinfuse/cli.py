@@ -219,6 +219,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_view(args: argparse.Namespace) -> int:
+    from clinfuse.report.view import build_site, make_server
+
+    index = build_site(args.path, args.out)
+    print(f"site written to {index.parent}; open {index.as_uri()} in a browser")
+    if args.serve:
+        # serve the viewed folder when the site lies inside it (the pages link its images)
+        root = Path(args.path).resolve()
+        base = root if index.parent.is_relative_to(root) else index.parent
+        server = make_server(base, args.port)
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        print(f"serving {base} read-only at {url}{index.relative_to(base).as_posix()} (Ctrl-C)")
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="clinfuse", description="clinfuse: multimodal clinical AI methods, one toolkit."
@@ -291,6 +312,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("names", nargs="*", help="systems to run (default: all)")
     s.add_argument("--out", default=None, help="report directory (default runs/demo/<time>)")
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("view", help="write a static HTML site of a run, build or demo folder")
+    s.add_argument("path", help="a folder written by clinfuse fit, build or demo")
+    s.add_argument("--out", help="site folder (default PATH/site)")
+    s.add_argument("--serve", action="store_true", help="then serve it read-only on 127.0.0.1")
+    s.add_argument("--port", type=int, default=8000, help="port of --serve (0: any free port)")
+    s.set_defaults(func=cmd_view)
     return p
 
 
