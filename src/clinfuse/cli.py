@@ -216,6 +216,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     report = run_demo(args.names or None, out=args.out, progress=not args.quiet)
     print(f"demo report written to {report}")
+    site = Path(report).parent / "site" / "index.html"
+    if site.is_file():
+        print(f"browse every run and data set: open {site.resolve().as_uri()} in a browser")
     return 0
 
 

@@ -24,6 +24,29 @@ def _rel(path: Path, root: Path) -> str:
     return os.path.relpath(path, root)
 
 
+REPORT_CSS = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 16px 24px; color: #1d232a; }
+table { border-collapse: collapse; margin: 8px 0; }
+th, td { border: 1px solid #ccd; padding: 3px 8px; text-align: left; }
+th { background: #eef1f5; }
+figure { display: inline-block; margin: 8px 16px 8px 0; vertical-align: top; max-width: 640px; }
+figure img { max-width: 100%; border: 1px solid #ddd; }
+figcaption { font-size: 12px; color: #555; }
+pre { white-space: pre-wrap; background: #f2f2f2; padding: 6px; }
+"""
+
+
+def report_html(markdown: str, title: str) -> str:
+    """The HTML page of a Markdown report: every table, image and code block rendered, all text
+    escaped (:func:`clinfuse.report.view.markdown.markdown_to_html`)."""
+    from clinfuse.report.view.markdown import markdown_to_html
+
+    return (
+        f"<!doctype html><html lang=en><meta charset=utf-8><title>{html.escape(title)}</title>"
+        f"<style>{REPORT_CSS}</style>\n<body>\n{markdown_to_html(markdown)}\n</body></html>\n"
+    )
+
+
 def write_report(
     results: Sequence[DemoResult], failures: dict[str, str], out: Path, seconds: dict[str, float]
 ) -> tuple[Path, Path]:
@@ -59,36 +82,20 @@ def write_report(
     md = "\n".join(lines) + "\n"
     md_path = atomic_write_text(out / "report.md", md)
 
-    body = ["<h1>clinfuse demo report</h1>", "<table border=1 cellpadding=4>"]
-    body.append("<tr>" + "".join(f"<th>{h}</th>" for h in head.strip("|").split("|")) + "</tr>")
-    for r in results:
-        cells = [
-            r.system,
-            r.data,
-            r.metric,
-            f"{r.value:.4f}",
-            r.baseline,
-            f"{r.baseline_value:.4f}",
-        ]
-        cells.append(f"{seconds.get(r.system.split(' (')[0], float('nan')):.0f}")
-        body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    for name in failures:
-        body.append(f"<tr><td>{html.escape(name)}</td><td colspan=6>FAILED</td></tr>")
-    body.append("</table>")
-    for r in results:
-        body.append(f"<h2>{html.escape(r.system)}</h2><p>{html.escape(r.notes)}</p>")
-        if r.extra:
-            body.append("<table border=1 cellpadding=3>")
-            body += [
-                f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>" for k, v in r.extra.items()
-            ]
-            body.append("</table>")
-        body += [f'<img src="{html.escape(_rel(p, out))}" width="480">' for p in r.plots]
-    for name, err in failures.items():
-        body.append(f"<h2>{html.escape(name)} (failed)</h2><pre>{html.escape(err)}</pre>")
-    page = "<!doctype html><meta charset=utf-8><title>clinfuse demo</title>\n" + "\n".join(body)
+    page = report_html(md, title="clinfuse demo")
     html_path = atomic_write_text(out / "report.html", page)
     return md_path, html_path
+
+
+def write_site(root: Path) -> Path | None:
+    """The ``clinfuse view`` site of the demo folder (``<root>/site/index.html``)."""
+    from clinfuse.report.view import build_site
+
+    try:
+        return build_site(root, root / "site")
+    except Exception:  # noqa: BLE001 - the report is written; a site failure must not hide it
+        log.error("the demo site could not be written:\n%s", traceback.format_exc())
+        return None
 
 
 def run_demo(
@@ -148,6 +155,7 @@ def run_demo(
             "seconds": seconds,
         },
     )
+    write_site(root)
     if failures:
         from clinfuse.core.errors import ClinfuseError
 

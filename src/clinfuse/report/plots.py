@@ -15,8 +15,14 @@ from clinfuse.core.runs import atomic_path  # noqa: E402
 
 
 def save(fig: Any, path: str | Path, dpi: int = 110) -> Path:
-    """Save ``fig`` as PNG at ``path`` (atomic) and close it."""
+    """Save ``fig`` as PNG at ``path`` (atomic) and close it.
+
+    A figure without a layout engine gets matplotlib's constrained layout, so titles, axis labels
+    and legends of neighbouring axes never overlap.
+    """
     path = Path(path)
+    if fig.get_layout_engine() is None:
+        fig.set_layout_engine("constrained")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
     plt.close(fig)
