@@ -219,8 +219,13 @@ class DPsurv(Learner):
             tab = load_tabular(source)
             folds = stratified_folds(tab.event, cfg.n_folds, seed=cfg.seed)
             ids = np.array([f"{source}-{i}" for i in range(len(tab.time))])
+            time = tab.time
+            zero = time <= 0
+            if zero.any() and (~zero).any():  # log-time models need t > 0 (flchain: 3 rows)
+                log.info("%s: %d times of 0 set to half the smallest positive", source, zero.sum())
+                time = np.where(zero, 0.5 * time[~zero].min(), time)
             return DPsurvData(
-                source, ids, tab.time, tab.event, folds, X=tab.X, feature_names=tab.feature_names
+                source, ids, time, tab.event, folds, X=tab.X, feature_names=tab.feature_names
             )
         root = Path(source)
         if not root.exists():

