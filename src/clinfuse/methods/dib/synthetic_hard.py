@@ -6,19 +6,23 @@ read, in the same MMSA schema (labels on MOSI's 1/3 grid in [-3, 3], never 0):
 
 * sentiment :math:`y_i = s_i m_i`, sign :math:`s_i = \pm 1` (equiprobable), magnitude
   :math:`m_i` uniform on :math:`\{1/3, 2/3, \dots, 3\}`;
-* a "sarcasm" flip :math:`c_i = -1` with probability ``flip_rate`` (else :math:`+1`); the words
-  say the *literal* polarity :math:`t_i = s_i c_i`, so text alone gets the sign wrong whenever
-  :math:`c_i = -1` (cross-modal interaction: :math:`\mathrm{sign}\, y = t \cdot c`);
+* a flip :math:`c_i = -1` (else :math:`+1`) with probability ``flip_rate[0]`` for negative and
+  ``flip_rate[1]`` for positive sentiment (sarcasm, positive words said with a negative
+  intent, is the common case); the words say the *literal* polarity :math:`t_i = s_i c_i`, so
+  text alone gets the sign wrong whenever :math:`c_i = -1` (cross-modal interaction:
+  :math:`\mathrm{sign}\, y = t \cdot c`). The asymmetry gives the flip cue a marginal
+  correlation with the label, so gradient training can find it (a symmetric flip is a parity
+  problem);
 * text: every valid frame is :math:`t_i m_i \gamma_t\, w_t + \epsilon`, with
   :math:`\epsilon \sim N(0, \sigma_t^2 I)` on the informative columns (``text_snr`` =
   :math:`\gamma_t/\sigma_t`);
-* audio and vision reveal :math:`c_i` only through temporal order: in one random pair of adjacent
-  valid frames :math:`(\tau, \tau+1)` the informative columns hold :math:`+c_i a_m w_m` then
-  :math:`-c_i a_m w_m`, elsewhere only noise :math:`N(0, \sigma_m^2 I)` (``cue_snr`` =
-  :math:`a_m/\sigma_m`). The pattern sums to zero over time, and any permutation-invariant
-  pooling (mean, std, max, min) of the frames is the same for :math:`c = +1` and :math:`c = -1`:
-  only a model that reads frame order sees the flip. Audio and vision carry the same :math:`c_i`
-  with independent noise (redundancy: one may be lost);
+* audio and vision reveal :math:`c_i` only through temporal order: in one random window of
+  ``cue_len`` adjacent valid frames the informative columns hold :math:`+c_i a_m w_m` in the first
+  half and :math:`-c_i a_m w_m` in the second, elsewhere only noise :math:`N(0, \sigma_m^2 I)`
+  (``cue_snr`` = :math:`a_m/\sigma_m`). The pattern sums to zero over time, and any
+  permutation-invariant pooling (mean, std, max, min) of the frames is the same for
+  :math:`c = +1` and :math:`c = -1`: only a model that reads frame order sees the flip. Audio
+  and vision carry the same :math:`c_i` with independent noise (redundancy: one may be lost);
 * nuisance columns in every modality carry a factor shared across modalities, per sample
   :math:`u_i \sim N(0, 1)` and per frame :math:`r_{it} \sim N(0, 1)`, with fixed loadings, plus
   independent noise, all scaled by ``nuisance_scale``; they are independent of the label;
@@ -26,11 +30,11 @@ read, in the same MMSA schema (labels on MOSI's 1/3 grid in [-3, 3], never 0):
   :math:`[\lceil T/2 \rceil, T]`, padding is zero.
 
 The Bayes posterior :math:`P(y > 0 \mid x)` is exact (:func:`hard_posterior`): the text evidence
-is a mixture over magnitudes, the audio/vision evidence a mixture over window positions, and text
-and flip evidence are independent given the features. It accepts extra per-column Gaussian noise
-(test-time corruption with known std) and treats all-zero frames as missing, so the oracle is
-also available under corruption. ``meta["ground_truth"]["bayes_acc"]`` holds the clean Bayes
-accuracy (expected, :math:`\mathrm{mean}_i \max(p_i, 1 - p_i)`) of each split.
+is a mixture over magnitudes, the audio/vision evidence a mixture over window positions, and the
+two likelihoods are combined with the joint prior of :math:`(t, c)`. It accepts extra per-column
+Gaussian noise (test-time corruption with known std) and treats all-zero frames as missing, so
+the oracle is also available under corruption. ``meta["ground_truth"]["bayes_acc"]`` holds the
+clean Bayes accuracy (expected, :math:`\mathrm{mean}_i \max(p_i, 1 - p_i)`) of each split.
 
 Example:
     >>> data = synthetic_mosi_hard(n_train=40, n_valid=20, n_test=20, seed=1)
@@ -56,6 +60,11 @@ __all__ = ["hard_bayes_accuracy", "hard_posterior", "synthetic_mosi_hard"]
 
 _MAGNITUDES = np.arange(1, 10, dtype=np.float64) / 3.0
 _CUE_MODALITIES = ("audio", "vision")
+
+
+def _pattern(width: int) -> np.ndarray:
+    """The cue's frame signs: ``+1`` for the first half of the window, ``-1`` for the second."""
+    return np.repeat([1.0, -1.0], width // 2)
 
 
 def _check(cond: bool, msg: str, found: object, fix: str) -> None:
@@ -111,7 +120,8 @@ def _split(
 ) -> MSASplit:
     s = rng.choice([-1.0, 1.0], size=n)
     m = rng.choice(_MAGNITUDES, size=n)
-    c = np.where(rng.random(n) < gt["flip_rate"], -1.0, 1.0)
+    q_neg, q_pos = gt["flip_rate"]
+    c = np.where(rng.random(n) < np.where(s > 0, q_pos, q_neg), -1.0, 1.0)
     y = (s * m).astype(np.float32)
     t_max = max(seq)
     shared = (rng.normal(size=(n, 1)), rng.normal(size=(n, t_max)))
@@ -123,10 +133,10 @@ def _split(
             along = (s * c * m * gt["gamma"]["text"])[:, None] * valid
         else:
             along = np.zeros((n, t))
-            start = rng.integers(0, lengths[mod] - 1)  # window (start, start + 1) inside
+            start = rng.integers(0, lengths[mod] - gt["cue_len"] + 1)  # window inside
             rows = np.arange(n)
-            along[rows, start] = c * gt["gamma"][mod]
-            along[rows, start + 1] = -c * gt["gamma"][mod]
+            for k, sign in enumerate(_pattern(gt["cue_len"])):
+                along[rows, start + k] = sign * c * gt["gamma"][mod]
         feats[mod] = _frames(
             rng,
             n,
@@ -158,16 +168,17 @@ def _split(
 
 def synthetic_mosi_hard(
     *,
-    n_train: int = 2000,
-    n_valid: int = 500,
-    n_test: int = 1000,
-    seq_len: tuple[int, int, int] = (12, 16, 16),
+    n_train: int = 1200,
+    n_valid: int = 300,
+    n_test: int = 800,
+    seq_len: tuple[int, int, int] = (8, 10, 10),
     dims: tuple[int, int, int] = (32, 12, 16),
     nuisance_dims: tuple[int, int, int] = (8, 4, 6),
     text_snr: float = 0.6,
     cue_snr: tuple[float, float] = (3.0, 3.0),
-    flip_rate: float = 0.3,
-    nuisance_scale: float = 3.0,
+    cue_len: int = 4,
+    flip_rate: tuple[float, float] = (0.5, 0.1),
+    nuisance_scale: float = 1.0,
     seed: int | np.random.Generator = 0,
     name: str = "synthetic_mosi_hard",
 ) -> MSAData:
@@ -180,7 +191,8 @@ def synthetic_mosi_hard(
         nuisance_dims: label-independent columns per modality (< ``dims``).
         text_snr: :math:`\\gamma_t/\\sigma_t` of one text frame for magnitude 1.
         cue_snr: :math:`a_m/\\sigma_m` of the audio and vision cue frames.
-        flip_rate: probability that the words say the opposite of the sentiment.
+        flip_rate: probability that the words say the opposite of the sentiment, for
+            negative and for positive sentiment.
         nuisance_scale: scale of the shared and independent nuisance.
         seed: an int seed or a ``numpy.random.Generator``.
         name: data set name.
@@ -204,8 +216,20 @@ def synthetic_mosi_hard(
         f"dims={dim}, nuisance_dims={nuis}, seq_len={seq}",
         "keep nuisance_dims < dims",
     )
-    _check(min(seq[1:]) >= 2, "audio and vision need 2 frames for the cue", seq, "seq_len >= 2")
-    _check(0.0 <= flip_rate < 0.5, "flip_rate must lie in [0, 0.5)", flip_rate, "e.g. 0.3")
+    _check(
+        cue_len >= 2 and cue_len % 2 == 0 and math.ceil(min(seq[1:]) / 2) >= cue_len,
+        "the cue needs an even length >= 2 that fits in the shortest audio/vision sequence",
+        f"cue_len={cue_len}, seq_len={seq}",
+        "cue_len=4 with seq_len >= 8 for audio and vision",
+    )
+    rates = tuple(float(v) for v in flip_rate)
+    _check(
+        len(rates) == 2
+        and all(0.0 <= v < 0.5 or (v == 0.5 and i == 0) for i, v in enumerate(rates)),
+        "flip_rate must be two probabilities (negative <= 0.5, positive < 0.5)",
+        flip_rate,
+        "e.g. flip_rate=(0.5, 0.1)",
+    )
     _check(
         text_snr > 0 and min(cue_snr) > 0 and nuisance_scale >= 0,
         "snrs must be positive and nuisance_scale non-negative",
@@ -220,7 +244,7 @@ def synthetic_mosi_hard(
     }
     snr = {"text": float(text_snr), "audio": float(cue_snr[0]), "vision": float(cue_snr[1])}
     gt: dict[str, Any] = {
-        "flip_rate": float(flip_rate),
+        "flip_rate": rates,
         "magnitudes": _MAGNITUDES.tolist(),
         "gamma": dict.fromkeys(MODALITIES, 1.0),
         "noise_sd": {mod: 1.0 / snr[mod] for mod in MODALITIES},
@@ -231,6 +255,7 @@ def synthetic_mosi_hard(
             for mod in MODALITIES
         },
         "cue_modalities": list(_CUE_MODALITIES),
+        "cue_len": int(cue_len),
     }
     splits = {
         split: _split(rng, n, name, split, seq, structure, gt, nuisance_scale)
@@ -249,7 +274,8 @@ def synthetic_mosi_hard(
             "nuisance_dims": nuis,
             "text_snr": float(text_snr),
             "cue_snr": tuple(float(v) for v in cue_snr),
-            "flip_rate": float(flip_rate),
+            "cue_len": int(cue_len),
+            "flip_rate": rates,
             "nuisance_scale": float(nuisance_scale),
             "seed": seed if isinstance(seed, int) else None,
         },
@@ -309,10 +335,15 @@ def _cue_log_odds(
     obs = _observed(x, length)
     a = gt["gamma"][mod]
     n, t = proj.shape
-    starts = np.arange(t - 1)
-    possible = starts[None, :] < (length[:, None] - 1)  # window inside the valid frames
-    lin = obs[:, :-1] * proj[:, :-1] - obs[:, 1:] * proj[:, 1:]  # (n, t-1)
-    quad = -0.5 * a**2 * norm * (obs[:, :-1].astype(float) + obs[:, 1:])
+    width = gt["cue_len"]
+    starts = np.arange(t - width + 1)
+    possible = starts[None, :] < (length[:, None] - width + 1)  # window inside the valid frames
+    lin = np.zeros((n, len(starts)))
+    quad = np.zeros((n, len(starts)))
+    for k, sign in enumerate(_pattern(width)):
+        frames = slice(k, k + len(starts))
+        lin += sign * obs[:, frames] * proj[:, frames]
+        quad += -0.5 * a**2 * norm * obs[:, frames]
     plus = np.where(possible, a * lin + quad, -np.inf)
     minus = np.where(possible, -a * lin + quad, -np.inf)
     return _logaddexp_rows(plus) - _logaddexp_rows(minus)
@@ -325,9 +356,10 @@ def hard_posterior(
 ) -> np.ndarray:
     r"""Exact Bayes posterior :math:`P(y_i > 0 \mid x_i)` under the planted model, ``(n,)``.
 
-    :math:`\mathrm{sign}\, y = t c` with :math:`t` (text) and :math:`c` (audio, vision)
-    independent a priori and observed through disjoint features, so
-    :math:`P(y > 0) = P(t{=}1)P(c{=}1) + P(t{=}{-1})P(c{=}{-1})`.
+    :math:`\mathrm{sign}\, y = t c`; text observes :math:`t` and audio/vision observe :math:`c`
+    through disjoint features with independent noise, so
+    :math:`P(t, c \mid x) \propto P(t, c)\, p(x_{text} \mid t)\, p(x_{a,v} \mid c)` with the
+    planted prior :math:`P(t{=}sc, c) = \frac12 P(c \mid s)`.
 
     Args:
         split: a split of :func:`synthetic_mosi_hard` (possibly corrupted).
@@ -336,14 +368,22 @@ def hard_posterior(
             all-zero frames are treated as missing.
     """
     gt = ground_truth
-    p_t = 1.0 / (1.0 + np.exp(-np.clip(_text_log_odds(split, gt, extra_std), -50, 50)))
-    prior = math.log((1.0 - gt["flip_rate"]) / gt["flip_rate"]) if gt["flip_rate"] > 0 else 50.0
-    cue = prior + sum(
+    text = _text_log_odds(split, gt, extra_std)  # log p(x|t=+1) - log p(x|t=-1)
+    cue = sum(
         _cue_log_odds(split.features()[mod], split.lengths()[mod], gt, mod, extra_std)
         for mod in gt["cue_modalities"]
     )
-    p_c = 1.0 / (1.0 + np.exp(-np.clip(cue, -50, 50)))
-    return p_t * p_c + (1.0 - p_t) * (1.0 - p_c)
+    q_neg, q_pos = gt["flip_rate"]
+    # joint prior of (t, c): s = t * c; c = -1 with P(flip | s)
+    prior = {(1, 1): 0.5 * (1 - q_pos), (-1, 1): 0.5 * (1 - q_neg), (1, -1): 0.5 * q_neg,
+             (-1, -1): 0.5 * q_pos}  # fmt: skip
+    log_joint = {
+        (t, c): np.log(max(p, 1e-300)) + 0.5 * t * text + 0.5 * c * cue
+        for (t, c), p in prior.items()
+    }
+    pos = np.logaddexp(log_joint[(1, 1)], log_joint[(-1, -1)])
+    neg = np.logaddexp(log_joint[(-1, 1)], log_joint[(1, -1)])
+    return 1.0 / (1.0 + np.exp(-np.clip(pos - neg, -50, 50)))
 
 
 def hard_bayes_accuracy(
