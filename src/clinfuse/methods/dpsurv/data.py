@@ -58,6 +58,7 @@ import numpy as np
 import pandas as pd
 
 from clinfuse.core.errors import DataError, reads_untrusted, require
+from clinfuse.core.paths import input_path
 from clinfuse.core.runs import atomic_path, atomic_write_text
 
 __all__ = [
@@ -812,6 +813,11 @@ def _bad_rows(df: pd.DataFrame, mask: pd.Series | np.ndarray, what: str) -> list
 
 
 @reads_untrusted("an MCAT or TCGA-CDR label CSV")
+def _not_a_name(value: str) -> bool:
+    """Whether an id from a label CSV cannot be one file-name component."""
+    return any(ch in value for ch in "/\\\x00") or not value.strip(".")
+
+
 def read_labels(
     path: str | Path,
     *,
@@ -863,6 +869,16 @@ def read_labels(
             )
     out["case_id"] = out["case_id"].astype(str).str.strip()
     out["slide_id"] = out["slide_id"].map(normalise_slide_id)
+    for col in ("case_id", "slide_id"):
+        bad = out[col].map(_not_a_name)
+        if bad.any():
+            raise DataError(
+                f"{path}: {col} values that cannot be file names",
+                expected="ids without '/', '\\' or NUL bytes, other than '.' and '..' (case "
+                "ids name the report files)",
+                found=_listing(_bad_rows(out, bad, col)),
+                fix=f"rename these {col} values (TCGA barcodes are fine)",
+            )
     raw = df[[tcol, ccol]].rename(columns={tcol: "time", ccol: "cens"})
     for col, src in (("time", tcol), ("cens", ccol)):
         not_num = out[col].isna() & raw[col].notna()
@@ -1106,6 +1122,7 @@ def load_cohort(
     drop_missing_labels: bool = False,
     missing_bags: Literal["error", "drop"] = "error",
     validate: Validate = "header",
+    allow_outside: bool = False,
 ) -> SurvivalCohort:
     """Match bags to labels by slide id and build a :class:`SurvivalCohort` (bags stay on disk).
 
@@ -1117,6 +1134,10 @@ def load_cohort(
     Times are converted to ``time_unit`` (days by default, DPsurv's unit; a month is 365.25/12
     days). ``fmt``/``encoder``/``patching`` go to :func:`find_bags`, ``endpoint``/``label_style``
     to :func:`read_labels`, ``splits_root`` to :func:`read_folds`.
+
+    A labelled slide's bag must resolve under ``bags_root`` (a symbolic link to a file or a
+    folder elsewhere is refused with :class:`~clinfuse.core.errors.UnsafePathError` before any
+    bag is opened) unless ``allow_outside`` (the path policy of :mod:`clinfuse.core.paths`).
     """
     labels = read_labels(
         labels_csv,
@@ -1155,7 +1176,12 @@ def load_cohort(
         slides = {c: s[:1] for c, s in slides.items()}
     first = rows.drop_duplicates("case_id", keep="first")
     case_ids = first["case_id"].to_numpy(str)
-    source = DiskBags({s: paths[s] for ss in slides.values() for s in ss})
+    line = dict(zip(rows["slide_id"], rows["line"], strict=True))
+    source = DiskBags({
+        s: input_path(bags_root, paths[s], allow_outside=allow_outside,
+                      source=f"{labels.source.name} line {line[s]} (slide {s})")
+        for ss in slides.values() for s in ss
+    })  # fmt: skip
     dim = _check_shapes(source, slides, feature_dim)
     if validate == "full":
         for c, ss in slides.items():
