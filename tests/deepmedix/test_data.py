@@ -41,9 +41,10 @@ def write_jsonl(path: Path, rows) -> Path:
 
 def test_jsonl_with_aliases_and_inferred_types(tmp_path):
     recs = load_records(write_jsonl(tmp_path / "d.jsonl", ROWS))
-    assert recs[0] == XrayRecord("a.png", "Is there an effusion?", "yes", "presence")
+    a, b = str(tmp_path / "a.png"), str(tmp_path / "b.png")  # relative to the file's folder
+    assert recs[0] == XrayRecord(a, "Is there an effusion?", "yes", "presence")
     assert recs[1] == XrayRecord(
-        "b.png", "Which findings?", "edema | effusion", "list", ((1.0, 2.0, 30.0, 40.0),)
+        b, "Which findings?", "edema | effusion", "list", ((1.0, 2.0, 30.0, 40.0),)
     )
     assert recs[2].image is None and recs[2].type == "report"
 

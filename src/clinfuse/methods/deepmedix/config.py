@@ -30,6 +30,9 @@ class DeepMedixConfig:
     data: str | None = None
     """Records (``.jsonl`` / ``.parquet``: image, question, answer, type[, boxes]); None = the
     packaged default records on the pydicom-data radiograph."""
+    allow_outside_paths: bool = False
+    """Accept image paths in ``data`` that lie outside the record file's folder (absolute
+    paths, ``..``); off, such a record is refused."""
     n_records: int = 8
     """Default records generated when ``data`` is None."""
     test_fraction: float = 0.25

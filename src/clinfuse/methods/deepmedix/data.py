@@ -10,7 +10,8 @@ column         meaning
                joins its items with ``|``; a report answer is free text. Required.
 ``image``      an image path, or ``null`` (aliases ``images`` / ``image_path``; a list
                keeps its first element; a Hugging Face image cell ``{"path": ...}``
-               keeps its path)
+               keeps its path); relative to the record file's folder, and refused when
+               it lies outside that folder unless ``allow_outside=True``
 ``type``       question type (``presence``, ``view``, ``report``...); inferred from the
                answer (:func:`infer_type`) when absent
 ``boxes``      optional ground-truth boxes ``[[x1, y1, x2, y2], ...]`` in the pixel
@@ -43,6 +44,7 @@ import pandas as pd
 
 from clinfuse.core.errors import DataError, reads_untrusted, require
 from clinfuse.core.packages import package_dir
+from clinfuse.core.paths import input_path
 from clinfuse.core.runs import atomic_path
 from clinfuse.methods.deepmedix.prompt import build_prompt
 
@@ -181,7 +183,9 @@ def _boxes_of(value: Any, where: str) -> tuple[Box, ...]:
     return tuple(tuple(float(v) for v in row) for row in arr)
 
 
-def _record(row: Mapping[str, Any], where: str) -> XrayRecord:
+def _record(
+    row: Mapping[str, Any], where: str, root: Path, allow_outside: bool = False
+) -> XrayRecord:
     if not isinstance(row, Mapping):
         raise DataError(f"{where}: not a JSON object", expected="{...}", found=type(row).__name__)
     question, answer = _field(row, "question"), _field(row, "answer")
@@ -200,8 +204,11 @@ def _record(row: Mapping[str, Any], where: str) -> XrayRecord:
         )
     answer = str(answer).strip()
     kind = _field(row, "type")
+    image = _image_of(_field(row, "image"), where)
+    if image is not None:
+        image = str(input_path(root, image, source=where, allow_outside=allow_outside))
     return XrayRecord(
-        image=_image_of(_field(row, "image"), where),
+        image=image,
         question=str(question),
         answer=answer,
         type=str(kind) if kind is not None else infer_type(answer),
@@ -238,12 +245,17 @@ _READERS = {".jsonl": _jsonl_rows, ".parquet": _parquet_rows}
 
 
 @reads_untrusted("xraybench-style records (.jsonl or .parquet)")
-def load_records(path: str | Path) -> list[XrayRecord]:
+def load_records(path: str | Path, *, allow_outside: bool = False) -> list[XrayRecord]:
     """Read xraybench-style records from ``.jsonl`` or ``.parquet`` (columns in the module doc).
+
+    Image paths are taken relative to the record file's folder; one that resolves outside it
+    (``..``, an absolute path elsewhere, a symbolic link) is refused unless ``allow_outside``
+    (the path policy of :mod:`clinfuse.core.paths`). No image is opened here.
 
     Raises:
         DataError: missing file, unknown suffix, invalid row (the message names the row), a
             record without a question or an answer, malformed boxes, or no records at all.
+        UnsafePathError: an image path outside the record file's folder (a DataError).
     """
     path = Path(path)
     reader = _READERS.get(path.suffix.lower())
@@ -253,7 +265,8 @@ def load_records(path: str | Path) -> list[XrayRecord]:
         )
     if not path.is_file():
         raise DataError("record file not found", expected="an existing file", found=str(path))
-    records = [_record(row, where) for where, row in reader(path)]
+    root = path.parent
+    records = [_record(row, where, root, allow_outside) for where, row in reader(path)]
     if not records:
         raise DataError("record file is empty", expected="at least one record", found=str(path))
     log.info("read %d records from %s", len(records), path)

@@ -139,7 +139,11 @@ class DeepMedix(Learner):
 
         cfg = self.config
         src = path or cfg.data
-        records = load_records(src) if src else default_records(n=cfg.n_records, seed=cfg.seed)
+        records = (
+            load_records(src, allow_outside=cfg.allow_outside_paths)
+            if src
+            else default_records(n=cfg.n_records, seed=cfg.seed)
+        )
         check_records(list(records), src or "the default records")
         return list(records)
 
