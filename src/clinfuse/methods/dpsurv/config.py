@@ -23,6 +23,9 @@ class DPsurvConfig:
     TRIDENT job; then `labels` is required)."""
     labels: str | None = None
     """Label CSV for real bags (MCAT or TCGA-CDR style, 1 = censored)."""
+    allow_outside_paths: bool = False
+    """Accept bag files of labelled slides that resolve outside the bags folder (symbolic
+    links to other storage); off, such a slide is refused."""
     splits: str | None = None
     """Fold folders (k=0..4 with train.csv/test.csv) or MCAT splits_{k}.csv; None: stratified
     5-fold split by event."""

@@ -244,8 +244,9 @@ class DPsurv(Learner):
                 fix="add --set labels=...",
             )
         cohort = load_cohort(
-            root, cfg.labels, cfg.splits, endpoint=cfg.endpoint, encoder=cfg.encoder
-        )
+            root, cfg.labels, cfg.splits, endpoint=cfg.endpoint, encoder=cfg.encoder,
+            allow_outside=cfg.allow_outside_paths,
+        )  # fmt: skip
         return self._from_cohort(root.name, cohort)
 
     def _from_cohort(self, name: str, cohort: SurvivalCohort) -> DPsurvData:
