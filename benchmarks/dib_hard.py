@@ -286,10 +286,10 @@ def main() -> None:
             done = state["results"].setdefault(model, {})
             for seed in args.seeds:
                 done[str(seed)] = run_pooled(model, seed, data, conds)
-    jobs = [
+    jobs = [  # seed-major: every model gets seed 0 before any gets seed 1
         (model, seed, data.name, {"clean": None} if model == MOSI else conds)
-        for model in [*[m for m in args.models if m in NEURAL], *([MOSI] if mosi else [])]
         for seed in args.seeds
+        for model in [*[m for m in args.models if m in NEURAL], *([MOSI] if mosi else [])]
         if str(seed) not in state["results"].get(model, {})
     ]
     # trainings run in a small process pool, one torch thread each; finished ones are saved

@@ -106,7 +106,7 @@ def test_demo_report(tmp_path) -> None:
         },
     )
     text = report.read_text()
-    assert "| dib | synthetic_mosi | test non0_acc2 |" in text
+    assert "| dib | synthetic_mosi_hard | test non0_acc2 |" in text
     assert "| deepen | simulator (100 admissions) | policy value (true_value) |" in text
     assert "| dpsurv | synthetic | test Harrell C |" in text
     assert "| meeti | default (2 simulated + packaged real records) |" in text
@@ -118,5 +118,5 @@ def test_demo_report(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_full_demo_of_dib(tmp_path) -> None:
-    """`clinfuse demo dib` exactly as `make demo` runs it (the quick preset, about a minute)."""
+    """`clinfuse demo dib` exactly as `make demo` runs it (the hard preset and its baseline)."""
     assert main(["demo", "dib", "--out", str(tmp_path / "demo")]) == 0
