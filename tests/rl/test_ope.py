@@ -24,10 +24,12 @@ from clinfuse.rl.ope import (
     FQEConfig,
     bootstrap_ci,
     cwpdis,
+    describe,
     dr,
     ess,
     evaluate_policy,
     fit_behaviour,
+    format_estimate,
     fqe,
     is_,
     pdis,
@@ -444,3 +446,54 @@ def test_fitting_is_seeded_and_leaves_the_global_rng_alone() -> None:
     assert torch.equal(state, torch.get_rng_state())
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
+
+
+def test_cross_fitted_q_of_a_patient_ignores_that_patients_own_data() -> None:
+    """Cross-fitting: each row's q_hat comes from a model fitted on the other folds, so changing
+    one patient's rewards leaves that patient's q_hat unchanged (and changes it in sample)."""
+    mdp = random_mdp(6, 3, 5, gamma=0.9, p_terminate=0.2)
+    traj = mdp.sample(uniform_policy(6, 3), 300, seed=5)
+    pe = np.full((len(traj), 3), 1 / 3)
+    rows = traj.patient == traj.patients[0]
+    reward = traj.reward.copy()
+    reward[rows] += 5.0
+    changed = Trajectories(**{**traj.__dict__, "reward": reward})
+    for k, same in ((5, True), (1, False)):
+        a = fqe(traj, pe, 0.9, cross_fit=k, value_range=(-50, 50)).q_hat
+        b = fqe(changed, pe, 0.9, cross_fit=k, value_range=(-50, 50)).q_hat
+        assert np.allclose(a[rows], b[rows]) == same, k
+
+
+def test_estimates_are_clipped_to_the_return_range_and_flagged() -> None:
+    """A target far from the data: IS reads outside the return range; the table clips it, keeps
+    the raw value, flags it, and format_estimate never prints it bare."""
+    mdp = random_mdp(6, 3, 2, gamma=0.9, p_terminate=0.2)
+    pi_b = mix_policies(greedy_policy(np.eye(6, 3)), uniform_policy(6, 3), 0.1)
+    pi_e = mix_policies(greedy_policy(-np.eye(6, 3)), uniform_policy(6, 3), 0.01)
+    traj = mdp.sample(pi_b, 200, seed=3)
+    pe, pb = _at_logged(traj, pi_e, pi_b)
+    table = evaluate_policy(
+        traj, pe, pb, mdp.gamma, n_boot=20, value_range=(-1.0, 1.0), support_threshold=0.05
+    )
+    lo, hi = table.attrs["value_range"]
+    assert table["value"].between(lo, hi).all() and table["ci_high"].le(hi).all()
+    out = table[~table["value_raw"].between(lo, hi)]
+    assert len(out) > 0 and out["flags"].str.contains("out_of_range").all()
+    assert all("outside the return range" in format_estimate(r) for _, r in out.iterrows())
+    assert table.set_index("estimator").loc["is", "flags"].count("low_ess") == 1
+    assert table.attrs["positivity"]["low_support_mass"] > 0.2
+    assert "positivity" in describe(table)
+
+
+def test_tabular_behaviour_is_never_sharpened_and_keeps_the_ess() -> None:
+    """Counts are not sharpened by the held-out temperature, and the fitted clinician policy
+    evaluated against the true one keeps most of its effective sample size."""
+    mdp = random_mdp(30, 4, 7, gamma=0.95, p_terminate=0.1)
+    pi_b = softmax_policy(2.0 * np.random.default_rng(7).normal(size=(30, 4)))
+    traj = mdp.sample(pi_b, 500, seed=7)
+    model = fit_behaviour(traj, kind="tabular")
+    assert model.temperature >= 1.0
+    assert model.report["prior_strength"] in BehaviourConfig().prior_strengths
+    (pb,) = _at_logged(traj, pi_b)
+    table = evaluate_policy(traj, pb, model.proba(traj.obs), mdp.gamma, n_boot=0)
+    assert table["ess"].iloc[0] > 0.5 * traj.n_episodes
