@@ -140,3 +140,25 @@ def test_show_draws_the_calibrated_band(small, tmp_path, monkeypatch):
     np.testing.assert_allclose(drawn[0][1], cb.s_up[0])
     assert not np.allclose(cb.s_up - cb.s_low, (raw.s_up - raw.s_low).numpy())
     assert "calibrated" in drawn[0][2]["label"]
+
+
+def test_cli_predict_show_draws_the_saved_calibrated_band(small, monkeypatch):
+    from clinfuse.cli import main
+
+    learner, rd, data = small
+    drawn = []
+    real = plots.survival_band_png
+
+    def spy(grid, s, s_low, s_up, path, **kw):
+        drawn.append((np.asarray(s_low), np.asarray(s_up), kw))
+        return real(grid, s, s_low, s_up, path, **kw)
+
+    monkeypatch.setattr(plots, "survival_band_png", spy)
+    assert main(["-q", "predict", "dpsurv", "--run", str(rd.path), "--show", "1"]) == 0
+    assert len(drawn) == 1 and "calibrated" in drawn[0][2]["label"]
+    idx = data.split(0, "test")[:1]
+    grid = learner._grid(data.time[data.split(0, "test")])
+    cb = learner.calibrated_band(learner.reps(data, idx), grid)
+    np.testing.assert_allclose(drawn[0][0], cb.s_low[0], atol=1e-10)
+    np.testing.assert_allclose(drawn[0][1], cb.s_up[0], atol=1e-10)
+    assert list((rd.path / "predictions-test").glob("*_survival.png"))

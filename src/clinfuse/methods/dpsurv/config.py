@@ -39,6 +39,9 @@ class DPsurvConfig:
     """Folds drawn when the data bring none."""
     n_cases: int = 400
     """Synthetic cohort size."""
+    max_cases: int | None = None
+    """Tabular sets: keep a random subsample of this many cases (stratified by event, seeded),
+    to keep runs on the larger sets (flchain, support2) cheap; None keeps all."""
 
     # -- level 1: patch prototypes (PANTHER) -----------------------------------------------
     n_components: int = 16
@@ -138,6 +141,7 @@ class DPsurvConfig:
             "inner_fraction": (0.0 < self.inner_fraction < 0.5, "in (0, 0.5)"),
             "fold": (0 <= self.fold < max(self.n_folds, 1) or self.splits is not None, ">= 0"),
             "n_cases": (self.n_cases >= 20, ">= 20"),
+            "max_cases": (self.max_cases is None or self.max_cases >= 50, ">= 50 or None"),
             "grid_points": (self.grid_points >= 10, ">= 10"),
             "nominal": (0.5 <= self.nominal < 1.0, "in [0.5, 1)"),
             "calibration_folds": (self.calibration_folds >= 2, ">= 2"),

@@ -217,16 +217,26 @@ class DPsurv(Learner):
             return self._from_cohort("synthetic", cohort)
         if source in tabular_names():
             tab = load_tabular(source)
-            folds = stratified_folds(tab.event, cfg.n_folds, seed=cfg.seed)
-            ids = np.array([f"{source}-{i}" for i in range(len(tab.time))])
-            time = tab.time
+            rows = np.arange(len(tab.time))
+            if cfg.max_cases is not None and len(rows) > cfg.max_cases:
+                rng = np.random.default_rng(cfg.seed)
+                share = cfg.max_cases / len(rows)
+                rows = np.sort(np.concatenate([
+                    rng.choice(np.flatnonzero(tab.event == v),
+                               int(round(share * np.sum(tab.event == v))), replace=False)
+                    for v in (0, 1)
+                ]))  # fmt: skip
+            folds = stratified_folds(tab.event[rows], cfg.n_folds, seed=cfg.seed)
+            ids = np.array([f"{source}-{i}" for i in rows])
+            time = tab.time[rows]
             zero = time <= 0
             if zero.any() and (~zero).any():  # log-time models need t > 0 (flchain: 3 rows)
                 log.info("%s: %d times of 0 set to half the smallest positive", source, zero.sum())
                 time = np.where(zero, 0.5 * time[~zero].min(), time)
             return DPsurvData(
-                source, ids, time, tab.event, folds, X=tab.X, feature_names=tab.feature_names
-            )
+                source, ids, time, tab.event[rows], folds, X=tab.X[rows],
+                feature_names=tab.feature_names,
+            )  # fmt: skip
         root = Path(source)
         if not root.exists():
             raise DataError(
