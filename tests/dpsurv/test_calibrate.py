@@ -162,3 +162,19 @@ def test_cli_predict_show_draws_the_saved_calibrated_band(small, monkeypatch):
     np.testing.assert_allclose(drawn[0][0], cb.s_low[0], atol=1e-10)
     np.testing.assert_allclose(drawn[0][1], cb.s_up[0], atol=1e-10)
     assert list((rd.path / "predictions-test").glob("*_survival.png"))
+
+
+def test_max_cases_keeps_a_stratified_subsample():
+    from clinfuse.methods.dpsurv.config import DPsurvConfig
+    from clinfuse.methods.dpsurv.method import DPsurv
+    from clinfuse.methods.dpsurv.tabular import load_tabular
+
+    full = load_tabular("flchain")
+    sub = DPsurv(DPsurvConfig(data="flchain", max_cases=1000, progress=False)).load_data()
+    assert abs(len(sub.time) - 1000) <= 1 and len(set(sub.case_ids)) == len(sub.case_ids)
+    assert abs(sub.event.mean() - full.event.mean()) < 0.002
+    rows = np.array([int(c.split("-")[1]) for c in sub.case_ids])
+    np.testing.assert_array_equal(sub.X, full.X[rows])
+    assert sum(len(te) for _, te in sub.folds) == len(sub.time)
+    with pytest.raises(ConfigError, match="max_cases"):
+        DPsurvConfig(max_cases=10)
