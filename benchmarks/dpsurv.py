@@ -77,6 +77,7 @@ DATASETS: dict[str, dict[str, Any]] = {
 # event, seed 0), minibatches of 128 and 2 calibration folds keep the run within the CPU budget
 for _big in ("flchain", "support2"):
     DATASETS[_big]["overrides"].update(max_cases=2500, batch_size=128, calibration_folds=2)
+DATASETS["actg320"]["overrides"].update(calibration_folds=2)  # 1,151 cases: CPU budget
 FAMILIES = ("none", "scale", "evidential")
 NOMINAL = 0.9
 RANGE = (0.85, 0.97)
