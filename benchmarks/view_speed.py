@@ -206,7 +206,7 @@ def main() -> int:
         lines = [
             "# clinfuse view: MEETI index open time (headless chromium)",
             "",
-            f"Machine: {describe(machine)}; chromium {large['chromium']}.",
+            f"{describe(machine)}; chromium {large['chromium']}.",
             f"The large build replicates a real MEETI build to {args.records} studies "
             "(hard-linked files, rewritten tables).",
             "",
