@@ -101,7 +101,7 @@ def logistic(data: MSAData, seed: int) -> dict:
 
 def dib(data: MSAData, seed: int, preset: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        path = save_mmsa_pickle(data, Path(tmp) / "digits.pkl")
+        path = save_mmsa_pickle(data, Path(tmp) / "digits_mosi.pkl")  # name: MOSI-style metrics
         learner, run = clinfuse.run(
             "dib",
             preset=preset,
@@ -113,7 +113,7 @@ def dib(data: MSAData, seed: int, preset: str) -> dict:
         out: dict = {"best_epoch": run.read_metrics()["best_epoch"]}
         for rho in RHOS:
             spec = None if rho == 0 else f"gaussian:text,audio,vision:{rho:g}"
-            out[str(rho)] = float(learner.evaluate(loaded, "test", corrupt=spec)["non0_acc2"])
+            out[str(rho)] = float(learner.evaluate(loaded, "test", corrupt=spec)["acc2"])
     return out
 
 

@@ -460,7 +460,7 @@ def test_seeded_determinism():
 
 
 def test_write_synthetic_and_presets(tmp_path):
-    assert set(SYNTHETIC_PRESETS) == {"synthetic_mosi", "synthetic_sims"}
+    assert set(SYNTHETIC_PRESETS) == {"synthetic_mosi", "synthetic_sims", "synthetic_mosi_hard"}
     path = write_synthetic("synthetic_mosi", tmp_path / "syn" / "mosi.pkl", **SMALL)
     data = load_msa(path)
     assert data.name == "mosi" and data.train.n == 40
