@@ -1,7 +1,7 @@
 """Configuration of DIB, the double information bottleneck for multimodal sentiment analysis.
 
 Every constant of the method is a field. Defaults are the values of the public ``DIB`` derivative
-code [D] or of its MIB / MulT / MAG-BERT lineage [L] (see ``notes/dib.md`` §1); a value the sources
+code [D] or of its MIB / MulT / MAG-BERT lineage [L]; a value the sources
 do not give is marked ``[inferred]`` and stays configurable. ``configs/dib/paper.toml`` restates
 these defaults; ``configs/dib/quick.toml`` is the CPU demo.
 """
@@ -127,7 +127,7 @@ class DIBConfig:
     rank: int | None = 10
     """Eigenvalues kept by the low-rank entropy (rank >= batch-1 is exact); None: exact [D]."""
     solver: Literal["exact", "lanczos", "randomized"] = "exact"
-    """Top-k eigen-solver; at batch sizes the exact spectrum is cheapest (notes §6) [inferred]."""
+    """Top-k eigen-solver; at batch sizes the exact spectrum is cheapest [inferred]."""
     knn_k: int = 5
     """Neighbours of the kNN bandwidth of Z [D]."""
     sigma_z: float | None = None

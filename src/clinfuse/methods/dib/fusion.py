@@ -157,7 +157,7 @@ def _readout(streams: Tensor, modalities: Sequence[str], anchor: str) -> Tensor:
 
 @FUSIONS.register("latent")
 class LatentBottleneckFusion(Fusion):
-    r"""DIB's attention-bottleneck fusion through a few learned latents (notes §1.5 [D]).
+    r"""DIB's attention-bottleneck fusion through a few learned latents [D].
 
     With :math:`X = [z_t; z_a; z_v] \in \mathbb{R}^{B \times M \times d}`, latents
     :math:`\Lambda \in \mathbb{R}^{K \times d}` and one scalar gate :math:`g_m` per modality,
