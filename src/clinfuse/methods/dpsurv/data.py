@@ -812,12 +812,12 @@ def _bad_rows(df: pd.DataFrame, mask: pd.Series | np.ndarray, what: str) -> list
     ]
 
 
-@reads_untrusted("an MCAT or TCGA-CDR label CSV")
 def _not_a_name(value: str) -> bool:
     """Whether an id from a label CSV cannot be one file-name component."""
     return any(ch in value for ch in "/\\\x00") or not value.strip(".")
 
 
+@reads_untrusted("an MCAT or TCGA-CDR label CSV")
 def read_labels(
     path: str | Path,
     *,
