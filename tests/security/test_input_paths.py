@@ -179,12 +179,3 @@ def test_dpsurv_cli_refuses_an_outside_bag_before_any_folder(sandbox, h5_opened,
     err = capsys.readouterr().err
     assert "outside its folder" in err and "Traceback" not in err
     assert not out.exists() and h5_opened == []
-
-
-@pytest.mark.parametrize("blob", [b"", b"\xff\xfe\xfa,slide_id\nA,B\n"])
-def test_dpsurv_label_csv_parser_failures_are_data_errors(tmp_path, blob):
-    from clinfuse.methods.dpsurv.data import read_labels
-
-    (tmp_path / "labels.csv").write_bytes(blob)
-    with pytest.raises(DataError, match="cannot read"):
-        read_labels(tmp_path / "labels.csv")

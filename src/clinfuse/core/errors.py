@@ -90,7 +90,8 @@ def _format_failures() -> tuple[type[BaseException], ...]:
     import zipfile
     import zlib
 
-    return (UnicodeError, ValueError, TypeError, KeyError, IndexError, AttributeError,
+    # LookupError: KeyError, IndexError and codecs' "unknown encoding" (an XML declaration)
+    return (UnicodeError, ValueError, TypeError, LookupError, AttributeError,
             EOFError, OSError, RuntimeError, OverflowError, zlib.error, struct.error,
             zipfile.BadZipFile, pickle.UnpicklingError)  # fmt: skip
 
