@@ -24,6 +24,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/renyi.py
 	$(PY) benchmarks/dib_noise.py
+	$(PY) benchmarks/view_speed.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
