@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -13,6 +14,33 @@ from clinfuse.core.registry import Registry
 from clinfuse.core.runs import RunDir
 
 METHODS: Registry[type[Learner]] = Registry("method")
+
+
+def check_split(split: str, known: Iterable[str]) -> str:
+    """``split`` when it is one of ``known`` (names, or the keys of a mapping of splits); else a
+    :class:`ConfigError` naming the known splits. Learners call it in ``evaluate`` / ``predict``
+    before any model runs.
+
+    Example:
+        >>> check_split("test", {"train": [0], "test": [1]})
+        'test'
+        >>> check_split("dev", ("train", "test"))
+        Traceback (most recent call last):
+        ...
+        clinfuse.core.errors.ConfigError: unknown split 'dev'
+          expected: one of train | test
+          found:    'dev'
+          fix:      --split train (or another split above)
+    """
+    names = [str(k) for k in known]
+    if split not in names:
+        raise ConfigError(
+            f"unknown split {split!r}",
+            expected="one of " + " | ".join(names),
+            found=repr(split),
+            fix=f"--split {names[0] if names else 'test'} (or another split above)",
+        )
+    return split
 
 
 @dataclass
