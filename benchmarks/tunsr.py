@@ -1,14 +1,23 @@
-"""Tunsr on the real knowledge graphs of ../shared/data/kg (and pykeen's Nations), one process per
-data set, at a stated CPU budget.
+"""Tunsr against RED-GNN (the `redgnn` preset of the same code) on real knowledge graphs, at equal
+wall-clock training budgets, interleaved in one run.
 
-For each set: train with the quick architecture for ``--epochs`` epochs (at most
-``--max-train-queries`` training queries per epoch, drawn once with a fixed seed), then evaluate
-the test split with filtered realistic ranks. Records MRR / Hits@1/10, training and evaluation
-queries per second, seconds per epoch and the peak resident memory of the process. Writes
-``benchmarks/results/tunsr.json`` and ``tunsr.md`` next to it; finished sets are kept (resumable).
+For each data set both arms train for the same budget (``--budget-min``) in their own process
+(so peak RSS is per arm), one after the other, the order alternating between data sets. Both
+arms read the same per-set overrides (RED-GNN's published hyper-parameters where it has them),
+validate on the same seeded sample of valid triples after every 2,560 training queries, and keep
+the checkpoint of best validation MRR. Reported per arm: test MRR / Hits@1 / Hits@10 (filtered,
+realistic ties, all test triples, both directions), training and evaluation queries per second,
+peak RSS, the fraction of test answers the final reasoning graph reaches among those within L
+hops, and a learning curve (MRR on 300 seeded test triples against training seconds; tracking
+only, never used for selection).
 
-    .venv/bin/python benchmarks/tunsr.py                       # every set found
-    .venv/bin/python benchmarks/tunsr.py --sets family --epochs 3
+    .venv/bin/python benchmarks/tunsr.py --budget-min 5                  # every set found
+    .venv/bin/python benchmarks/tunsr.py --sets family --budget-min 30 --label long
+    .venv/bin/python benchmarks/tunsr.py --device cuda --out /tmp/tunsr_gpu.json
+
+Writes ``<out>.json`` (with a ``checks`` map), ``<out>.md`` and ``<out>.png``; finished
+(set, arm, label) jobs are kept, so an interrupted run resumes. Data: ``../shared/data/kg`` (or
+``$CLINFUSE_SHARED_DATA/kg``) and pykeen's Nations when pykeen is installed.
 """
 
 from __future__ import annotations
@@ -27,28 +36,113 @@ from _machine import machine_info  # noqa: E402  (benchmarks/ is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CLINFUSE_SHARED_DATA", REPO.parent / "shared" / "data")) / "kg"
+ARMS = ("tunsr", "redgnn")
 
-#: name -> (data source, scenario, published reference)
-SETS = {
-    "nations": ("nations", "transductive", "no common reference split (pykeen's, re-split 3:1)"),
-    "family": (str(SHARED / "family_neurallp"), "transductive", "RED-GNN .992, AdaProp .988 MRR"),
+#: name -> (data source, scenario, overrides for both arms, published reference)
+SETS: dict[str, tuple[str, str, list[str], str]] = {
+    "family": (
+        str(SHARED / "family_neurallp"),
+        "transductive",
+        [],
+        "RED-GNN .992, AdaProp .988 MRR",
+    ),
     "kinship": (
         str(SHARED / "kinship_rnnlogic"),
         "transductive",
+        ["fact_ratio=1"],
         "RNNLogic w/o emb. .639, with RotatE .722 MRR",
     ),
+    "nations": ("nations", "transductive", [], "pykeen split, no common reference"),
+    "WN18RR_v1": (
+        str(SHARED / "inductive" / "WN18RR_v1"),
+        "inductive",
+        [
+            "fact_ratio=1",
+            "n_layers=5",
+            "hidden=64",
+            "act=identity",
+            "dropout=0.21",
+            "lr=0.005",
+            "weight_decay=2e-6",
+        ],
+        "RED-GNN paper (inductive v1)",
+    ),  # fmt: skip
     "fb237_v1": (
         str(SHARED / "inductive" / "fb237_v1"),
         "inductive",
-        "RED-GNN paper (full ranking)",
+        [
+            "fact_ratio=1",
+            "n_layers=3",
+            "hidden=32",
+            "dropout=0.23",
+            "lr=0.0092",
+            "weight_decay=1.5e-5",
+        ],
+        "RED-GNN paper (inductive v1)",
+    ),  # fmt: skip
+    "nell_v1": (
+        str(SHARED / "inductive" / "nell_v1"),
+        "inductive",
+        ["fact_ratio=1", "n_layers=5", "dropout=0.246", "lr=0.0021", "weight_decay=1.9e-5"],
+        "RED-GNN paper (inductive v1)",
     ),
-    "WN18RR_v1": (str(SHARED / "inductive" / "WN18RR_v1"), "inductive", "RED-GNN paper"),
-    "nell_v1": (str(SHARED / "inductive" / "nell_v1"), "inductive", "RED-GNN paper"),
-    "icews14": (str(SHARED / "icews14_forecasting"), "extrapolation", "TLogic .430 MRR"),
+    "icews14": (
+        str(SHARED / "icews14_forecasting"),
+        "extrapolation",
+        ["sample_nodes=20"],
+        "TLogic .430 MRR",
+    ),
 }
+COMMON = ["fari_max_queries=500"]
+"""Overrides of every job: FARI reads 500 training queries (it runs after training)."""
+CONVERGED = {"family": 0.95, "kinship": 0.70, "WN18RR_v1": 0.70, "nell_v1": 0.60, "icews14": 0.40}
+"""Test-MRR targets for the long runs."""
 
 
-def run_one(name: str, epochs: int, max_train: int, overrides: list[str]) -> dict:
+# --- child: one (set, arm) job ----------------------------------------------------------------
+
+
+def _reachability(learner, kg, rows, batch: int = 20) -> dict[str, float]:
+    """Fraction of test answers in the final reasoning graph, among the answers within L hops
+    of the query entity in the full expansion (same constraints and leakage guard)."""
+    import torch
+
+    from clinfuse.methods.tunsr.graph import expand
+
+    cfg = learner.config
+    model = learner.model.eval()
+    queries = learner._queries(kg, "test", rows)
+    graph = learner._adjacency(kg, "test", "cpu")
+    within = reached = 0
+    with torch.no_grad():
+        for i in range(0, len(queries), batch):
+            q = queries[i : i + batch]
+            full, _ = expand(
+                q,
+                graph,
+                cfg.n_layers,
+                n_relations=kg.n_relations,
+                constraint=cfg.constraint,
+                exclude_query=cfg.scenario == "interpolation",
+                sample_nodes=cfg.sample_nodes,
+            )
+            fin = full[-1]
+            hit_full = torch.zeros(len(q), dtype=torch.bool)
+            hit_full[fin.query[fin.entity == q[fin.query, 2]]] = True
+            nodes = model(q, graph)["nodes"]
+            hit = torch.zeros(len(q), dtype=torch.bool)
+            hit[nodes["query"][nodes["entity"] == q[nodes["query"], 2]]] = True
+            within += int(hit_full.sum())
+            reached += int((hit & hit_full).sum())
+    return {
+        "answers_within_L": within,
+        "answers_reached": reached,
+        "reachability": reached / max(within, 1),
+        "within_L_fraction": within / max(len(queries), 1),
+    }
+
+
+def run_one(name: str, arm: str, budget_min: float, overrides: list[str], device: str) -> dict:
     import numpy as np
     import torch
 
@@ -56,25 +150,37 @@ def run_one(name: str, epochs: int, max_train: int, overrides: list[str]) -> dic
     from clinfuse.core.runs import RunDir
     from clinfuse.methods.tunsr.method import Tunsr
 
-    source, scenario, _ = SETS[name]
+    source, scenario, set_over, _ = SETS[name]
     cfg = make_config(
         "tunsr",
-        preset="quick",
+        preset=arm,
         overrides=[
             f"data={source}",
             f"scenario={scenario}",
-            f"epochs={epochs}",
             "progress=false",
-            "patience=0",
+            f"device={device}",
+            f"max_train_minutes={budget_min}",
+            *COMMON,
+            *set_over,
             *overrides,
         ],
     )
-    learner = Tunsr(cfg)
+    curve: list[dict[str, float]] = []
+
+    class Tracked(Tunsr):
+        """Adds the MRR of 300 seeded test triples to each validation (tracking only)."""
+
+        def _rank(self, m, kg, split, rows=None):
+            out = super()._rank(m, kg, split, rows)
+            if split == "valid" and rows is not None:
+                n = len(kg.queries["test"])
+                pick = np.sort(np.random.default_rng(0).choice(n, min(300, n), replace=False))
+                test = super()._rank(m, kg, "test", pick)
+                curve.append({"valid_mrr": out["mrr"], "test_sample_mrr": test["mrr"]})
+            return out
+
+    learner = Tracked(cfg)
     kg = learner.load_data()
-    n_train_all = len(kg.queries["train"])
-    if n_train_all > max_train:
-        keep = np.random.default_rng(0).choice(n_train_all, max_train, replace=False)
-        kg.queries["train"] = kg.queries["train"][np.sort(keep)]
     with tempfile.TemporaryDirectory() as tmp:
         run = RunDir.create(Path(tmp) / "run", "tunsr", {})
         t0 = time.perf_counter()
@@ -82,158 +188,200 @@ def run_one(name: str, epochs: int, max_train: int, overrides: list[str]) -> dic
         fit_seconds = time.perf_counter() - t0
         history = run.read_history()
         metrics = run.read_metrics()
-    epoch_s = [float(r["train_seconds"]) for r in history]
-    # evaluation speed on at most 1000 test triples (the full test split was ranked in fit)
+    train_s = [float(r["train_seconds"]) for r in history]
+    elapsed = np.cumsum(train_s).tolist()
+    for point, t in zip(curve, elapsed, strict=False):
+        point["train_seconds"] = t
+    queries_per_epoch = (cfg.steps_per_epoch or 0) * cfg.batch_size or 2 * len(kg.queries["train"])
     rows = np.arange(min(1000, len(kg.queries["test"])))
     queries = learner._queries(kg, "test", rows)
     t0 = time.perf_counter()
     learner._scores(learner.model, kg, "test", queries)
     eval_seconds = time.perf_counter() - t0
-    n_train_q = 2 * len(kg.queries["train"])
-    n_test_q = len(queries)
+    reach = _reachability(learner, kg, np.arange(min(300, len(kg.queries["test"]))))
     return {
+        "arm": arm,
         "data": kg.summary(),
         "scenario": scenario,
-        "train_queries_used": len(kg.queries["train"]),
-        "train_queries_available": n_train_all,
+        "budget_min": budget_min,
         "epochs": len(history),
+        "train_queries_seen": queries_per_epoch * len(history),
         "test_mrr": metrics["test_mrr"],
         "test_hits@1": metrics["test_hits@1"],
         "test_hits@10": metrics["test_hits@10"],
-        "test_optimistic_mrr": metrics["test_optimistic.mrr"],
-        "test_pessimistic_mrr": metrics["test_pessimistic.mrr"],
-        "seconds_per_epoch": sum(epoch_s) / max(len(epoch_s), 1),
-        "train_queries_per_s": n_train_q / (sum(epoch_s) / max(len(epoch_s), 1)),
-        "eval_queries_per_s": n_test_q / eval_seconds,
+        "train_seconds_total": sum(train_s),
+        "train_queries_per_s": queries_per_epoch * len(history) / max(sum(train_s), 1e-9),
+        "eval_queries_per_s": len(queries) / eval_seconds,
         "fit_seconds": fit_seconds,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "torch_threads": torch.get_num_threads(),
-        "device": str(learner._device()),
         "peak_gpu_mib": (
             torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
         ),
-        "train_seconds_total": sum(epoch_s),
-        "valid_mrr_per_epoch": [float(r["valid_mrr"]) for r in history],
+        "device": str(learner._device()),
+        "torch_threads": torch.get_num_threads(),
+        "budget": metrics.get("budget", {}),
+        "curve": curve,
+        **reach,
     }
 
 
-def _row(name: str, r: dict) -> str:
+# --- parent: plan, interleave, report ---------------------------------------------------------
+
+
+def _key(name: str, arm: str, label: str) -> str:
+    return f"{name}/{arm}" + (f"/{label}" if label else "")
+
+
+def _checks(results: dict) -> dict:
+    checks: dict[str, dict] = {}
+    for name in SETS:
+        t, r = results.get(_key(name, "tunsr", "")), results.get(_key(name, "redgnn", ""))
+        if t and r and "error" not in t and "error" not in r:
+            checks[f"{name}: tunsr MRR >= redgnn MRR at equal budget"] = {
+                "pass": t["test_mrr"] >= r["test_mrr"],
+                "value": round(t["test_mrr"], 4),
+                "target": round(r["test_mrr"], 4),
+            }
+            ratio = t["train_queries_per_s"] / max(r["train_queries_per_s"], 1e-9)
+            checks[f"{name}: tunsr training queries/s >= 1.5x redgnn"] = {
+                "pass": ratio >= 1.5,
+                "value": round(ratio, 3),
+                "target": 1.5,
+            }
+        if t and "error" not in t:
+            checks[f"{name}: test answers reachable (within L hops) >= 0.99"] = {
+                "pass": t["reachability"] >= 0.99,
+                "value": round(t["reachability"], 4),
+                "target": 0.99,
+            }
+        long = results.get(_key(name, "tunsr", "long"))
+        if name in CONVERGED:
+            checks[f"{name}: converged test MRR >= {CONVERGED[name]}"] = {
+                "pass": bool(long and "error" not in long and long["test_mrr"] >= CONVERGED[name]),
+                "value": None if not long or "error" in long else round(long["test_mrr"], 4),
+                "target": CONVERGED[name],
+                "budget_min": None if not long else long.get("budget_min"),
+            }
+    return checks
+
+
+def _row(key: str, r: dict) -> str:
     if "error" in r:
-        return f"| {name} | failed: {r['error'].strip().splitlines()[-1][:80]} |" + " |" * 11
-    ref = SETS[r.get("set", name)][2]
+        return f"| {key} | failed: {r['error'].strip().splitlines()[-1][:90]} |" + " |" * 9
     return (
-        f"| {name} | {r['scenario']} | {r['train_queries_used']} of "
-        f"{r['train_queries_available']} | {r['epochs']} | {r['test_mrr']:.3f} "
-        f"({r['test_optimistic_mrr']:.3f}/{r['test_pessimistic_mrr']:.3f}) | "
-        f"{r['test_hits@1']:.3f} | {r['test_hits@10']:.3f} | {r['seconds_per_epoch']:.1f} | "
-        f"{r['train_queries_per_s']:.0f} | {r['eval_queries_per_s']:.0f} | "
-        f"{r['peak_rss_mib']:.0f} / {r.get('peak_gpu_mib', 0):.0f} | {ref} |"
+        f"| {key} | {r['budget_min']:g} | {r['epochs']} | {r['test_mrr']:.3f} | "
+        f"{r['test_hits@1']:.3f} | {r['test_hits@10']:.3f} | {r['train_queries_per_s']:.0f} | "
+        f"{r['eval_queries_per_s']:.0f} | {r['peak_rss_mib']:.0f} | "
+        f"{r['reachability']:.3f} ({r['within_L_fraction']:.2f}) |"
     )
 
 
-def _plan(args: argparse.Namespace) -> list[dict]:
-    """Jobs: ``--plan FILE`` (a JSON list of {set, label, epochs, max_train_queries,
-    overrides}) or one job per ``--sets`` entry with the command-line budget."""
-    if args.plan:
-        jobs = json.loads(Path(args.plan).read_text())
-        for j in jobs:
-            if j["set"] not in SETS:
-                raise SystemExit(f"unknown set {j['set']!r} in {args.plan}; one of {list(SETS)}")
-            j.setdefault("label", j["set"])
-            j.setdefault("epochs", args.epochs)
-            j.setdefault("max_train_queries", args.max_train_queries)
-            j["overrides"] = [*args.set, *j.get("overrides", [])]
-        return jobs
-    return [
-        {
-            "set": n,
-            "label": n,
-            "epochs": args.epochs,
-            "max_train_queries": args.max_train_queries,
-            "overrides": list(args.set),
-        }
-        for n in args.sets
-    ]
+def _plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted({k.split("/")[0] for k in results})
+    cols = min(4, max(len(names), 1))
+    rows = (len(names) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names, strict=False):
+        for key, r in results.items():
+            if key.split("/")[0] != name or "error" in r or not r.get("curve"):
+                continue
+            xs = [p.get("train_seconds", 0.0) for p in r["curve"]]
+            ax.plot(xs, [p["test_sample_mrr"] for p in r["curve"]], label=key.split("/", 1)[1])
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("training seconds")
+        ax.set_ylabel("test MRR (300 triples)")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _report(state: dict, out: Path) -> None:
+    from clinfuse.core.runs import atomic_write_json
+
+    state["checks"] = _checks(state["results"])
+    atomic_write_json(out, state)
+    head = (
+        "| run | budget (min) | epochs | test MRR | Hits@1 | Hits@10 | train q/s | eval q/s | "
+        "peak RSS MiB | reachability (answers within L) |\n"
+        "|---|---|---|---|---|---|---|---|---|---|"
+    )
+    table = "\n".join([head] + [_row(k, r) for k, r in state["results"].items()])
+    checks = "\n".join(
+        f"| {k} | {'pass' if c['pass'] else 'FAIL'} | {c['value']} | {c['target']} |"
+        for k, c in state["checks"].items()
+    )
+    md = out.with_suffix(".md")
+    md.write_text(
+        f"machine: {state['machine']}\n\n{table}\n\n| check | result | value | target |\n"
+        f"|---|---|---|---|\n{checks}\n"
+    )
+    _plot(state["results"], out.with_suffix(".png"))
+    print(table)
+    print(f"results written to {out}, {md} and {out.with_suffix('.png')}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--max-train-queries", type=int, default=4000)
-    ap.add_argument("--set", action="append", default=[], help="extra config overrides")
-    ap.add_argument("--plan", help="JSON list of jobs (set, label, epochs, overrides, ...)")
-    ap.add_argument("--jobs", type=int, default=1, help="data sets run at once")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads per job (0: default)")
-    ap.add_argument("--timeout", type=float, default=None, help="seconds per job")
+    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    ap.add_argument("--budget-min", type=float, default=5.0, help="training minutes per arm")
+    ap.add_argument("--label", default="", help="suffix of the result keys (e.g. long)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    ap.add_argument("--set", action="append", default=[], help="extra overrides, both arms")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per job (0: default)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "tunsr.json"))
-    ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--report-only", action="store_true", help="rewrite md/png/checks and exit")
+    ap.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.one:  # child process: one data set, result as JSON on stdout
+    if args.one:  # child process: one (set, arm), result as JSON on stdout
         if args.threads:
             import torch
 
             torch.set_num_threads(args.threads)
-        res = run_one(args.one, args.epochs, args.max_train_queries, args.set)
+        res = run_one(args.one[0], args.one[1], args.budget_min, args.set, args.device)
         print("RESULT " + json.dumps(res))
         return
-    from clinfuse.core.runs import atomic_write_json
-
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     state = json.loads(out.read_text()) if out.exists() else {}
     state.setdefault("results", {})
     state["machine"] = machine_info()
-    pending = []
-    for job in _plan(args):
-        source = SETS[job["set"]][0]
-        if job["set"] != "nations" and not Path(source).exists():
-            print(f"skipping {job['label']}: {source} not present")
-        elif job["label"] not in state["results"]:  # finished jobs are kept (resumable)
-            pending.append(job)
-    running: list[tuple[dict, subprocess.Popen, float]] = []
-    while pending or running:
-        while pending and len(running) < max(args.jobs, 1):
-            job = pending.pop(0)
-            cmd = [sys.executable, __file__, "--one", job["set"], "--epochs", str(job["epochs"])]
-            cmd += ["--max-train-queries", str(job["max_train_queries"])]
+    if args.report_only:
+        _report(state, out)
+        return
+    for i, name in enumerate(args.sets):
+        source = SETS[name][0]
+        if name != "nations" and not Path(source).exists():
+            print(f"skipping {name}: {source} not present", flush=True)
+            continue
+        arms = list(args.arms) if i % 2 == 0 else list(reversed(args.arms))
+        for arm in arms:
+            key = _key(name, arm, args.label)
+            if key in state["results"] and "error" not in state["results"][key]:
+                continue  # finished jobs are kept (resumable)
+            cmd = [sys.executable, __file__, "--one", name, arm]
+            cmd += ["--budget-min", str(args.budget_min), "--device", args.device]
             cmd += ["--threads", str(args.threads)]
-            for o in job["overrides"]:
+            for o in args.set:
                 cmd += ["--set", o]
-            print(f"{job['label']} started: {' '.join(job['overrides'])}", flush=True)
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            running.append((job, proc, time.perf_counter()))
-        time.sleep(1.0)
-        for item in list(running):
-            job, proc, started = item
-            late = args.timeout is not None and time.perf_counter() - started > args.timeout
-            if proc.poll() is None and not late:
-                continue
-            if late and proc.poll() is None:
-                proc.kill()
-            stdout, stderr = proc.communicate()
-            running.remove(item)
-            lines = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")]
+            print(f"{key} started ({args.budget_min:g} min)", flush=True)
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if lines:
                 res = json.loads(lines[-1][len("RESULT ") :])
-                res.update(set=job["set"], overrides=job["overrides"])
+                res["overrides"] = [*SETS[name][2], *args.set]
             else:
-                why = f"timed out after {args.timeout:.0f} s" if late else stderr[-2000:]
-                res = {"error": why or "no result", "set": job["set"]}
-            state["results"][job["label"]] = res
-            atomic_write_json(out, state)
-            print(_row(job["label"], res), flush=True)
-    rows = [
-        "| run | scenario | train queries used | epochs | test MRR (opt/pess) | Hits@1 | "
-        "Hits@10 | s/epoch | train q/s | eval q/s | peak RSS / GPU MiB | reference |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    rows += [_row(name, r) for name, r in state["results"].items()]
-    table = "\n".join(rows)
-    md = out.with_suffix(".md")
-    md.write_text(f"machine {state['machine']}\n\n{table}\n")
-    print(table)
-    print(f"results written to {out} and {md}")
+                res = {"error": proc.stderr[-3000:] or "no result"}
+            state["results"][key] = res
+            _report(state, out)
 
 
 if __name__ == "__main__":

@@ -50,9 +50,13 @@ def test_attention_sums_to_one_per_query_and_topk_cap_holds() -> None:
         for step in out["steps"]:
             per_query = torch.zeros(6).index_add(0, step["query"], step["a"])
             assert torch.allclose(per_query, torch.ones(6), atol=1e-5)
-            counts.append(torch.bincount(step["query"], minlength=6))
+            real = step["rel"] < 2 * R  # self-loops are kept on top of the k real edges
+            counts.append(torch.bincount(step["query"][real], minlength=6))
+            # every node of the previous step keeps its self-loop
+            assert int((~real).sum()) == (len(step["parent"]) - int(real.sum()))
         assert max(int(c.max()) for c in counts) <= k
         assert (max(int(c.max()) for c in counts) > 7) == (not binding)
+        assert max(int(c.max()) for c in counts) == 7 or not binding
         assert torch.allclose(out["scores"].sum(1), torch.ones(6), atol=1e-5)
         assert torch.all(out["scores"] >= 0)
 
@@ -85,7 +89,8 @@ def test_inductive_scores_are_invariant_to_relabelling_entities() -> None:
     assert torch.allclose(s2[:, perm], s, atol=1e-5)
     assert (s != 0).sum() > 20  # non-trivial
     # with entity embeddings the same relabelling changes the scores
-    model_t = make(TunsrConfig(score="both", max_nodes=10_000, dropout=0.0)).eval()
+    with_ent = TunsrConfig(score="both", max_nodes=10_000, dropout=0.0, use_entity_embeddings=True)
+    model_t = make(with_ent).eval()
     st = model_t(queries, Adjacency.from_triples(with_inverse(facts, R), E))["scores"]
     st2 = model_t(rq, Adjacency.from_triples(with_inverse(relabel, R), E))["scores"]
     assert not torch.allclose(st2[:, perm], st, atol=1e-5)
@@ -142,9 +147,9 @@ def test_fari_interface_reproduces_first_step_beta() -> None:
     assert isinstance(model.fol_cell, torch.nn.GRUCell)
     g0 = model.fol_init(queries[:, 1])
     assert g0.shape == (4, model.cfg.hidden)
-    g1 = model.fol_cell(model.rel_emb(step["rel"]), g0[step["query"]])
-    assert torch.allclose(model.beta_of(g1), step["beta"], atol=1e-6)
-    assert model.beta_of(g1).shape == (len(step["rel"]),)
+    beta = model.fol_beta(g0[step["query"]], step["rel"])
+    assert torch.allclose(beta, step["beta"], atol=1e-6)
+    assert beta.shape == (len(step["rel"]),)
 
 
 def test_losses_match_their_formulas() -> None:
@@ -221,23 +226,25 @@ def test_training_learns_a_composition_rule() -> None:
 
 
 def test_decomposed_products_equal_the_concatenated_definitions() -> None:
-    model = make(TunsrConfig(scenario="interpolation"), n_times=T)
-    layer = model.layers[0]
+    model = make(TunsrConfig(scenario="interpolation", use_entity_embeddings=True), n_times=T)
+    layer = model.layers[1]
+    assert model.layers[0].w_s is None  # the root state is 0: nothing for W_s to read
     g = torch.Generator().manual_seed(5)
-    h, q = torch.randn(7, 48, generator=g), torch.randn(3, 48, generator=g)
+    h, q = torch.randn(7, 48, generator=g), torch.randn(3, 48 * 3, generator=g)
     parent, rel = torch.randint(0, 7, (20,), generator=g), torch.randint(0, 2 * R + 1, (20,))
     query = torch.randint(0, 3, (20,), generator=g)
-    r = model.rel_emb(rel)
-    m = layer.message(h, model.rel_emb.weight, parent, rel)
-    assert torch.allclose(m, layer.w_m(torch.cat([h[parent], r], -1)), atol=1e-5)
-    x = torch.randn(20, 48, generator=g)
-    pre = torch.relu(layer.w_a(torch.cat([q[query], m, x], -1)))
-    alpha = torch.sigmoid(layer.w_alpha(pre)).squeeze(-1)
-    assert torch.allclose(layer.alpha(q, query, m, x), alpha, atol=1e-5)
+    r = layer.rel(rel)
+    assert torch.allclose(layer.message(h, parent, rel), h[parent] + r, atol=1e-6)
+    x = torch.randn(20, 5, generator=g)
+    pre = layer.w_s(h[parent]) + layer.w_r(r) + layer.w_q(q[query]) + x
+    alpha = torch.sigmoid(layer.w_alpha(torch.relu(pre))).squeeze(-1)
+    assert torch.allclose(layer.alpha(h, q, parent, rel, query, x), alpha, atol=1e-5)
     gs = torch.randn(7, 48, generator=g)
-    assert torch.allclose(
-        model._fol_edges(rel, parent, gs), model.fol_cell(r, gs[parent]), atol=1e-5
-    )
+    beta = torch.sigmoid(
+        model.w_beta(torch.tanh(model.w_fol_g(gs[parent]) + model.w_fol_r(model.rel_emb(rel))))
+    ).squeeze(-1)
+    assert torch.allclose(model._fol_beta_gathered(model.w_fol_g(gs), parent, rel), beta)
+    assert torch.allclose(model.fol_beta(gs[parent], rel), beta, atol=1e-6)
     entity, time, tq = torch.randint(0, E, (20,)), torch.randint(0, T, (20,)), torch.full((20,), 3)
     x_def = layer.w_x(torch.cat([model.ent_emb(entity), model.time_enc(time - tq)], -1))
     assert torch.allclose(model._child_feature(layer, entity, time, tq), x_def, atol=1e-5)
@@ -254,7 +261,7 @@ def test_fol_scores_depend_on_beta_alone_and_fol_loss_trains_only_the_first_orde
     with torch.no_grad():  # change the propositional attention: scores move, fol_scores do not
         for layer in model.layers:
             layer.w_alpha.bias.add_(3.0)
-            layer.w_a.weight.mul_(-2.0)
+            layer.w_q.weight.mul_(-2.0)
     again = model(queries, adj, train=True)
     assert not torch.allclose(again["scores"], out["scores"])
     assert torch.allclose(again["fol_scores"], out["fol_scores"])

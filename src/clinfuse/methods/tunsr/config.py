@@ -78,8 +78,21 @@ class TunsrConfig:
     # -- reasoning graph -------------------------------------------------------------------
     n_layers: int = 3
     """Expansion steps L, i.e. the longest rule body (TECHS, RED-GNN Family: 3) [T][R]."""
-    max_nodes: int = 100
-    """Edges kept per query at each step, by attention (AdaProp Family/UMLS top-k: 100) [R]."""
+    max_nodes: int | None = 100
+    """Real edges kept per query at each step, chosen before any message is computed by the
+    learned relation-level key (self-loops always stay); None expands every edge (RED-GNN)
+    (AdaProp Family/UMLS top-k: 100) [R][inferred]."""
+    eval_max_nodes: int | None = None
+    """``max_nodes`` at evaluation; None uses ``max_nodes`` [inferred]."""
+    prune_noise: float = 1.0
+    """Scale of the Gumbel noise added to the selection key while training (sampling without
+    replacement, as AdaProp); 0 selects greedily [R][inferred]."""
+    selection_loss_weight: float = 1.0
+    """Weight of the auxiliary loss that trains the selection key on which candidate edges lie
+    on a path to the answer (see model._selection_loss); 0 leaves the key to the
+    straight-through gradient alone [inferred]."""
+    prune_mass_weight: float = 1.0
+    """Weight mu of the parent's log attention mass in the selection key [inferred]."""
     sample_nodes: int | None = None
     """Out-edges sampled per node before attention (TECHS: 15 or 600); None keeps all [T]."""
     sample_temperature: float = 0.5
@@ -88,6 +101,14 @@ class TunsrConfig:
     """Edge times allowed: None = scenario default (extrapolation `monotone`, else `any`) [T][I]."""
 
     # -- network ---------------------------------------------------------------------------
+    fol: bool = True
+    """First-order part: the relation-path GRU state g and its attention beta, mixed with alpha
+    [P]; False leaves alpha alone (RED-GNN)."""
+    node_state: Literal["gru", "rebuild"] = "gru"
+    """`gru` carries each node's state across layers through a GRU (RED-GNN's gate); `rebuild`
+    recomputes it from the messages at every layer (TECHS) [R][T]."""
+    message: Literal["sum", "linear"] = "sum"
+    """Message h_p + r (RED-GNN) or W_m h_p + r [R][inferred]."""
     hidden: int = 48
     """Width of embeddings and node states (RED-GNN Family: 48) [R]."""
     attn_dim: int = 5
@@ -113,7 +134,8 @@ class TunsrConfig:
     """Map of w^T h to the emd score: None = `linear` under ce (RED-GNN, unbounded) and
     `softplus` under bce/nll, which need non-negative scores [R][inferred]."""
     use_entity_embeddings: bool | None = None
-    """Entity embeddings in q and x_c; None = all scenarios but inductive [inferred]."""
+    """Entity embeddings in q and x_c; None = none, the relational form of RED-GNN, which
+    transfers to unseen entities [R][inferred]."""
     dropout: float = 0.1
     """Dropout on node states h and g after each layer (TECHS: 0.1) [T]."""
 
@@ -140,6 +162,10 @@ class TunsrConfig:
     """Evaluation queries per batch [inferred]."""
     epochs: int = 20
     """Maximum training epochs [inferred]."""
+    steps_per_epoch: int | None = None
+    """Batches per epoch, drawn with replacement from the training queries (None: one pass
+    over all of them); smaller epochs validate and check the time budget more often
+    [inferred]."""
     patience: int = 3
     """Epochs without validation MRR improvement before early stopping [inferred]."""
     max_train_minutes: float | None = None
@@ -168,9 +194,7 @@ class TunsrConfig:
     @property
     def entity_embeddings(self) -> bool:
         """Whether the network reads entity embeddings (never in the inductive scenario)."""
-        if self.use_entity_embeddings is None:
-            return self.scenario != "inductive"
-        return self.use_entity_embeddings
+        return bool(self.use_entity_embeddings)
 
     @property
     def smoothing(self) -> float:
@@ -187,9 +211,9 @@ class TunsrConfig:
             Traceback (most recent call last):
             ...
             clinfuse.core.errors.ConfigError: max_nodes must be at least 1
-              expected: an integer >= 1
+              expected: an integer >= 1, or "none"
               found:    0
-              fix:      --set max_nodes=...
+              fix:      --set max_nodes=none
         """
         for check in _CHECKS:
             check(self)
@@ -204,12 +228,25 @@ def _fail(msg: str, expected: object, found: object, fix: str) -> None:
 
 def _check_positive(c: TunsrConfig) -> None:
     for name in (
-        "n_layers", "max_nodes", "hidden", "attn_dim", "time_dim", "batch_size",
+        "n_layers", "hidden", "attn_dim", "time_dim", "batch_size",
         "eval_batch_size", "epochs",
     ):  # fmt: skip
         value = getattr(c, name)
         if value < 1:
             _fail(f"{name} must be at least 1", "an integer >= 1", value, f"--set {name}=...")
+    for name in ("max_nodes", "eval_max_nodes", "steps_per_epoch"):
+        value = getattr(c, name)
+        if value is not None and value < 1:
+            _fail(f"{name} must be at least 1", 'an integer >= 1, or "none"', value,
+                  f"--set {name}=none")  # fmt: skip
+    weights = (c.prune_noise, c.prune_mass_weight, c.selection_loss_weight)
+    if min(weights) < 0:
+        _fail(
+            "prune_noise, prune_mass_weight and selection_loss_weight must not be negative",
+            ">= 0",
+            weights,
+            "--set prune_noise=1 prune_mass_weight=1 selection_loss_weight=1",
+        )
     if c.sample_nodes is not None and c.sample_nodes < 1:
         _fail(
             "sample_nodes must be at least 1",

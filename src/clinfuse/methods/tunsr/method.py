@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from clinfuse.core.errors import ConfigError, DataError
 from clinfuse.core.learner import METHODS, DemoResult, Learner
@@ -148,9 +148,16 @@ class Tunsr(Learner):
         acc = make_accelerator(cfg.device)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         train_q = both_directions(kg.queries["train"], kg.n_relations)
-        loader = DataLoader(
-            TensorDataset(train_q), batch_size=cfg.batch_size, shuffle=True, generator=gen
-        )
+        if cfg.steps_per_epoch is None:
+            loader = DataLoader(
+                TensorDataset(train_q), batch_size=cfg.batch_size, shuffle=True, generator=gen
+            )
+        else:
+            sampler = RandomSampler(
+                train_q, replacement=True, num_samples=cfg.steps_per_epoch * cfg.batch_size,
+                generator=gen,
+            )  # fmt: skip
+            loader = DataLoader(TensorDataset(train_q), batch_size=cfg.batch_size, sampler=sampler)
         model, optimizer, loader = acc.prepare(model, optimizer, loader)
         graph = self._adjacency(kg, "train", acc.device)
         sample_gen = torch.Generator().manual_seed(cfg.seed)
@@ -160,6 +167,7 @@ class Tunsr(Learner):
             q = q.to(acc.device)
             out = m(q, graph, train=True, generator=sample_gen)
             loss = tunsr_loss(out["scores"], q[:, 2], cfg)
+            loss = loss + cfg.selection_loss_weight * out["selection_loss"]
             if cfg.fol_loss_weight > 0:
                 aux = fol_loss(out["fol_scores"], q[:, 2])
                 return loss + cfg.fol_loss_weight * aux, {"fol": float(aux)}
@@ -195,11 +203,35 @@ class Tunsr(Learner):
         self.model = acc.unwrap_model(model).to("cpu")
         if acc.is_main_process:
             self.model.load_state_dict(run.load_checkpoint("best")["model"])
-            self._finish(kg, run, result.best_epoch)
+            self._finish(kg, run, result.best_epoch, budget=self._budget_report(run))
         return self
 
-    def _finish(self, kg: KG, run: RunDir, best_epoch: int) -> None:
+    def _budget_report(self, run: RunDir) -> dict[str, Any]:
+        """How the time budget was used: ``status`` is ``ok``, ``no budget``, or
+        ``first epoch over budget`` when a single epoch already took longer than the budget
+        (the model is then the one-epoch model, not a converged one)."""
+        minutes = self.config.max_train_minutes
+        seconds = [float(r["train_seconds"]) for r in run.read_history()]
+        report: dict[str, Any] = {"epochs": len(seconds), "train_seconds": sum(seconds)}
+        if minutes is None:
+            return {**report, "status": "no budget"}
+        report["budget_seconds"] = 60.0 * minutes
+        if seconds and seconds[0] > 60.0 * minutes:
+            log.warning(
+                "the first epoch took %.0f s, longer than the %.0f s budget: the model is "
+                "under-trained; lower steps_per_epoch or raise max_train_minutes",
+                seconds[0],
+                60.0 * minutes,
+            )
+            return {**report, "status": "first epoch over budget"}
+        return {**report, "status": "ok"}
+
+    def _finish(
+        self, kg: KG, run: RunDir, best_epoch: int, budget: dict[str, Any] | None = None
+    ) -> None:
         metrics: dict[str, Any] = {"best_epoch": best_epoch, "data": kg.name or kg.source}
+        if budget is not None:
+            metrics["budget"] = budget
         metrics.update({f"valid_{k}": v for k, v in self.evaluate(kg, "valid").items()})
         test_q = self._queries(kg, "test")
         test_scores = self._scores(self._require_model(), kg, "test", test_q)  # scored once

@@ -1,38 +1,64 @@
 r"""The Tunsr network: forward logic message passing over the query's reasoning graph.
 
-Per layer and per candidate edge :math:`\varepsilon = (p, r, c)` (notes §1.3):
+The reasoning graph grows from the query entity one step per layer (arXiv 2507.03697; the
+expansion follows RED-GNN and AdaProp, the propositional / first-order split TECHS). At step
+:math:`l` the candidate edges :math:`\varepsilon = (p, r, c)` leave the nodes of step
+:math:`l - 1`; every node also keeps a self-loop, so a node once reached stays in the graph.
+
+**Selection before messages** (``max_nodes = K``): each candidate real edge gets a cheap key
 
 .. math::
 
-    q &= W_q [e_q \,\|\, r_q \,\|\, \tau(t_q)] \qquad
-    m_\varepsilon = W_m [h_p \,\|\, r] \qquad x_c = W_x [e_c \,\|\, \tau(t_c)] \\
-    \alpha_\varepsilon &= \sigma\big(w_\alpha^\top \mathrm{relu}(W_a [q \,\|\, m_\varepsilon
-        \,\|\, x_c])\big) \qquad
-    g_\varepsilon = \mathrm{GRU}(r, g_p) \qquad \beta_\varepsilon = \sigma(w_\beta^\top
-        g_\varepsilon) \\
-    a_\varepsilon &= \lambda \alpha_\varepsilon + (1 - \lambda) \beta_\varepsilon
-        \;\to\; \text{top-}k \text{ per query} \;\to\;
-    a_\varepsilon \leftarrow \frac{a_\varepsilon A_p}{\sum_{\varepsilon' \in b} a_{\varepsilon'}
-        A_{p'}} \\
-    h_c &= \mathrm{act}\big(W_h [\textstyle\sum_{\varepsilon \to c} a_\varepsilon m_\varepsilon
-        \,\|\, x_c]\big) \qquad
-    g_c = \textstyle\sum_{\varepsilon \to c} a_\varepsilon g_\varepsilon \qquad
-    A_c = \textstyle\sum_{\varepsilon \to c} a_\varepsilon
+    k_\varepsilon = s_l(r_q, r) + \mu \log A_p,
 
-with :math:`h_{root} = 0` [R], :math:`g_{root} = W_g\, r_q` and :math:`A_{root} = 1`. The
-attention MLP of alpha follows RED-GNN (a purely linear :math:`w_\alpha` cannot rank edges
-differently for different queries) [R]. Static KGs have no time inputs; the inductive scenario has
-no entity inputs, so :math:`x_c` is :math:`W_x \tau(t_c)` (or absent) and scores are invariant to
-relabelling entities. Entity scores: ``att`` :math:`s(e) = \sum_{c: e_c = e} A_c`; ``emd``
-:math:`s(e) = \sum_{c: e_c = e} \phi(w^\top h_c)` with :math:`\phi` the ``emd_output`` map
-(linear under ``ce`` as RED-GNN, softplus under ``bce``/``nll``); ``both`` their sum; 0 when
-unreached. With ``message_weight = "gate"`` the messages into :math:`h_c` are weighted by
-:math:`a_\varepsilon` alone (RED-GNN) instead of the mass :math:`a_\varepsilon A_p`.
+a learned relation-level table :math:`s_l` (one logit per query relation, step and edge
+relation, the "posterior neighbour" preference of the query) plus the parent's attention mass
+:math:`A_p` (detached, weighted by ``prune_mass_weight``). Per query the ``K`` real edges of
+largest key (plus Gumbel noise of scale ``prune_noise`` while training, AdaProp's sampling
+without replacement) and every self-loop are kept; messages and attentions are computed **only
+for the kept edges**. The key receives gradient through a straight-through factor
+:math:`\pi_\varepsilon - \mathrm{sg}(\pi_\varepsilon) + 1` on each kept message, with
+:math:`\pi` the softmax of the keys over all the query's candidates (AdaProp) [inferred], so the
+table learns which relations lead to answers, and dropped relations lose probability mass.
+
+**Forward logic message passing** on the kept edges:
+
+.. math::
+
+    m_\varepsilon &= h_p + r^{(l)} \quad(\texttt{message = "sum"}, \text{RED-GNN})
+        \quad\text{or}\quad W_m h_p + r^{(l)} \\
+    \alpha_\varepsilon &= \sigma\big(w_\alpha^\top \mathrm{relu}(W_s h_p + W_r r^{(l)}
+        + W_q q + W_x x_c)\big), \qquad q = [r_q^{(l)} \,\|\, e_q \,\|\, \tau(t_q)] \\
+    g_\varepsilon &= \mathrm{GRU}(r, g_p), \qquad \beta_\varepsilon = \sigma(w_\beta^\top
+        g_\varepsilon), \qquad a_\varepsilon = \lambda \alpha_\varepsilon + (1 - \lambda)
+        \beta_\varepsilon \\
+    \tilde h_c &= \mathrm{act}\big(W_h [\textstyle\sum_{\varepsilon \to c} w_\varepsilon
+        m_\varepsilon \,\|\, x_c]\big), \qquad h_c = \mathrm{GRU}(\mathrm{drop}(\tilde h_c),
+        h_c^{(l-1)}) \\
+    g_c &= \frac{\sum_{\varepsilon \to c} a_\varepsilon g_\varepsilon}
+        {\sum_{\varepsilon \to c} a_\varepsilon}, \qquad
+    A_c = \textstyle\sum_{\varepsilon \to c} \bar a_\varepsilon, \qquad
+    \bar a_\varepsilon = \frac{a_\varepsilon A_p}{\sum_{\varepsilon' \in b} a_{\varepsilon'}
+        A_{p'}}
+
+``node_state = "gru"`` carries each node's state across layers through a GRU (RED-GNN's gate;
+a node new at step :math:`l` starts from 0), ``"rebuild"`` uses :math:`\tilde h_c` alone. The
+first-order state :math:`g_c` merges the relations reaching :math:`c` by their attention (a
+weighted mean, so it keeps its scale however many edges arrive), and the message weight
+:math:`w_\varepsilon` is :math:`a_\varepsilon` (``message_weight = "gate"``, RED-GNN) or the
+mass :math:`\bar a_\varepsilon` (``"mass"``, TECHS), times the straight-through factor.
+``fol = False`` drops the first-order part (:math:`a = \alpha`, RED-GNN).
+
+Entity scores: ``emd`` :math:`\phi(w^\top h_c)` (RED-GNN), ``att`` the mass :math:`A_c`,
+``both`` their sum, summed over the nodes of an entity; 0 when unreached. Without entity inputs
+(the default, RED-GNN's relational form, and always in the inductive scenario) scores are
+invariant to relabelling entities.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -43,10 +69,11 @@ from clinfuse.core.errors import DataError
 from clinfuse.methods.tunsr.config import TunsrConfig
 from clinfuse.methods.tunsr.graph import (
     Adjacency,
+    Candidates,
+    Nodes,
     attach_children,
     candidate_edges,
     root_nodes,
-    segment_topk,
 )
 
 __all__ = ["LogicLayer", "TimeEncode", "TunsrModel", "fol_loss", "tunsr_loss"]
@@ -87,44 +114,73 @@ class TimeEncode(nn.Module):
 
 
 class LogicLayer(nn.Module):
-    """The per-layer weights of §1.3: ``W_q``, ``W_m``, ``W_x``, the alpha MLP and ``W_h``.
+    """The weights of one expansion step: relation embeddings, the alpha attention, ``W_h``.
 
-    ``x_in``/``q_in`` are the widths of the concatenated child and query inputs (0: no ``W_x``);
-    ``update`` False leaves out ``W_h`` (the last layer of ``att`` scoring never reads ``h``).
+    ``q_extra`` is the width of the query's entity/time inputs beyond its relation (0 without),
+    ``x_in`` the width of the child feature (0: none); ``update`` False leaves out ``W_h`` (the
+    last layer of ``att`` scoring never reads ``h``).
     """
 
-    def __init__(self, hidden: int, attn_dim: int, q_in: int, x_in: int, update: bool) -> None:
+    def __init__(
+        self,
+        hidden: int,
+        attn_dim: int,
+        n_rel_ids: int,
+        q_extra: int,
+        x_in: int,
+        update: bool,
+        message: str,
+        first: bool = False,
+    ) -> None:
         super().__init__()
-        self.w_q = nn.Linear(q_in, hidden)
-        self.w_m = nn.Linear(2 * hidden, hidden)
-        self.w_x = nn.Linear(x_in, hidden) if x_in else None
-        self.w_a = nn.Linear(3 * hidden, attn_dim)
+        self.rel = nn.Embedding(n_rel_ids, hidden)
+        # the root state is 0 (RED-GNN), so the first layer has nothing for W_s or W_m to read
+        self.w_s = None if first else nn.Linear(hidden, attn_dim, bias=False)
+        self.w_r = nn.Linear(hidden, attn_dim, bias=False)
+        self.w_q = nn.Linear(hidden + q_extra, attn_dim)
+        self.w_xa = nn.Linear(hidden, attn_dim, bias=False) if x_in else None
         self.w_alpha = nn.Linear(attn_dim, 1)
-        self.w_h = nn.Linear(2 * hidden, hidden) if update else None
+        linear = message == "linear" and not first
+        self.w_m = nn.Linear(hidden, hidden, bias=False) if linear else None
+        self.w_x = nn.Linear(x_in, hidden) if x_in else None
+        self.w_h = nn.Linear(hidden * (2 if x_in else 1), hidden, bias=False) if update else None
 
-    def message(self, h: Tensor, rel_table: Tensor, parent: Tensor, rel: Tensor) -> Tensor:
-        r"""Messages :math:`m_\varepsilon = W_m [h_p \| r]` ``(C, hidden)``.
+    def message(self, h: Tensor, parent: Tensor, rel: Tensor) -> Tensor:
+        r"""Messages :math:`m_\varepsilon = h_p + r^{(l)}` (or :math:`W_m h_p + r^{(l)}`)
+        ``(C, hidden)``; :math:`W_m h` is computed per node, then gathered."""
+        hp = h if self.w_m is None else self.w_m(h)
+        return _take(hp, parent) + self.rel(rel)
 
-        Computed as :math:`W_m^h h` per node plus :math:`W_m^r r` per relation, then gathered, so
-        no matmul runs per edge.
-        """
-        d = h.shape[1]
-        w = self.w_m.weight
-        return _take(F.linear(h, w[:, :d]), parent) + _take(
-            F.linear(rel_table, w[:, d:], self.w_m.bias), rel
-        )
-
-    def alpha(self, q: Tensor, query: Tensor, m: Tensor, x: Tensor) -> Tensor:
-        r"""Propositional attention :math:`\sigma(w_\alpha^\top \mathrm{relu}(W_a [q \| m \| x]))`.
-
-        ``q`` ``(B, hidden)`` is per query and gathered by ``query``; ``m``, ``x`` are ``(C,
-        hidden)`` per edge. Output ``(C,)``.
-        """
-        d = m.shape[1]
-        w = self.w_a.weight
-        pre = _take(F.linear(q, w[:, :d], self.w_a.bias), query)
-        pre = pre + F.linear(m, w[:, d : 2 * d]) + F.linear(x, w[:, 2 * d :])
+    def alpha(
+        self,
+        h: Tensor,
+        q_in: Tensor,
+        parent: Tensor,
+        rel: Tensor,
+        query: Tensor,
+        x_att: Tensor | None = None,
+    ) -> Tensor:
+        r"""Propositional attention :math:`\sigma(w_\alpha^\top \mathrm{relu}(W_s h_p + W_r r
+        + W_q q + W_x x_c))` ``(C,)``. Each projection is computed per node, relation or query
+        and gathered, so the per-edge work is ``attn_dim`` wide; ``x_att`` is the child term,
+        already projected, ``(C, attn_dim)``."""
+        pre = _take(self.w_r(self.rel.weight), rel) + _take(self.w_q(q_in), query)
+        if self.w_s is not None:
+            pre = pre + _take(self.w_s(h), parent)
+        if x_att is not None:
+            pre = pre + x_att
         return torch.sigmoid(self.w_alpha(torch.relu(pre))).squeeze(-1)
+
+
+@dataclass
+class _State:
+    """What one step hands to the next: the node table and the per-node states."""
+
+    nodes: Nodes
+    h: Tensor
+    g: Tensor
+    mass: Tensor
+    fol_mass: Tensor
 
 
 class TunsrModel(nn.Module):
@@ -145,21 +201,38 @@ class TunsrModel(nn.Module):
         self.n_relations = n_relations
         self.n_times = n_times
         d = cfg.hidden
+        n_rel_ids = 2 * n_relations + 1
         self.use_entities = cfg.entity_embeddings
         self.use_time = cfg.temporal
         self.ent_emb = nn.Embedding(n_entities, d) if self.use_entities else None
         self.time_enc = TimeEncode(cfg.time_dim, d) if self.use_time else None
-        self.rel_emb = nn.Embedding(2 * n_relations + 1, d)
+        self.rel_emb = nn.Embedding(n_rel_ids, d)
         self.fol_cell = nn.GRUCell(d, d)
         self.fol_proj = nn.Linear(d, d)
-        self.w_beta = nn.Linear(d, 1)
+        self.w_fol_g = nn.Linear(d, cfg.attn_dim)
+        self.w_fol_r = nn.Linear(d, cfg.attn_dim, bias=False)
+        self.w_beta = nn.Linear(cfg.attn_dim, 1)
         n_x = int(self.use_entities) + int(self.use_time)
         last_reads_h = cfg.score != "att"
         self.layers = nn.ModuleList(
             LogicLayer(
-                d, cfg.attn_dim, (n_x + 1) * d, n_x * d, i < cfg.n_layers - 1 or last_reads_h
+                d,
+                cfg.attn_dim,
+                n_rel_ids,
+                n_x * d,
+                n_x * d,
+                i < cfg.n_layers - 1 or last_reads_h,
+                cfg.message,
+                first=i == 0,
             )
             for i in range(cfg.n_layers)
+        )
+        self.gate = nn.GRUCell(d, d) if cfg.node_state == "gru" else None
+        # selection key table s_l(r_q, r): zeros = no preference before training [inferred]
+        self.prune_logit = (
+            nn.Parameter(torch.zeros(cfg.n_layers, 2 * n_relations, n_rel_ids))
+            if cfg.max_nodes is not None
+            else None
         )
         self.w_emd = nn.Linear(d, 1) if cfg.score != "att" else None
         if self.w_emd is not None and cfg.emd_map == "relu":
@@ -167,8 +240,8 @@ class TunsrModel(nn.Module):
             with torch.no_grad():
                 self.w_emd.weight.abs_()
                 self.w_emd.bias.fill_(0.1)
-        mix = torch.tensor(cfg.attention_mix)
-        if cfg.learn_mix:
+        mix = torch.tensor(cfg.attention_mix if cfg.fol else 1.0)
+        if cfg.learn_mix and cfg.fol:
             self.mix_logit: nn.Parameter | None = nn.Parameter(torch.logit(mix))
         else:
             self.mix_logit = None
@@ -181,9 +254,18 @@ class TunsrModel(nn.Module):
         """Root FOL state :math:`g_0 = W_g\\, \\mathrm{rel}(r_q)`, ``(B,) -> (B, hidden)``."""
         return self.fol_proj(self.rel_emb(r_q))
 
-    def beta_of(self, g: Tensor) -> Tensor:
-        """FOL attention :math:`\\sigma(w_\\beta^\\top g)`, ``(B, hidden) -> (B,)``."""
-        return torch.sigmoid(self.w_beta(g)).squeeze(-1)
+    def fol_beta(self, g: Tensor, rel: Tensor) -> Tensor:
+        """FOL attention of appending relation ``rel`` to a path in state ``g``:
+        :math:`\\beta = \\sigma(w_\\beta^\\top \\tanh(W_g g + W_r\\, \\mathrm{rel}(r)))`,
+        ``(N, hidden), (N,) -> (N,)``; it depends on the relation path only."""
+        return self._fol_beta_gathered(
+            self.w_fol_g(g), torch.arange(len(rel), device=g.device), rel
+        )
+
+    def _fol_beta_gathered(self, g_proj: Tensor, parent: Tensor, rel: Tensor) -> Tensor:
+        """:meth:`fol_beta` with ``W_g g`` computed per node and gathered by ``parent``."""
+        pre = _take(g_proj, parent) + _take(self.w_fol_r(self.rel_emb.weight), rel)
+        return torch.sigmoid(self.w_beta(torch.tanh(pre))).squeeze(-1)
 
     @property
     def mix(self) -> Tensor:
@@ -195,46 +277,74 @@ class TunsrModel(nn.Module):
         rel = self.cfg.time_encoding == "relative"
         return self.time_enc(t - t_query if rel else t)  # type: ignore[misc]
 
-    def _child_feature(
-        self, layer: LogicLayer, entity: Tensor, time: Tensor, t_query: Tensor
-    ) -> Tensor:
-        """:math:`x_c = W_x [e_c \\| \\tau(t_c)]` ``(C, hidden)``; zeros without entity or time
-        inputs. Each part is computed once per distinct entity / time and gathered."""
-        if layer.w_x is None:
-            return t_query.new_zeros(len(entity), self.cfg.hidden, dtype=torch.float32)
-        w, d = layer.w_x.weight, self.cfg.hidden
-        out = layer.w_x.bias.expand(len(entity), d)
-        col = 0
+    def _entity_time_parts(self, entity: Tensor, time: Tensor, t_query: Tensor) -> list[Tensor]:
+        """``[e_c, tau(t_c)]`` (each ``(C, hidden)``, the ones configured), each computed once
+        per distinct entity / time and gathered."""
+        parts = []
         if self.ent_emb is not None:
             uniq, inv = torch.unique(entity, return_inverse=True)
-            out = out + _take(F.linear(self.ent_emb(uniq), w[:, :d]), inv)
-            col = d
+            parts.append(_take(self.ent_emb(uniq), inv))
         if self.time_enc is not None:
             rel_time = time - t_query if self.cfg.time_encoding == "relative" else time
             uniq, inv = torch.unique(rel_time, return_inverse=True)
-            out = out + _take(F.linear(self.time_enc(uniq), w[:, col : col + d]), inv)
-        return out
+            parts.append(_take(self.time_enc(uniq), inv))
+        return parts
 
-    def _fol_edges(self, rel: Tensor, parent: Tensor, g: Tensor) -> Tensor:
-        """``fol_cell(rel_emb(rel), g[parent])`` ``(C, hidden)``, with the input and hidden
-        products computed per relation and per node (PyTorch GRUCell gates r, z, n)."""
-        cell = self.fol_cell
-        gi = _take(F.linear(self.rel_emb.weight, cell.weight_ih, cell.bias_ih), rel)
-        gh = _take(F.linear(g, cell.weight_hh, cell.bias_hh), parent)
-        i_r, i_z, i_n = gi.chunk(3, 1)
-        h_r, h_z, h_n = gh.chunk(3, 1)
-        reset = torch.sigmoid(i_r + h_r)
-        update = torch.sigmoid(i_z + h_z)
-        new = torch.tanh(i_n + reset * h_n)
-        return new + update * (_take(g, parent) - new)
+    def _child_feature(
+        self, layer: LogicLayer, entity: Tensor, time: Tensor, t_query: Tensor
+    ) -> Tensor | None:
+        """:math:`x_c = W_x [e_c \\| \\tau(t_c)]` ``(C, hidden)``, None without such inputs."""
+        if layer.w_x is None:
+            return None
+        return layer.w_x(torch.cat(self._entity_time_parts(entity, time, t_query), -1))
 
-    def _query_inputs(self, queries: Tensor) -> Tensor:
-        parts = [self.rel_emb(queries[:, 1])]
+    def _query_inputs(self, layer: LogicLayer, queries: Tensor) -> Tensor:
+        parts = [layer.rel(queries[:, 1])]
         if self.ent_emb is not None:
-            parts.insert(0, self.ent_emb(queries[:, 0]))
+            parts.append(self.ent_emb(queries[:, 0]))
         if self.time_enc is not None:
             parts.append(self._time_input(queries[:, 3], queries[:, 3]))
         return torch.cat(parts, -1)
+
+    # -- selection ---------------------------------------------------------------------------
+    def _select(
+        self,
+        step: int,
+        cand: Candidates,
+        queries: Tensor,
+        mass: Tensor,
+        n_queries: int,
+        generator: torch.Generator | None,
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """Indices of the kept candidates and their straight-through factors (see module doc).
+
+        Returns ``(None, None)`` under full expansion (``max_nodes`` None)."""
+        cfg = self.cfg
+        k = cfg.max_nodes if self.training else (cfg.eval_max_nodes or cfg.max_nodes)
+        if self.prune_logit is None or k is None:
+            return None, None
+        real = cand.rel < 2 * self.n_relations
+        key = self.prune_logit[step][queries[cand.query, 1], cand.rel]
+        if cfg.prune_mass_weight:
+            key = key + cfg.prune_mass_weight * torch.log(_take(mass, cand.parent).detach() + 1e-9)
+        noisy = key.detach()
+        if self.training and cfg.prune_noise > 0:
+            u = torch.rand(len(key), generator=generator, device=_gen_device(generator))
+            u = u.to(key.device).clamp(1e-20, 1.0 - 1e-7)
+            noisy = noisy - cfg.prune_noise * torch.log(-torch.log(u))
+        # self-loops always stay: they rank above every real edge
+        noisy = torch.where(real, noisy, torch.full_like(noisy, float("inf")))
+        keep = segment_topk_with_bonus(noisy, cand.query, k, n_queries, cand.query[~real])
+        if not self.training:
+            return keep, None
+        # pi: softmax of the keys over each query's real candidates
+        logits = torch.where(real, key - key.detach().max(), torch.full_like(key, -torch.inf))
+        z = torch.zeros(n_queries, device=key.device).index_add(0, cand.query, logits.exp())
+        pi = logits.exp() / z[cand.query].clamp_min(1e-30)
+        self._selection.append((cand.query, cand.entity, real, pi))
+        # straight-through: value 1, gradient of the softmax probability of each kept edge
+        st = (pi - pi.detach() + 1.0)[keep]
+        return keep, st
 
     # -- forward ---------------------------------------------------------------------------
     def forward(
@@ -254,17 +364,18 @@ class TunsrModel(nn.Module):
                 CSR with ``indptr``, ``rel``, ``tail``, ``time``.
             train: drop the query fact and its inverse from the graph (leakage guard); the
                 interpolation scenario drops it always.
-            generator: drives neighbour sampling (``sample_nodes``).
+            generator: drives neighbour sampling (``sample_nodes``) and the selection noise.
 
         Returns:
             ``scores`` ``(B, E)`` float; ``steps``: per layer a dict of the kept edges with keys
             ``query``, ``parent``, ``child`` (node indices of the previous and this step),
-            ``parent_entity``, ``rel``, ``child_entity``, ``child_time``, ``a``, ``alpha``,
-            ``beta`` (all ``(C_l,)``); ``fol_scores`` ``(B, E)``: the first-order part alone,
-            the node attention :math:`B_c` propagated like :math:`A_c` with :math:`\beta`
-            in place of :math:`a` over the same kept edges (see :func:`fol_loss`); ``nodes``:
-            the final node table (``query``, ``entity``,
-            ``time``, ``attention``).
+            ``parent_entity``, ``rel``, ``child_entity``, ``child_time``, ``a`` (the mass
+            :math:`\\bar a`, summing to 1 per query), ``alpha``, ``beta`` (all ``(C_l,)``);
+            ``fol_scores`` ``(B, E)``: the first-order part alone, the node attention
+            :math:`B_c` propagated like :math:`A_c` with :math:`\\beta` in place of :math:`a`
+            over the same kept edges (see :func:`fol_loss`); ``nodes``: the final node table
+            (``query``, ``entity``, ``time``, ``attention``); ``candidates``: per layer the
+            number of candidate edges before selection.
         """
         cfg = self.cfg
         adj = Adjacency.coerce(graph, queries.device)
@@ -278,18 +389,22 @@ class TunsrModel(nn.Module):
         queries = queries.to(torch.int64)
         b, d = len(queries), cfg.hidden
         t_q = queries[:, 3]
-        nodes = root_nodes(queries, cfg.constraint)
-        h = queries.new_zeros(b, d, dtype=torch.float32)
-        g = self.fol_init(queries[:, 1])
-        big_a = h.new_ones(b)
-        big_b = h.new_ones(b)  # first-order-only node attention (fol_scores)
-        q_in = self._query_inputs(queries)
+        zeros = torch.zeros(b, d, device=queries.device)
+        state = _State(
+            root_nodes(queries, cfg.constraint),
+            zeros,
+            self.fol_init(queries[:, 1]),
+            zeros.new_ones(b),
+            zeros.new_ones(b),
+        )
         mix = self.mix
         exclude = train or cfg.scenario == "interpolation"
         steps: list[dict[str, Tensor]] = []
-        for layer in self.layers:
+        n_candidates: list[int] = []
+        self._selection: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+        for i, layer in enumerate(self.layers):
             cand = candidate_edges(
-                nodes,
+                state.nodes,
                 adj,
                 queries,
                 n_relations=self.n_relations,
@@ -299,64 +414,146 @@ class TunsrModel(nn.Module):
                 sample_temperature=cfg.sample_temperature,
                 generator=generator,
             )
-            m = layer.message(h, self.rel_emb.weight, cand.parent, cand.rel)
-            x = self._child_feature(layer, cand.entity, cand.time, t_q[cand.query])
-            alpha = layer.alpha(layer.w_q(q_in), cand.query, m, x)
-            g_e = self._fol_edges(cand.rel, cand.parent, g)
-            beta = self.beta_of(g_e)
-            a = mix * alpha + (1 - mix) * beta
-            keep = segment_topk(a, cand.query, cfg.max_nodes, b)
-            cand, m, g_e, a = cand.select(keep), _take(m, keep), _take(g_e, keep), _take(a, keep)
-            alpha, beta = alpha[keep], beta[keep]
-            gate = a
-            a = a * _take(big_a, cand.parent)
-            a = a / h.new_zeros(b).index_add(0, cand.query, a).clamp_min(1e-30)[cand.query]
-            fol = beta * _take(big_b, cand.parent)
-            fol = fol / h.new_zeros(b).index_add(0, cand.query, fol).clamp_min(1e-30)[cand.query]
-            edges, new = attach_children(cand, self.n_entities)
-            n = len(new.entity)
-            if layer.w_h is not None:
-                x_node = self._child_feature(layer, new.entity, new.time, t_q[new.query])
-                w_msg = gate if cfg.message_weight == "gate" else a
-                msg = h.new_zeros(n, d).index_add(0, edges.child, w_msg.unsqueeze(-1) * m)
-                h = self.dropout(self.act(layer.w_h(torch.cat([msg, x_node], -1))))
-            g = self.dropout(h.new_zeros(n, d).index_add(0, edges.child, a.unsqueeze(-1) * g_e))
-            big_a = h.new_zeros(n).index_add(0, edges.child, a)
-            big_b = h.new_zeros(n).index_add(0, edges.child, fol)
-            steps.append(
-                {
-                    "query": edges.query,
-                    "parent": edges.parent,
-                    "child": edges.child,
-                    "parent_entity": nodes.entity[edges.parent],
-                    "rel": edges.rel,
-                    "child_entity": edges.entity,
-                    "child_time": edges.time,
-                    "a": a.detach(),
-                    "alpha": alpha.detach(),
-                    "beta": beta.detach(),
-                }
-            )
-            nodes = new
+            n_candidates.append(len(cand.rel))
+            keep, st = self._select(i, cand, queries, state.mass, b, generator)
+            if keep is not None:
+                cand = cand.select(keep)
+            last = i == len(self.layers) - 1
+            state, record = self._step(layer, cand, st, state, queries, t_q, mix, last)
+            steps.append(record)
+        nodes = state.nodes
         flat = nodes.query * self.n_entities + nodes.entity
         node_score = {
-            "att": lambda: big_a,
-            "emd": lambda: self._emd(h),
-            "both": lambda: big_a + self._emd(h),
+            "att": lambda: state.mass,
+            "emd": lambda: self._emd(state.h),
+            "both": lambda: state.mass + self._emd(state.h),
         }[cfg.score]()
-        scores = h.new_zeros(b * self.n_entities).index_add(0, flat, node_score)
-        fol_scores = h.new_zeros(b * self.n_entities).index_add(0, flat, big_b)
+        scores = zeros.new_zeros(b * self.n_entities).index_add(0, flat, node_score)
+        fol_scores = zeros.new_zeros(b * self.n_entities).index_add(0, flat, state.fol_mass)
+        selection_loss = (
+            self._selection_loss(queries, adj, exclude)
+            if self._selection and cfg.selection_loss_weight > 0
+            else zeros.new_zeros(())
+        )
+        self._selection = []
         return {
             "scores": scores.view(b, self.n_entities),
             "fol_scores": fol_scores.view(b, self.n_entities),
+            "selection_loss": selection_loss,
             "steps": steps,
+            "candidates": n_candidates,
             "nodes": {
                 "query": nodes.query,
                 "entity": nodes.entity,
                 "time": nodes.time,
-                "attention": big_a.detach(),
+                "attention": state.mass.detach(),
             },
         }
+
+    def _selection_loss(self, queries: Tensor, adj: Adjacency, exclude: bool) -> Tensor:
+        r"""Auxiliary loss that teaches the selection key which edges lead to the answer.
+
+        At step :math:`l` (of :math:`L`) a real candidate edge is on an answer path when its
+        child lies within :math:`L - l` hops of the answer (a ball grown from the answer over
+        the same graph, inverse edges included, the query fact left out as in the forward
+        pass). The loss is :math:`-\log \sum_{\varepsilon \text{ on a path}} \pi_\varepsilon`
+        per query and step, averaged over the (query, step) pairs that have such an edge, with
+        :math:`\pi` the softmax of the keys over the query's candidates: dropped edges that
+        lead to the answer gain probability, the others lose it [inferred]."""
+        n_layers = len(self.layers)
+        balls = _answer_balls(queries, adj, n_layers - 1, self.n_relations, exclude, self.cfg)
+        losses = []
+        for step, (query, entity, real, pi) in enumerate(self._selection):
+            ball = balls[n_layers - 1 - step]
+            key = query * self.n_entities + entity
+            pos = torch.searchsorted(ball, key).clamp_max(max(len(ball) - 1, 0))
+            on_path = real & (ball[pos] == key) if len(ball) else torch.zeros_like(real)
+            mass = pi.new_zeros(len(queries)).index_add(0, query, torch.where(on_path, pi, 0.0))
+            has = torch.zeros(len(queries), dtype=torch.bool, device=pi.device)
+            has[query[on_path]] = True
+            if has.any():
+                losses.append(-torch.log(mass[has].clamp_min(1e-12)))
+        if not losses:
+            return pi.new_zeros(())
+        return torch.cat(losses).mean()
+
+    def _step(
+        self,
+        layer: LogicLayer,
+        cand: Candidates,
+        st: Tensor | None,
+        state: _State,
+        queries: Tensor,
+        t_q: Tensor,
+        mix: Tensor,
+        last: bool = False,
+    ) -> tuple[_State, dict[str, Tensor]]:
+        """One step of forward logic message passing over the kept edges ``cand`` (``last``:
+        the final step, whose first-order states nothing reads)."""
+        cfg = self.cfg
+        b, d = len(queries), cfg.hidden
+        h, g, big_a, big_b = state.h, state.g, state.mass, state.fol_mass
+        x_edge = None
+        if layer.w_xa is not None:
+            x_c = self._child_feature(layer, cand.entity, cand.time, t_q[cand.query])
+            x_edge = layer.w_xa(x_c)  # type: ignore[arg-type]
+        q_in = self._query_inputs(layer, queries)
+        alpha = layer.alpha(h, q_in, cand.parent, cand.rel, cand.query, x_edge)
+        if cfg.fol:
+            beta = self._fol_beta_gathered(self.w_fol_g(g), cand.parent, cand.rel)
+            a = mix * alpha + (1 - mix) * beta
+        else:
+            beta, a = torch.zeros_like(alpha), alpha
+        edges, new = attach_children(cand, self.n_entities)
+        n = len(new.entity)
+        mass = a * _take(big_a, cand.parent)
+        mass = mass / h.new_zeros(b).index_add(0, cand.query, mass).clamp_min(1e-30)[cand.query]
+        fol = beta * _take(big_b, cand.parent)
+        fol = fol / h.new_zeros(b).index_add(0, cand.query, fol).clamp_min(1e-30)[cand.query]
+        if layer.w_h is not None:
+            w_msg = a if cfg.message_weight == "gate" else mass
+            if st is not None:
+                w_msg = w_msg * st
+            m = layer.message(h, cand.parent, cand.rel)
+            agg = h.new_zeros(n, d).index_add(0, edges.child, w_msg.unsqueeze(-1) * m)
+            if layer.w_x is not None:
+                x_node = self._child_feature(layer, new.entity, new.time, t_q[new.query])
+                agg = torch.cat([agg, x_node], -1)  # type: ignore[list-item]
+            h_new = self.dropout(self.act(layer.w_h(agg)))
+            if self.gate is not None:
+                h_new = self.gate(h_new, _carry(h, state.nodes, new, self.n_entities))
+        else:
+            h_new = h.new_zeros(n, d)
+        if cfg.fol and not last:
+            # relations merged at each step: one GRU step per node from the attention-weighted
+            # mean of the incoming relations and of the parents' first-order states
+            w = a / h.new_zeros(n).index_add(0, edges.child, a).clamp_min(1e-30)[edges.child]
+            w = w.unsqueeze(-1)
+            r_in = h.new_zeros(n, d).index_add(0, edges.child, w * self.rel_emb(cand.rel))
+            g_in = h.new_zeros(n, d).index_add(0, edges.child, w * _take(g, cand.parent))
+            g_new = self.fol_cell(r_in, g_in)
+        else:
+            g_new = h.new_zeros(n, 0)
+        record = {
+            "query": edges.query,
+            "parent": edges.parent,
+            "child": edges.child,
+            "parent_entity": state.nodes.entity[edges.parent],
+            "rel": edges.rel,
+            "child_entity": edges.entity,
+            "child_time": edges.time,
+            "a": mass.detach(),
+            "alpha": alpha.detach(),
+            "beta": beta.detach(),
+        }
+        new_state = _State(
+            new,
+            h_new,
+            g_new,
+            h.new_zeros(n).index_add(0, edges.child, mass),
+            h.new_zeros(n).index_add(0, edges.child, fol),
+        )
+        return new_state, record
 
     def _emd(self, h: Tensor) -> Tensor:
         z = self.w_emd(h).squeeze(-1)  # type: ignore[misc]
@@ -365,6 +562,81 @@ class TunsrModel(nn.Module):
             "relu": lambda: torch.relu(z),
             "softplus": lambda: F.softplus(z),
         }[self.cfg.emd_map]()
+
+
+def _gen_device(generator: torch.Generator | None) -> torch.device | str:
+    return generator.device if generator is not None else "cpu"
+
+
+def segment_topk_with_bonus(
+    key: Tensor, segment: Tensor, k: int, n_segments: int, always: Tensor
+) -> Tensor:
+    """Indices (increasing) of the ``k`` largest finite ``key`` values of each segment plus
+    every entry whose key is ``+inf`` (the self-loops; ``always`` holds their segments).
+
+    The finite keys are laid out in a ``(segments, longest)`` matrix padded with ``-inf`` and
+    cut by one :func:`torch.topk` along rows: no sort over the whole batch."""
+    if len(key) == 0:
+        return torch.zeros(0, dtype=torch.int64, device=key.device)
+    finite = torch.isfinite(key)
+    idx_f = torch.nonzero(finite).squeeze(1)
+    seg_f = segment[idx_f]
+    if len(seg_f) > 1 and bool((seg_f[1:] < seg_f[:-1]).any()):  # candidates come grouped
+        order = torch.argsort(seg_f, stable=True)
+        idx_f, seg_f = idx_f[order], seg_f[order]
+    counts = torch.bincount(seg_f, minlength=n_segments)
+    starts = torch.cumsum(counts, 0) - counts
+    col = torch.arange(len(idx_f), device=key.device) - starts[seg_f]
+    width = int(counts.max()) if len(counts) else 0
+    chosen = torch.nonzero(~finite).squeeze(1)
+    if width:
+        # ties broken by the position within the segment (earlier first), so a query's
+        # selection does not depend on the rest of the batch
+        table = torch.full((n_segments, width), float("-inf"), dtype=torch.float64,
+                           device=key.device)  # fmt: skip
+        table[seg_f, col] = key[idx_f].double() - 1e-9 * col.double()
+        slot = torch.full((n_segments, width), -1, dtype=torch.int64, device=key.device)
+        slot[seg_f, col] = idx_f
+        top = torch.topk(table, min(k, width), dim=1).indices
+        picked = slot.gather(1, top).reshape(-1)
+        chosen = torch.cat([chosen, picked[picked >= 0]])
+    return torch.sort(chosen).values
+
+
+def _answer_balls(
+    queries: Tensor, adj: Adjacency, radius: int, n_relations: int, exclude: bool, cfg: TunsrConfig
+) -> list[Tensor]:
+    """Sorted keys ``query * E + entity`` of the entities within ``r`` hops of each query's
+    answer, for ``r = 0..radius`` (the query fact excluded when ``exclude``)."""
+    b = len(queries)
+    nodes = Nodes(
+        torch.arange(b, device=queries.device), queries[:, 2].clone(), queries[:, 3].clone()
+    )
+    n_e = adj.n_entities
+    balls = [torch.sort(nodes.query * n_e + nodes.entity).values]
+    for _ in range(radius):
+        cand = candidate_edges(
+            nodes, adj, queries, n_relations=n_relations, constraint="any",
+            exclude_query=exclude, sample_nodes=cfg.sample_nodes,
+        )  # fmt: skip
+        keys = torch.unique(cand.query * n_e + cand.entity)
+        nodes = Nodes(keys // n_e, keys % n_e, queries[keys // n_e, 3])
+        balls.append(keys)
+    return balls
+
+
+def _carry(h: Tensor, old: Nodes, new: Nodes, n_entities: int) -> Tensor:
+    """Each new node's state at the previous step (0 for nodes first reached now).
+
+    Node tables are sorted by ``(query, entity, time)``, so old nodes are found in the new
+    table by :func:`torch.searchsorted` on the same key."""
+    n_times = int(max(int(old.time.max()), int(new.time.max()))) + 1 if len(new.time) else 1
+    key_old = (old.query * n_entities + old.entity) * n_times + old.time
+    key_new = (new.query * n_entities + new.entity) * n_times + new.time
+    pos = torch.searchsorted(key_new, key_old).clamp_max(max(len(key_new) - 1, 0))
+    found = key_new[pos] == key_old
+    out = h.new_zeros(len(key_new), h.shape[1])
+    return out.index_copy(0, pos[found], h[found])
 
 
 def _ce(scores: Tensor, targets: Tensor, eps: float) -> Tensor:

@@ -577,7 +577,7 @@ class FolModel(Protocol):
 
     def fol_init(self, r_q: Tensor) -> Tensor: ...
 
-    def beta_of(self, g: Tensor) -> Tensor: ...
+    def fol_beta(self, g: Tensor, rel: Tensor) -> Tensor: ...
 
 
 def _dedupe_sorted(head: int, scored: Iterable[tuple[tuple[int, ...], float]]) -> list[Rule]:
@@ -607,7 +607,7 @@ def fari_schema(
 
     .. math::
         g_l = \mathrm{GRUCell}(\mathrm{rel\_emb}(r), g_{l-1}), \qquad
-        c_l = c_{l-1}\,\beta(g_l), \quad \beta(g) = \sigma(w_\beta \cdot g),
+        c_l = c_{l-1}\,\beta(g_{l-1}, r),
 
     in one ``fol_cell`` call over the ``beam x (2R+1)`` candidates, and the top ``beam`` are kept
     (ties broken by candidate order, so the result is deterministic). After ``max_len`` steps
@@ -661,8 +661,10 @@ def fari_schema(
                 bodies = torch.zeros(1, 0, dtype=torch.long, device=device)  # (P, l)
                 for _ in range(max_len):
                     n_pre = g.shape[0]
-                    g_new = model.fol_cell(x_cand.repeat(n_pre, 1), g.repeat_interleave(n_cand, 0))
-                    c_new = conf.repeat_interleave(n_cand) * model.beta_of(g_new).reshape(-1)
+                    g_rep = g.repeat_interleave(n_cand, 0)
+                    g_new = model.fol_cell(x_cand.repeat(n_pre, 1), g_rep)
+                    beta = model.fol_beta(g_rep, cand.repeat(n_pre))
+                    c_new = conf.repeat_interleave(n_cand) * beta.reshape(-1)
                     order = torch.sort(c_new, descending=True, stable=True).indices[:beam]
                     parent, rel = order // n_cand, order % n_cand
                     bodies = torch.cat([bodies[parent], cand[rel].unsqueeze(1)], dim=1)
