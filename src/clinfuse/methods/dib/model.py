@@ -1,8 +1,9 @@
 r"""The DIB network: modality encoders, unimodal and multimodal stochastic bottlenecks, fusion.
 
 Flow (MIB lineage, Mai et al. 2022): per modality, encoder :math:`h_m = E_m(x_m)`, then the
-stochastic encoder :math:`z_m = \mu_m(h_m) + \sigma_m(h_m)\,\varepsilon`; fusion :math:`f = F(z_t, z_a, z_v)`;
-multimodal bottleneck :math:`z_f = \mu_f(f) + \sigma_f(f)\,\varepsilon`; prediction
+stochastic encoder :math:`z_m = \mu_m(h_m) + \sigma_m(h_m)\,\varepsilon`; fusion
+:math:`f = F(z_t, z_a, z_v)`; multimodal bottleneck
+:math:`z_f = \mu_f(f) + \sigma_f(f)\,\varepsilon`; prediction
 :math:`\hat y = w^\top \mathrm{dropout}(z_f) + b`.
 
 Batch keys read by :class:`DIBModel`: ``"text"`` ``(B, L, d_t)``, ``"audio"`` ``(B, T_a, d_a)``,
