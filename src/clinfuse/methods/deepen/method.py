@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 
 from clinfuse.core.errors import DataError
-from clinfuse.core.learner import METHODS, DemoResult, Learner
+from clinfuse.core.learner import METHODS, DemoResult, Learner, check_split
 from clinfuse.core.runs import RunDir, atomic_path, atomic_write_json
 from clinfuse.core.seed import seed_everything
 from clinfuse.methods.deepen import simulator as sim
@@ -655,10 +655,12 @@ class DeepEN(Learner):
             raise ConfigError(
                 "deepen has no corruptions", expected="no --corrupt", found=corrupt, fix="drop it"
             )
+        check_split(split, self._splits(data))
         return self._report(data, split, None)
 
     def predict(self, data: DeepENData, split: str = "test") -> pd.DataFrame:
         """Per step of ``split``: the clinician's action and doses, the recommended ones, Q."""
+        check_split(split, self._splits(data))
         model = self._require_model()
         traj = self._prepare(data)[split]
         raw = self._splits(data)[split]

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from clinfuse.core.errors import ConfigError, DataError
-from clinfuse.core.learner import METHODS, DemoResult, Learner
+from clinfuse.core.learner import METHODS, DemoResult, Learner, check_split
 from clinfuse.core.runs import RunDir, atomic_path, atomic_write_text
 from clinfuse.methods.deepmedix.config import DeepMedixConfig
 from clinfuse.methods.deepmedix.models import (
@@ -327,8 +327,7 @@ class DeepMedix(Learner):
         cfg = self.config
         train, test = split_records(list(data), cfg.test_fraction, cfg.seed)
         parts = {"train": train, "test": test, "all": list(data)}
-        if split not in parts:
-            raise ConfigError("unknown split", expected=sorted(parts), found=split)
+        check_split(split, parts)
         return parts[split]
 
     def predict(self, data: list[Any], split: str = "test") -> pd.DataFrame:

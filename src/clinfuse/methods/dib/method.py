@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from clinfuse.core.config import config_to_dict
-from clinfuse.core.learner import METHODS, DemoResult, Learner
+from clinfuse.core.learner import METHODS, DemoResult, Learner, check_split
 from clinfuse.core.loop import fit_loop, make_accelerator
 from clinfuse.core.runs import RunDir
 from clinfuse.core.seed import seed_everything
@@ -230,13 +230,14 @@ class DIB(Learner):
         return metrics
 
     def evaluate(self, data: MSAData, split: str = "test", corrupt: str | None = None) -> dict:
+        check_split(split, data.splits)
         model = self._require_model()
         target = corrupt_split(data, split, corrupt, self.config.seed, self.config.modalities)
         return self._score(model, target, data.dataset_kind)
 
     def predict(self, data: MSAData, split: str = "test") -> pd.DataFrame:
+        target = data.splits[check_split(split, data.splits)]
         model = self._require_model()
-        target = data.splits[split]
         pred = self._forward_split(model, target)["pred"]
         return pd.DataFrame(
             {
@@ -249,8 +250,8 @@ class DIB(Learner):
 
     def modality_mi(self, data: MSAData, split: str = "test") -> dict[str, float]:
         """I_alpha(Z_m; Y) per modality on up to ``mi_eval_samples`` samples (exact spectrum)."""
+        target = data.splits[check_split(split, data.splits)]
         model = self._require_model()
-        target = data.splits[split]
         z = self._forward_split(model, target)["z"]
         n = min(self.config.mi_eval_samples, target.n)
         idx = np.random.default_rng(self.config.seed).permutation(target.n)[:n]

@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from clinfuse.core.errors import ConfigError, DataError
-from clinfuse.core.learner import METHODS, DemoResult, Learner
+from clinfuse.core.learner import METHODS, DemoResult, Learner, check_split
 from clinfuse.core.loop import fit_loop
 from clinfuse.core.runs import RunDir, atomic_path, atomic_write_text
 from clinfuse.methods.ehrprompt.config import EHRPromptConfig
@@ -372,16 +372,16 @@ class EHRPrompt(Learner):
         return scores
 
     def evaluate(self, data: EHRData, split: str = "test", corrupt: str | None = None) -> dict:
-        rows = {"test": data.test, "valid": data.valid, "train": data.train}.get(split)
-        if rows is None:
-            raise DataError(f"unknown split {split!r}", expected="train | valid | test")
+        parts = {"train": data.train, "valid": data.valid, "test": data.test}
+        rows = parts[check_split(split, parts)]
         frame = data.table.frame.iloc[rows]
         if corrupt is not None:
             frame = self._corrupt(data, frame, *_parse_corrupt(corrupt))
         return self._scores(data, rows, self._outputs(data, frame))
 
     def predict(self, data: EHRData, split: str = "test") -> pd.DataFrame:
-        rows = {"test": data.test, "valid": data.valid, "train": data.train}[split]
+        parts = {"train": data.train, "valid": data.valid, "test": data.test}
+        rows = parts[check_split(split, parts)]
         preds = self._outputs(data, data.table.frame.iloc[rows])
         df = pd.DataFrame({"row": rows})
         for t in self.tasks:

@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 
 from clinfuse.core.errors import ConfigError, DataError, require
-from clinfuse.core.learner import METHODS, DemoResult, Learner
+from clinfuse.core.learner import METHODS, DemoResult, Learner, check_split
 from clinfuse.core.runs import RunDir, atomic_path
 from clinfuse.llm.models import apply_lora, check_chat_template, load_model
 from clinfuse.methods.procon.config import ProConMethodConfig
@@ -487,7 +487,9 @@ class ProCon(Learner):
 
     # -- evaluate / predict ---------------------------------------------------------------
     def evaluate(self, data: SafetySplits, split: str = "test", corrupt: str | None = None) -> dict:
-        """Refusal / over-refusal on the val splits of ``data`` and held-out task accuracy."""
+        """Refusal / over-refusal on the val splits of ``data`` and held-out task accuracy
+        (``split`` is ``test``: the held-out instructions and tasks)."""
+        check_split(split, ("test",))
         self._require_model()
         if corrupt is not None:
             raise ConfigError("ProCon has no corruptions", expected=None, found=corrupt)
@@ -496,6 +498,7 @@ class ProCon(Learner):
 
     def predict(self, data: SafetySplits, split: str = "test") -> pd.DataFrame:
         """Generations (kind, prompt, completion, refusal) on the val prompts and tasks."""
+        check_split(split, ("test",))
         self._require_model()
         return self._evaluate_model(data, "")[1]
 
