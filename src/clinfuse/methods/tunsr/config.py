@@ -170,6 +170,9 @@ class TunsrConfig:
     """Epochs without validation MRR improvement before early stopping [inferred]."""
     max_train_minutes: float | None = None
     """Time budget: stop after the first epoch that ends past it (None: no budget)."""
+    final_eval_max_triples: int | None = None
+    """Rank a seeded sample of this many valid and test triples for the run's final metrics
+    (None: all of them, the standard protocol) [inferred]."""
     valid_max_queries: int | None = None
     """Validate each epoch on a seeded sample of this many valid triples (None: all); the
     final valid/test metrics always use every triple."""
@@ -234,7 +237,7 @@ def _check_positive(c: TunsrConfig) -> None:
         value = getattr(c, name)
         if value < 1:
             _fail(f"{name} must be at least 1", "an integer >= 1", value, f"--set {name}=...")
-    for name in ("max_nodes", "eval_max_nodes", "steps_per_epoch"):
+    for name in ("max_nodes", "eval_max_nodes", "steps_per_epoch", "final_eval_max_triples"):
         value = getattr(c, name)
         if value is not None and value < 1:
             _fail(f"{name} must be at least 1", 'an integer >= 1, or "none"', value,

@@ -206,6 +206,14 @@ class Tunsr(Learner):
             self._finish(kg, run, result.best_epoch, budget=self._budget_report(run))
         return self
 
+    def _final_rows(self, kg: KG, split: str) -> np.ndarray | None:
+        """The triples of ``split`` ranked for the run's final metrics: all, or a seeded sample
+        of ``final_eval_max_triples``."""
+        cap, n = self.config.final_eval_max_triples, len(kg.queries[split])
+        if cap is None or n <= cap:
+            return None
+        return np.sort(np.random.default_rng(self.config.seed + 1).choice(n, cap, replace=False))
+
     def _budget_report(self, run: RunDir) -> dict[str, Any]:
         """How the time budget was used: ``status`` is ``ok``, ``no budget``, or
         ``first epoch over budget`` when a single epoch already took longer than the budget
@@ -232,8 +240,14 @@ class Tunsr(Learner):
         metrics: dict[str, Any] = {"best_epoch": best_epoch, "data": kg.name or kg.source}
         if budget is not None:
             metrics["budget"] = budget
-        metrics.update({f"valid_{k}": v for k, v in self.evaluate(kg, "valid").items()})
-        test_q = self._queries(kg, "test")
+        metrics.update(
+            {f"valid_{k}": v for k, v in self._rank(self._require_model(), kg, "valid",
+                                                     self._final_rows(kg, "valid")).items()}
+        )  # fmt: skip
+        test_rows = self._final_rows(kg, "test")
+        if test_rows is not None:
+            metrics["test_triples_ranked"] = len(test_rows)
+        test_q = self._queries(kg, "test", test_rows)
         test_scores = self._scores(self._require_model(), kg, "test", test_q)  # scored once
         metrics.update(
             {f"test_{k}": v for k, v in self._rank_scores(kg, "test", test_q, test_scores).items()}
