@@ -30,7 +30,7 @@ scored on the same predictions, with the mean band width.
 
 Usage::
 
-    .venv/bin/python benchmarks/dpsurv.py                    # all cohorts (about 40 min, 2 CPUs)
+    .venv/bin/python benchmarks/dpsurv.py                    # all cohorts (about 1 CPU-hour)
     .venv/bin/python benchmarks/dpsurv.py --datasets whas500 veteran
     .venv/bin/python benchmarks/dpsurv.py --quick            # veteran, 2 folds, temp folder
 

@@ -26,11 +26,18 @@ Two one-parameter band families, nested in the parameter :math:`\kappa` (wider a
 The fit is split-conformal in the Mondrian (group-conditional) form (Vovk et al. 2005, ch. 4;
 Angelopoulos & Bates 2023, section 4.3): the calibration cases are out-of-fold predictions of
 models trained on the other inner folds of the training fold; they are cut into risk terciles,
-and within each tercile :math:`\kappa` is the smallest value whose Kaplan-Meier coverage reaches
-the nominal level, then :math:`\alpha` the largest miss level whose IPCW interval hit rate
-reaches it. A new case takes the :math:`(\kappa, \alpha)` of the tercile its risk falls in.
-What the group coverage means depends on the group size (a smaller group's Kaplan-Meier is
-noisier); it is calibrated for terciles of the calibration set.
+and within each tercile
+
+1. the curves are recentred, :math:`S \to S^c` with the :math:`c` that brings the tercile's mean
+   curve closest to its Kaplan-Meier (:func:`recentre`; a band whose edge runs along a biased
+   curve covers a fresh group erratically);
+2. :math:`\kappa` is the smallest value whose Kaplan-Meier coverage, the median over bootstrap
+   resamples of the tercile, reaches the nominal level;
+3. :math:`\alpha` is the largest miss level whose IPCW interval hit rate reaches it.
+
+A new case takes the :math:`(c, \kappa, \alpha)` of the tercile its risk falls in. What the
+group coverage means depends on the group size (a smaller group's Kaplan-Meier is noisier); it
+is calibrated for terciles of the calibration set.
 """
 
 from __future__ import annotations
