@@ -14,6 +14,7 @@ from clinfuse.methods.dib.fusion import (
     POOLINGS,
     ConcatFusion,
     Dropouts,
+    LateFusion,
     LatentBottleneckFusion,
     MBTFusion,
 )
@@ -182,8 +183,16 @@ def test_every_registered_fusion_builds_from_config(name):
     assert fuse(z).shape == (5, 10)
 
 
+def test_late_fusion_averages_the_latents_and_is_flagged_additive():
+    z = {m: torch.randn(3, 4) for m in MODS}
+    fuse = LateFusion(MODS)
+    assert LateFusion.additive and not ConcatFusion.additive
+    assert torch.allclose(fuse(z), (z["text"] + z["audio"] + z["vision"]) / 3)
+    assert list(fuse.parameters()) == []  # the per-modality heads live in the model
+
+
 def test_registry_is_covered_by_the_tests_and_rejects_unknown_names():
-    assert FUSIONS.names() == ["concat", "latent", "mbt"]  # a new fusion needs tests here
+    assert FUSIONS.names() == ["concat", "late", "latent", "mbt"]  # a new fusion needs tests here
     with pytest.raises(UnknownNameError, match="latent"):
         FUSIONS.get("latnet")
 
