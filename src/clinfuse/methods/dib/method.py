@@ -354,7 +354,7 @@ class DIB(Learner):
             data=data.name,
             metric=f"test {metric}",
             value=float(metrics[f"test_{metric}"]),
-            baseline=f"{label}, the strongest baseline of benchmarks/dib_hard.py under noise",
+            baseline=f"{label}, among the strongest baselines under noise (benchmarks/dib_hard.py)",
             baseline_value=curves[names["concat"]][0],
             extra=extra,
             plots=[run.plots / "learning_curves.png", plot, run.plots / "modality_mi.png"],
