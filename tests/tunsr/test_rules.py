@@ -239,7 +239,7 @@ def test_write_rules_anyburl_line_layout(tmp_path) -> None:
 
 
 class TinyFol(nn.Module):
-    """Stand-in with exactly the four attributes FARI (a) uses."""
+    """Stand-in with the attributes FARI (a) uses (rel_emb, fol_cell, fol_init, fol_beta)."""
 
     def __init__(self, n_relations: int, hidden: int, seed: int = 0) -> None:
         super().__init__()
@@ -254,6 +254,10 @@ class TinyFol(nn.Module):
 
     def beta_of(self, g: Tensor) -> Tensor:
         return torch.sigmoid(self.w_beta(g)).squeeze(-1)
+
+    def fol_beta(self, g: Tensor, rel: Tensor) -> Tensor:
+        """Attention of appending ``rel`` to a path in state ``g``: beta of the next state."""
+        return self.beta_of(self.fol_cell(self.rel_emb(rel), g))
 
 
 def _planted_model(n_relations: int = 2, k: float = 10.0) -> TinyFol:
@@ -294,8 +298,8 @@ def _exhaustive(model: TinyFol, r_q: int, n_rel: int, max_len: int) -> dict[tupl
             g = model.fol_init(torch.tensor([r_q]))
             conf = 1.0
             for r in seq:
+                conf *= float(model.fol_beta(g, torch.tensor([r])))
                 g = model.fol_cell(model.rel_emb(torch.tensor([r])), g)
-                conf *= float(model.beta_of(g))
             body = tuple(r for r in seq if r != 2 * n_rel)
             if body:
                 best[body] = max(best.get(body, -math.inf), conf)
