@@ -285,6 +285,8 @@ def _plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = sorted({k.split("/")[0] for k in results})
+    if not names:
+        return
     cols = min(4, max(len(names), 1))
     rows = (len(names) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
