@@ -172,9 +172,15 @@ def run_one(name: str, arm: str, budget_min: float, overrides: list[str], device
     class Tracked(Tunsr):
         """Adds the MRR of 300 seeded test triples to each validation (tracking only)."""
 
+        finished = False
+
+        def _finish(self, *args, **kwargs):
+            self.finished = True  # the final metrics are not points of the learning curve
+            return super()._finish(*args, **kwargs)
+
         def _rank(self, m, kg, split, rows=None):
             out = super()._rank(m, kg, split, rows)
-            if split == "valid" and rows is not None:
+            if split == "valid" and not self.finished:
                 n = len(kg.queries["test"])
                 pick = np.sort(np.random.default_rng(0).choice(n, min(300, n), replace=False))
                 test = super()._rank(m, kg, "test", pick)
@@ -294,8 +300,11 @@ def _plot(results: dict, path: Path) -> None:
         for key, r in results.items():
             if key.split("/")[0] != name or "error" in r or not r.get("curve"):
                 continue
-            xs = [p.get("train_seconds", 0.0) for p in r["curve"]]
-            ax.plot(xs, [p["test_sample_mrr"] for p in r["curve"]], label=key.split("/", 1)[1])
+            points = [p for p in r["curve"] if "train_seconds" in p]
+            xs = [p["train_seconds"] for p in points]
+            ax.plot(
+                xs, [p["test_sample_mrr"] for p in points], marker=".", label=key.split("/", 1)[1]
+            )
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("training seconds")
         ax.set_ylabel("test MRR (300 triples)")
