@@ -1,8 +1,9 @@
 """Configuration of Tunsr, unified neurosymbolic reasoning on knowledge graphs.
 
-Every constant of the method is a field. Tags follow ``notes/tunsr.md``: [T] the TECHS code,
-[R] RED-GNN / AdaProp code, [P] the Tunsr abstract, [inferred] a value no source gives (kept
-configurable). The paper itself could not be read, so none of these is a verified Tunsr value.
+Every constant of the method is a field. Tags: [T] the TECHS code (Lin et al., ACL 2023),
+[R] RED-GNN (Zhang & Yao, WWW 2022) / AdaProp (Zhang et al., KDD 2023) code, [P] the Tunsr
+abstract (arXiv 2507.03697), [inferred] a value no source gives (kept configurable). Only the
+abstract of the paper was available, so none of these is a verified Tunsr value.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ DEFAULT_CONSTRAINT: dict[str, Constraint] = {
     "interpolation": "any",
     "extrapolation": "monotone",
 }
-"""Temporal constraint of each scenario when ``temporal_constraint`` is None (notes §1.2)."""
+"""Temporal constraint of each scenario when ``temporal_constraint`` is None."""
 
 
 @dataclass(frozen=True)

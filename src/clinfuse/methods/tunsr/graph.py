@@ -4,7 +4,7 @@ A query is a row ``[e_q, r_q, answer, t_q]``. A **node** is a ``(query, entity, 
 static KGs use time 0 everywhere. Step 0 holds one node per query, the query entity. Step
 :math:`l` takes every out-edge :math:`(e, r, e', t')` of every node :math:`(b, e, t_v)` of step
 :math:`l-1` from the adjacency (inverse edges included), plus one self-loop
-:math:`(e, 2R, e, t_v)` per node, and keeps those that pass (notes §1.2):
+:math:`(e, 2R, e, t_v)` per node, and keeps those that pass:
 
 * the temporal constraint (self-loops always pass):
 

@@ -411,7 +411,7 @@ class Tunsr(Learner):
     def induce_rules(
         self, kg: KG, variant: str = "schema", beam: int = 20
     ) -> dict[int, list[Rule]]:
-        """FARI rules for every relation with training queries (notes §1.5).
+        """FARI rules for every relation with training queries.
 
         ``schema``: beam search over relation sequences scored by the first-order attention
         alone (no grounding); ``paths``: root-to-answer paths of the pruned reasoning graphs of
@@ -512,7 +512,7 @@ class Tunsr(Learner):
 
 
 FARI_VARIANTS = {"schema": Tunsr._fari_schema, "paths": Tunsr._fari_paths}
-"""FARI variants by ``TunsrConfig.fari`` name (notes §1.5 a and b)."""
+"""FARI variants by ``TunsrConfig.fari`` name."""
 
 
 def _names(kg: KG) -> list[str]:
