@@ -554,7 +554,7 @@ class EHRPrompt(Learner):
             ax.set_xlabel("share of structured test cells corrupted")
             ax.set_ylabel(sub["metric"].iloc[0])
             ax.set_title(f"corruption: {mode}")
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=8, loc="lower left")  # "best" searches every polygon: slow
         fig.tight_layout()
         path = run.plots / "robustness.png"
         with atomic_path(path) as tmp:
