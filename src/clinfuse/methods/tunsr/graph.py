@@ -48,6 +48,7 @@ __all__ = [
     "attach_children",
     "candidate_edges",
     "expand",
+    "gumbel_noise",
     "inverse_relation",
     "root_nodes",
     "segment_topk",
@@ -269,8 +270,7 @@ def candidate_edges(
         keep &= ~(same_time & (forward | backward))
     parent, query, rel, tail, time = (x[keep] for x in (parent, query, rel, tail, time))
     if sample_nodes is not None and len(parent):
-        u = torch.rand(len(parent), generator=generator, device=_gen_device(generator))
-        gumbel = -torch.log(-torch.log(u.to(parent.device).clamp(1e-20, 1.0 - 1e-7)))
+        gumbel = gumbel_noise(len(parent), generator, parent.device)
         logits = sample_temperature * (time - queries[query, 3]).to(gumbel.dtype)
         chosen = segment_topk(logits + gumbel, parent, sample_nodes, len(nodes.entity))
         parent, query, rel, tail, time = (x[chosen] for x in (parent, query, rel, tail, time))
@@ -286,8 +286,11 @@ def candidate_edges(
     )
 
 
-def _gen_device(generator: torch.Generator | None) -> torch.device | str:
-    return generator.device if generator is not None else "cpu"
+def gumbel_noise(n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """``n`` standard Gumbel draws on ``device``, drawn from ``generator`` (on its own device)."""
+    gen_device = generator.device if generator is not None else "cpu"
+    u = torch.rand(n, generator=generator, device=gen_device)
+    return -torch.log(-torch.log(u.to(device).clamp(1e-20, 1.0 - 1e-7)))
 
 
 def attach_children(cand: Candidates, n_entities: int) -> tuple[Edges, Nodes]:

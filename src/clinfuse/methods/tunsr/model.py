@@ -73,6 +73,7 @@ from clinfuse.methods.tunsr.graph import (
     Nodes,
     attach_children,
     candidate_edges,
+    gumbel_noise,
     root_nodes,
 )
 
@@ -329,9 +330,7 @@ class TunsrModel(nn.Module):
             key = key + cfg.prune_mass_weight * torch.log(_take(mass, cand.parent).detach() + 1e-9)
         noisy = key.detach()
         if self.training and cfg.prune_noise > 0:
-            u = torch.rand(len(key), generator=generator, device=_gen_device(generator))
-            u = u.to(key.device).clamp(1e-20, 1.0 - 1e-7)
-            noisy = noisy - cfg.prune_noise * torch.log(-torch.log(u))
+            noisy = noisy + cfg.prune_noise * gumbel_noise(len(key), generator, key.device)
         # self-loops always stay: they rank above every real edge
         noisy = torch.where(real, noisy, torch.full_like(noisy, float("inf")))
         keep = segment_topk_with_bonus(noisy, cand.query, k, n_queries, cand.query[~real])
@@ -562,10 +561,6 @@ class TunsrModel(nn.Module):
             "relu": lambda: torch.relu(z),
             "softplus": lambda: F.softplus(z),
         }[self.cfg.emd_map]()
-
-
-def _gen_device(generator: torch.Generator | None) -> torch.device | str:
-    return generator.device if generator is not None else "cpu"
 
 
 def segment_topk_with_bonus(
