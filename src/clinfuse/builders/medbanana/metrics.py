@@ -1,6 +1,6 @@
 r"""Image metrics of an edit (source vs edited), the checks built on them and the verdict rule.
 
-No weights: everything is computed locally on greyscale luminance at <= 512 px (notes §5).
+No weights: everything is computed locally on greyscale luminance at <= 512 px.
 
 * The **edited region** :math:`R`: pixels whose Gaussian-smoothed (:math:`\sigma=1.5`) absolute
   difference exceeds ``change_tol``, connected components smaller than ``max(16, 2\cdot10^{-4}

@@ -1,4 +1,4 @@
-"""Preference data from the attempts (notes §3.3; the official repository has no code for it).
+"""Preference data from the attempts (the official repository has no code for it).
 
 * :func:`image_pairs`: a task accepted at round k > 1 gives k - 1 rows (source, instruction,
   chosen = the accepted image, rejected = a failed round's image), for editor DPO.

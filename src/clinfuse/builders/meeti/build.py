@@ -68,7 +68,7 @@ class MEETIConfig:
     require_leads: int = 12
     """Records with fewer leads are refused (never padded silently)."""
     method: Literal["prominence", "dwt"] = "prominence"
-    """neurokit2 delineation (prominence: faster and closer to LUDB's cardiologists; notes §2.1)."""
+    """neurokit2 delineation (prominence: faster and closer to LUDB's cardiologists)."""
     images: bool = True
     """Write the PNG of every study."""
     image_layout: Literal["3x4", "6x2", "12x1"] = "3x4"
