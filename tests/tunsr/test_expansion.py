@@ -69,6 +69,27 @@ def test_full_expansion_equals_the_unpruned_graph() -> None:
     assert torch.all(out["steps"][0]["beta"] == 0)  # no first-order part
 
 
+def test_evaluation_width_applies_only_in_eval_mode_and_only_when_pruning() -> None:
+    adj, facts = kg(2)
+    q = facts[:8]
+
+    def per_query_max(model: TunsrModel) -> int:
+        out = model(q, adj, train=True)
+        return max(
+            int(torch.bincount(s["query"][s["rel"] < 2 * R], minlength=8).max())
+            for s in out["steps"]
+        )
+
+    torch.manual_seed(0)
+    cfg = TunsrConfig(max_nodes=3, eval_max_nodes=12, dropout=0.0, score="emd")
+    model = TunsrModel(cfg, E, R, 1)
+    assert per_query_max(model.train()) == 3
+    assert 3 < per_query_max(model.eval()) <= 12
+    full = TunsrModel(dataclasses.replace(cfg, max_nodes=None, fol=False), E, R, 1).eval()
+    nodes, _ = expand(q, adj, 3, n_relations=R, exclude_query=True)
+    assert torch.equal(full(q, adj, train=True)["nodes"]["entity"], nodes[-1].entity)
+
+
 def test_the_selection_key_receives_gradient_and_learns_to_keep_the_useful_relation() -> None:
     # the answer is always reached by relation 0 then relation 1; relations 2, 3 are noise
     n = 30

@@ -84,7 +84,9 @@ class TunsrConfig:
     learned relation-level key (self-loops always stay); None expands every edge (RED-GNN)
     (AdaProp Family/UMLS top-k: 100) [R][inferred]."""
     eval_max_nodes: int | None = None
-    """``max_nodes`` at evaluation; None uses ``max_nodes`` [inferred]."""
+    """Edges kept per query and step at evaluation when ``max_nodes`` is set (None: the same
+    as ``max_nodes``). A wider evaluation graph reaches answers that the training width cuts
+    off; the `tunsr` preset evaluates with 10x its training width [inferred]."""
     prune_noise: float = 1.0
     """Scale of the Gumbel noise added to the selection key while training (sampling without
     replacement, as AdaProp); 0 selects greedily [R][inferred]."""

@@ -321,7 +321,8 @@ class TunsrModel(nn.Module):
 
         Returns ``(None, None)`` under full expansion (``max_nodes`` None)."""
         cfg = self.cfg
-        k = cfg.max_nodes if self.training else (cfg.eval_max_nodes or cfg.max_nodes)
+        k = cfg.max_nodes if self.training or cfg.max_nodes is None else cfg.eval_max_nodes
+        k = k or cfg.max_nodes
         if self.prune_logit is None or k is None:
             return None, None
         real = cand.rel < 2 * self.n_relations
