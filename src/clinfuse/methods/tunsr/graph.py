@@ -146,7 +146,9 @@ class Candidates(NamedTuple):
 
     def select(self, index: Tensor) -> Candidates:
         """The candidates at ``index`` (a LongTensor or bool mask)."""
-        return Candidates(*(f[index] for f in self))
+        if index.dtype == torch.bool:
+            index = torch.nonzero(index).squeeze(1)
+        return Candidates(*(take(f, index) for f in self))
 
 
 class Edges(NamedTuple):
@@ -202,6 +204,12 @@ CONSTRAINTS: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
 """Edge filter ``keep(t', t_parent, t_q) -> bool mask`` of each temporal constraint."""
 
 
+def take(x: Tensor, index: Tensor) -> Tensor:
+    """``x[index]`` along dim 0 via :func:`torch.index_select`: faster on CPU than advanced
+    indexing, and its backward (``index_add``) several times faster than ``index_put``."""
+    return x.index_select(0, index)
+
+
 def segment_topk(key: Tensor, segment: Tensor, k: int, n_segments: int) -> Tensor:
     """Indices of the ``k`` largest ``key`` values within each segment, in increasing order.
 
@@ -228,12 +236,12 @@ def segment_topk(key: Tensor, segment: Tensor, k: int, n_segments: int) -> Tenso
 
 def _gather_out_edges(nodes: Nodes, adj: Adjacency) -> tuple[Tensor, Tensor]:
     """``(parent, edge)`` index pairs of every out-edge of every node (vectorised CSR gather)."""
-    start = adj.indptr[nodes.entity]
-    deg = adj.indptr[nodes.entity + 1] - start
+    start = take(adj.indptr, nodes.entity)
+    deg = take(adj.indptr, nodes.entity + 1) - start
     parent = torch.repeat_interleave(torch.arange(len(deg), device=deg.device), deg)
     offset = torch.cumsum(deg, 0) - deg
-    within = torch.arange(len(parent), device=deg.device) - offset[parent]
-    return parent, start[parent] + within
+    within = torch.arange(len(parent), device=deg.device) - take(offset, parent)
+    return parent, take(start, parent) + within
 
 
 def candidate_edges(
@@ -257,23 +265,24 @@ def candidate_edges(
         queries: ``(B, 4)`` int64 ``[e_q, r_q, answer, t_q]``. Output: ``C >= N`` candidates.
     """
     parent, edge = _gather_out_edges(nodes, adj)
-    query = nodes.query[parent]
-    rel, tail, time = adj.rel[edge], adj.tail[edge], adj.time[edge]
-    q = queries[query]
-    keep = CONSTRAINTS[constraint](time, nodes.time[parent], q[:, 3])
+    query = take(nodes.query, parent)
+    rel, tail, time = take(adj.rel, edge), take(adj.tail, edge), take(adj.time, edge)
+    q = take(queries, query)
+    keep = CONSTRAINTS[constraint](time, take(nodes.time, parent), q[:, 3])
     if exclude_query:
-        head = nodes.entity[parent]
+        head = take(nodes.entity, parent)
         same_time = time == q[:, 3]
         forward = (head == q[:, 0]) & (rel == q[:, 1]) & (tail == q[:, 2])
         backward = (head == q[:, 2]) & (rel == inverse_relation(q[:, 1], n_relations))
         backward &= tail == q[:, 0]
         keep &= ~(same_time & (forward | backward))
-    parent, query, rel, tail, time = (x[keep] for x in (parent, query, rel, tail, time))
+    kept = torch.nonzero(keep).squeeze(1)
+    parent, query, rel, tail, time = (take(x, kept) for x in (parent, query, rel, tail, time))
     if sample_nodes is not None and len(parent):
         gumbel = gumbel_noise(len(parent), generator, parent.device)
         logits = sample_temperature * (time - queries[query, 3]).to(gumbel.dtype)
         chosen = segment_topk(logits + gumbel, parent, sample_nodes, len(nodes.entity))
-        parent, query, rel, tail, time = (x[chosen] for x in (parent, query, rel, tail, time))
+        parent, query, rel, tail, time = (take(x, chosen) for x in (parent, query, rel, tail, time))
     n = len(nodes.entity)
     loops = torch.arange(n, device=parent.device)
     self_rel = torch.full((n,), 2 * n_relations, dtype=torch.int64, device=parent.device)
