@@ -85,6 +85,9 @@ def test_evaluation_width_applies_only_in_eval_mode_and_only_when_pruning() -> N
     model = TunsrModel(cfg, E, R, 1)
     assert per_query_max(model.train()) == 3
     assert 3 < per_query_max(model.eval()) <= 12
+    with model.training_width():  # what rule induction reads
+        assert per_query_max(model) == 3
+    assert model.cfg is cfg
     full = TunsrModel(dataclasses.replace(cfg, max_nodes=None, fol=False), E, R, 1).eval()
     nodes, _ = expand(q, adj, 3, n_relations=R, exclude_query=True)
     assert torch.equal(full(q, adj, train=True)["nodes"]["entity"], nodes[-1].entity)

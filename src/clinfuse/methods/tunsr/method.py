@@ -443,7 +443,8 @@ class Tunsr(Learner):
         timings: dict[tuple[int, tuple[int, ...]], dict[tuple[int, ...], float]] = {}
         for i in range(0, len(queries), self.config.eval_batch_size):
             q = queries[i : i + self.config.eval_batch_size]
-            steps = model(q, graph, train=True)["steps"]
+            with model.training_width():
+                steps = model(q, graph, train=True)["steps"]
             found = fari_paths(
                 steps,
                 q,

@@ -57,7 +57,9 @@ invariant to relabelling entities.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -304,6 +306,18 @@ class TunsrModel(nn.Module):
         if self.time_enc is not None:
             parts.append(self._time_input(queries[:, 3], queries[:, 3]))
         return torch.cat(parts, -1)
+
+    @contextlib.contextmanager
+    def training_width(self) -> Iterator[None]:
+        """Evaluate with the training width ``max_nodes`` (not ``eval_max_nodes``) inside the
+        block: rule induction reads the graph the model was trained on, and the number of
+        paths it enumerates grows with the width."""
+        saved = self.cfg
+        self.cfg = dataclasses.replace(saved, eval_max_nodes=None)
+        try:
+            yield
+        finally:
+            self.cfg = saved
 
     # -- selection ---------------------------------------------------------------------------
     def _select(
