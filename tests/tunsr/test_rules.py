@@ -556,6 +556,15 @@ def test_fari_paths_on_tunsr_steps_sum_to_answer_attention() -> None:
     for head, rs in rules.items():
         assert sum(r.confidence for r in rs) == pytest.approx(1.0)
         assert all(r.head == head for r in rs)
+    # a walk cap bounds memory: a cap above every node's count changes nothing, a cap of 1
+    # keeps one walk per node, so an answer keeps at most its single heaviest weight
+    big = path_weights(out["steps"], queries, answers, n_rel, 3, "a", "cumulative", max_paths=10**6)
+    assert big == weights
+    one = path_weights(out["steps"], queries, answers, n_rel, 3, "a", "cumulative", max_paths=1)
+    for n in range(len(queries)):
+        assert len(one[n]) <= len(weights[n])
+        assert sum(one[n].values()) <= sum(weights[n].values()) + 1e-9
+    assert any(len(one[n]) < len(weights[n]) for n in range(len(queries)))
 
 
 def _node_steps(steps: list[list[tuple[int, int, int, int, int]]]) -> list[StepEdges]:

@@ -69,6 +69,10 @@ class TunsrConfig:
     """FARI paths: cancel a backtrack u -r-> v -r^-1-> u in a root-to-answer walk (its two atoms
     add nothing to the body, like self-loops), so the walk counts for its reduced body
     [inferred]."""
+    fari_max_paths: int | None = 32
+    """FARI paths keeps the heaviest this-many walks reaching each node after every step
+    (None: every walk, exact; memory then grows with degree^L on dense or fully expanded
+    graphs) [inferred]."""
     fari_max_queries: int | None = 5000
     """FARI paths reads the reasoning graphs of at most this many training queries (a seeded
     sample; None: all of them) [inferred]."""
@@ -240,7 +244,8 @@ def _check_positive(c: TunsrConfig) -> None:
         value = getattr(c, name)
         if value < 1:
             _fail(f"{name} must be at least 1", "an integer >= 1", value, f"--set {name}=...")
-    for name in ("max_nodes", "eval_max_nodes", "steps_per_epoch", "final_eval_max_triples"):
+    names = ("max_nodes", "eval_max_nodes", "steps_per_epoch", "final_eval_max_triples")
+    for name in (*names, "fari_max_paths"):
         value = getattr(c, name)
         if value is not None and value < 1:
             _fail(f"{name} must be at least 1", 'an integer >= 1, or "none"', value,

@@ -454,6 +454,7 @@ class Tunsr(Learner):
                 attention="cumulative",
                 time_order=kg.temporal,
                 reduce_backtracks=self.config.fari_reduce_backtracks,
+                max_paths=self.config.fari_max_paths,
             )
             for head, rules in found.items():
                 acc = totals.setdefault(head, {})

@@ -34,6 +34,7 @@ below are loops over rules, never over entities.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import logging
 import math
 import os
@@ -765,11 +766,14 @@ def path_weights(
     attention: Literal["per_edge", "cumulative"] = "per_edge",
     *,
     reduce_backtracks: bool = False,
+    max_paths: int | None = None,
 ) -> list[dict[tuple[int, ...], float]]:
     """Per query: ``{relation sequence without self-loops: summed path weight}`` to its answer.
 
     The empty sequence collects the all-self-loop paths. With cumulative attentions the values of
-    a query sum to the answer's node attention :math:`A_y` (its ``att`` score).
+    a query sum to the answer's node attention :math:`A_y` (its ``att`` score). ``max_paths``
+    keeps only the heaviest walks reaching each node after every step (None: all; exact), which
+    bounds memory on dense or fully expanded graphs.
     """
     return _path_weights_checked(
         step_edges,
@@ -780,6 +784,7 @@ def path_weights(
         weight,
         attention,
         reduce_backtracks=reduce_backtracks,
+        max_paths=max_paths,
     )[1]
 
 
@@ -793,6 +798,7 @@ def _path_weights_checked(
     attention: str,
     time_order: bool = False,
     reduce_backtracks: bool = False,
+    max_paths: int | None = None,
 ) -> tuple[np.ndarray, list[dict[tuple[Any, ...], float]]]:
     """See :func:`path_weights`. With ``time_order`` (edges carry ``child_time``, queries their
     time in column 3) each sequence element is ``(r, child_time - t_q)`` instead of ``r``.
@@ -915,6 +921,8 @@ def _path_weights_checked(
                 else:
                     key = (*seq, (atom, left))
                 dst[key] = dst.get(key, 0.0) + sw * factor
+        if max_paths is not None:
+            _keep_heaviest(new_states, max_paths)
         states, entity_of, inflow = new_states, new_entity, new_inflow
     per_query: list[dict[tuple[Any, ...], float]] = []
     for n, st in enumerate(states):
@@ -928,6 +936,14 @@ def _path_weights_checked(
                 acc[seq] = acc.get(seq, 0.0) + sw
         per_query.append(acc)
     return q, per_query
+
+
+def _keep_heaviest(states: list[dict[Any, dict[tuple[Any, ...], float]]], m: int) -> None:
+    """Keep, in place, the ``m`` heaviest walks reaching each node of each query."""
+    for st in states:
+        for node, seqs in st.items():
+            if len(seqs) > m:
+                st[node] = dict(heapq.nlargest(m, seqs.items(), key=lambda kv: kv[1]))
 
 
 def _inverse(atom: Any, n_relations: int) -> Any:
@@ -949,6 +965,7 @@ def fari_paths(
     attention: Literal["per_edge", "cumulative"] = "per_edge",
     time_order: bool = False,
     reduce_backtracks: bool = False,
+    max_paths: int | None = None,
 ) -> dict[int, list[Rule]]:
     r"""FARI variant (b): relation sequences of root-to-answer paths, weighted by attention.
 
@@ -978,7 +995,8 @@ def fari_paths(
     ``sibling <= parent^-1, parent``, is kept).
 
     Paths are enumerated by a forward pass that carries, per node, the summed weight of each
-    relation sequence reaching it, so shared prefixes are not enumerated twice.
+    relation sequence reaching it, so shared prefixes are not enumerated twice; ``max_paths``
+    keeps the heaviest of them per node after every step (see :func:`path_weights`).
 
     Shape:
         queries: ``(N, >=2)`` ints ``[h, r_q, ...]``; answers: ``(N,)`` gold tail entities.
@@ -994,6 +1012,7 @@ def fari_paths(
         attention,
         time_order,
         reduce_backtracks,
+        max_paths,
     )
     totals: dict[int, dict[tuple[int, ...], float]] = {}
     timings: dict[int, dict[tuple[int, ...], dict[tuple[int, ...], float]]] = {}
