@@ -97,9 +97,8 @@ SETS: dict[str, tuple[str, str, list[str], str]] = {
 }
 COMMON = ["fari_max_queries=100", "final_eval_max_triples=1000"]
 """Overrides of every job: FARI reads 100 training queries (it runs after training and is not
-measured here); the
-final valid and test metrics rank the same seeded 1,000 triples per split for both arms (all
-of them where a split is smaller)."""
+measured here); the final valid and test metrics rank the same seeded 1,000 triples per split
+for both arms (all of them where a split is smaller)."""
 CONVERGED = {"family": 0.95, "kinship": 0.70, "WN18RR_v1": 0.70, "nell_v1": 0.60, "icews14": 0.40}
 """Test-MRR targets for the long runs."""
 OOM_MARKERS = ("MemoryError", "can't allocate memory", "DefaultCPUAllocator", "std::bad_alloc")
