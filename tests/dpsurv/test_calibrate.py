@@ -178,3 +178,32 @@ def test_max_cases_keeps_a_stratified_subsample():
     assert sum(len(te) for _, te in sub.folds) == len(sub.time)
     with pytest.raises(ConfigError, match="max_cases"):
         DPsurvConfig(max_cases=10)
+
+
+def test_inner_calibration_models_take_as_many_steps_as_the_outer_fit(small, monkeypatch):
+    """The calibration is fitted on inner models and applied to the outer one, so the inner
+    models must be trained like it: with the outer epoch count, a model on half the training
+    fold took half the optimiser steps, and its curves and risk scale did not transfer."""
+    import math
+
+    learner, _, data = small
+    tr = data.split(0, "train")
+    reps, time, event = learner.reps(data, tr), data.time[tr], data.event[tr]
+    calls = []
+    real = learner._fit_net
+
+    def spy(reps_a, time_a, event_a, k, val, epochs=None):
+        calls.append((len(time_a), epochs))
+        return real(reps_a, time_a, event_a, k, val, epochs=epochs)
+
+    monkeypatch.setattr(learner, "_fit_net", spy)
+    outer_epochs, bs = 3, learner.config.batch_size
+    oof = learner._oof_grfn(reps, time, event, 1, outer_epochs)
+    outer_steps = math.ceil(len(time) / bs) * outer_epochs
+    assert len(calls) == learner.config.calibration_folds
+    for n_a, epochs in calls:
+        per_epoch = math.ceil(n_a / bs)
+        assert n_a < len(time) and per_epoch < math.ceil(len(time) / bs)
+        assert epochs > outer_epochs  # fewer minibatches per epoch, more epochs
+        assert abs(epochs * per_epoch - outer_steps) <= per_epoch / 2
+    assert np.all(np.isfinite(oof["risk"])) and oof["mu"].shape[0] == len(time)
