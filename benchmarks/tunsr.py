@@ -372,12 +372,18 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="extra overrides, both arms")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per job (0: default)")
     ap.add_argument(
-        "--mem-cap-gib", type=float, default=10.0, help="address-space cap per job (0: none)"
+        "--mem-cap-gib",
+        type=float,
+        default=None,
+        help="address-space cap per job (0: none; default 10 on cpu, none on cuda, whose driver "
+        "reserves more address space than any cap would allow)",
     )
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "tunsr.json"))
     ap.add_argument("--report-only", action="store_true", help="rewrite md/png/checks and exit")
     ap.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.mem_cap_gib is None:
+        args.mem_cap_gib = 10.0 if args.device == "cpu" else 0.0
     if args.one:  # child process: one (set, arm), result as JSON on stdout
         if args.mem_cap_gib:
             cap = int(args.mem_cap_gib * 2**30)
