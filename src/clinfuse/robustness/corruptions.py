@@ -1,4 +1,9 @@
-r"""Seeded, composable test-time corruptions of multimodal feature batches (DIB notes §1.7).
+r"""Seeded, composable test-time corruptions of multimodal feature batches.
+
+The available text of the DIB paper (arXiv 2511.01444) does not give its noise protocol, so
+the three kinds here are our choice [inferred]: Gaussian feature noise scaled by the training
+std, random missing frames as in MMSA's ``generate_m`` (``data_loader.py`` of
+github.com/thuiar/MMSA), and dropping a whole modality.
 
 A batch is a plain ``dict[str, np.ndarray]`` of modality arrays shaped ``(N, T, d)`` (keys such
 as ``"text"``, ``"audio"``, ``"vision"``), with optional lengths ``dict[str, np.ndarray]`` shaped
@@ -290,7 +295,7 @@ class GaussianNoise(ModalityCorruption):
 
     modalities: tuple[str, ...]
     rho: float
-    """Noise std as a multiple of the training std (DIB notes: 0.1 ... 1.0)."""
+    """Noise std as a multiple of the training std (0 leaves the features unchanged)."""
     std: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
     """Per-modality ``(d,)`` training std; set by :meth:`fit`."""
 

@@ -1,8 +1,10 @@
 r"""Severity sweeps: metrics of a model under one corruption kind at increasing severity.
 
-The report follows the DIB notes (§1.7): :math:`\Delta = \text{clean} - \text{corrupted}` for
-every metric, in the metric's own units. For higher-is-better metrics (accuracy, F1, corr) a
-degradation is a positive delta; for lower-is-better ones (``mae``) it is a negative delta.
+The DIB paper (arXiv 2511.01444) reports robustness as a drop from the clean score without
+naming the metric, so the report here gives
+:math:`\Delta = \text{clean} - \text{corrupted}` for every metric, in the metric's own units.
+For higher-is-better metrics (accuracy, F1, corr) a degradation is a positive delta; for
+lower-is-better ones (``mae``) it is a negative delta.
 """
 
 from __future__ import annotations
