@@ -8,10 +8,11 @@ else untouched``) and inpainting without noise on removals (off with ``keep the 
 So the refiner's fixes matter and a task can succeed at round
 k > 1, which is what the preference export needs.
 
-Lesions (notes §5) are soft-edged profiles :math:`g(d) = 1/(1 + e^{(d-r)/(0.25 r)})` blended
-toward white, :math:`x' = x + a\,g\,(1-x)`, which keeps the film grain: chest X-ray opacity /
-effusion (darker lucency for pneumothorax), brain MRI mass with a hypointense oedema halo,
-fundus exudates / drusen clusters and a brighter, wider optic cup. Removal is
+Lesions (our design [inferred]; the official code edits with Gemini 2.5 Flash Image) are
+soft-edged profiles :math:`g(d) = 1/(1 + e^{(d-r)/(0.25 r)})` blended toward white,
+:math:`x' = x + a\,g\,(1-x)`, which keeps the film grain: chest X-ray opacity / effusion
+(darker lucency for pneumothorax), brain MRI mass with a hypointense oedema halo, fundus
+exudates / drusen clusters and a brighter, wider optic cup. Removal is
 ``skimage.restoration.inpaint_biharmonic`` on the lesion with the surrounding grain re-injected.
 """
 

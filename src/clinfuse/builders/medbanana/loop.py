@@ -1,6 +1,8 @@
-"""One task through the loop (notes §3.2, improved): write -> edit -> judge, up to
-``max_rounds``; every round edits the **original source**; from round 2 the refiner sees the
-source and the history of every instruction and verdict; stop when qualified.
+"""One task through the loop of the official code (``add_disease.py`` of
+github.com/richardChenzhihui/med-banana-50k@9d1b8ce), with a judge that also sees the source:
+write -> edit -> judge, up to ``max_rounds``; every round edits the **original source**; from
+round 2 the refiner sees the source and the history of every instruction and verdict; stop when
+qualified.
 
 Every attempt, failed ones included, is appended to ``attempts.jsonl`` with its image; the full
 conversation (requests with images by hash, replies, model ids, prompt hashes) goes to

@@ -1,5 +1,7 @@
-"""Prompts of the writer, the history-aware refiner and the judge (our wording; the official
-constraints of notes §3.2 paraphrased), and robust parsing of the JSON answers."""
+"""Prompts of the writer, the history-aware refiner and the judge (our wording; the
+constraints of the official ``add_disease.py`` / ``remove_disease.py`` prompts of
+github.com/richardChenzhihui/med-banana-50k paraphrased: fidelity preservation, negative rules,
+minimal change), and robust parsing of the JSON answers."""
 
 from __future__ import annotations
 

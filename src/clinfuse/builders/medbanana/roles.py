@@ -1,4 +1,5 @@
-"""The three roles of the loop (notes §5) and their model-backed implementations.
+"""The three roles of the loop (writer, editor and judge, as in arXiv 2511.00801; these
+interfaces are ours [inferred]) and their model-backed implementations.
 
 * :class:`PromptWriter`: ``initial(task, source)`` and ``refine(task, source, history)`` ->
   :class:`Written` (the edit instruction);

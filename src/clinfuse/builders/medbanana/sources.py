@@ -1,6 +1,6 @@
 """Reading source images (DICOM, NIfTI, PNG/JPEG), masks, and the embedded default images.
 
-The default input holds three real images that installed packages ship (notes §4): the PA chest
+The default input holds three real images that installed packages ship: the PA chest
 radiograph ``RG1_UNCR.dcm`` of ``pydicom-data`` (MONOCHROME1, inverted here), the CC0 fundus
 photograph ``retina.jpg`` of scikit-image, and an axial slice of nilearn's MNI ICBM152 T1
 template (an average brain, not one patient). Each gets one diseased copy made by the local

@@ -1,8 +1,9 @@
 """Edit tasks: (source image, disease, direction add|remove), from folders or a CSV manifest.
 
-The paper's rule (notes §3.3): add tasks = every normal image x every disease of its dataset;
-remove tasks = every diseased image -> normal. A dataset is a folder ``<dataset>/{normal,
-<Disease>}/*``; its modality comes from the config or from the dataset name.
+The rule of the official code (``add_disease.py`` / ``remove_disease.py`` of
+github.com/richardChenzhihui/med-banana-50k): add tasks = every normal image x every disease of
+its dataset; remove tasks = every diseased image -> normal. A dataset is a folder
+``<dataset>/{normal, <Disease>}/*``; its modality comes from the config or from the dataset name.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ DISEASE_PRESETS: dict[str, tuple[str, ...]] = {
     "fundus": ("AMD", "Cataract", "Diabetes", "Glaucoma", "Hypertension", "Myopia"),
 }  # fmt: skip
 """The 20 disease names visible in the official repository (11 MIMIC-CXR, 3 brain tumour
-classes, 6 ODIR-5K); the paper counts 23, the other 3 are unknown (notes §3.4)."""
+classes, 6 ODIR-5K); the paper (arXiv 2511.00801) counts 23; the other 3 were not
+identified."""
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom", ".nii", ".gz")
 """Files a dataset folder scan takes as images (anything else in the folders is ignored)."""
@@ -48,7 +50,8 @@ _MODALITY_WORDS: tuple[tuple[str, str], ...] = (
 
 
 def modality_from_name(name: str) -> str | None:
-    """The modality a dataset name suggests (notes §3.3: mimic/chest, brain/tumor, odir/fundus).
+    """The modality a dataset name suggests (as in the official code: mimic/chest,
+    brain/tumor, odir/fundus).
 
     Example:
         >>> modality_from_name("MIMIC_single_disease_selection"), modality_from_name("ODIR-5K")
