@@ -81,6 +81,31 @@ def test_calibration_reaches_the_nominal_level_on_fresh_cases():
     assert abs(np.mean(raw_case) - 0.9) > 0.03, raw_case  # the raw credal interval misses
 
 
+@pytest.mark.parametrize("nominal", [0.9, 0.75])
+def test_typical_fresh_group_is_covered_at_the_nominal_share(nominal):
+    """The group claim: a fresh group of the calibration terciles' size has its Kaplan-Meier
+    inside its mean band at a median share of the grid equal to the nominal level (the share of
+    one group scatters widely, so the median over many calibrations and fresh groups is
+    checked), and the claim follows the nominal level."""
+    shares, raw = [], []
+    for cal_seed in range(8):
+        x, t, e, _ = _cohort(600, seed=100 + cal_seed)
+        risk, s, lo, up = _biased_model(x)
+        cal = fit_calibration("scale", _band_fn(s, lo, up), risk, t, e, GRID, nominal,
+                              seed=cal_seed)  # fmt: skip
+        for j in range(6):
+            x2, t2, e2, _ = _cohort(600, seed=1000 * (cal_seed + 1) + j)
+            risk2, s2, lo2, up2 = _biased_model(x2)
+            _, clo, cup, _ = cal.apply(_band_fn(s2, lo2, up2), risk2)
+            groups = tercile_groups(risk2, cal.cuts)
+            for g in range(3):
+                i = groups == g
+                shares.append(interval_coverage(t2[i], e2[i], clo[i], cup[i], GRID))
+                raw.append(interval_coverage(t2[i], e2[i], lo2[i], up2[i], GRID))
+    assert abs(np.median(shares) - nominal) <= 0.06, np.median(shares)
+    assert np.median(raw) < 0.5
+
+
 def test_identity_and_round_trip():
     cal = BandCalibration.identity(0.8)
     assert cal.family == "none" and cal.alpha == pytest.approx((0.2, 0.2, 0.2))
@@ -140,6 +165,14 @@ def test_show_draws_the_calibrated_band(small, tmp_path, monkeypatch):
     np.testing.assert_allclose(drawn[0][1], cb.s_up[0])
     assert not np.allclose(cb.s_up - cb.s_low, (raw.s_up - raw.s_low).numpy())
     assert "calibrated" in drawn[0][2]["label"]
+    # the dotted event-time interval is the one written to predictions.parquet
+    p = learner.predict(data, "test")
+    for j in range(2):
+        lower, upper, level = drawn[j][2]["interval"]
+        assert lower == pytest.approx(p["interval_low"].iloc[j])
+        assert upper == pytest.approx(p["interval_up"].iloc[j])
+        assert level == pytest.approx(p["interval_level"].iloc[j])
+        assert level == pytest.approx(1.0 - learner.calibration.per_case(cb.risk)[1][j])
 
 
 def test_cli_predict_show_draws_the_saved_calibrated_band(small, monkeypatch):

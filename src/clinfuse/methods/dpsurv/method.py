@@ -815,8 +815,11 @@ class DPsurv(Learner):
         folder = Path(folder)
         idx = data.split(self.config.fold, split)[:n_cases]
         grid = self._grid(data.time[data.split(self.config.fold, split)])
-        cb = self.calibrated_band(self.reps(data, idx), grid)
-        lower, upper = cb.interval(grid)
+        reps = self.reps(data, idx)
+        cb = self.calibrated_band(reps, grid)
+        # the interval on the coverage grid, where its level was calibrated (as in `predict`)
+        cov_grid = self.cov_grid if self.cov_grid is not None else self._coverage_grid(grid)
+        lower, upper = self.calibrated_band(reps, cov_grid).interval(cov_grid)
         contrib = self.contributions(data, idx)
         cal = self.calibration or BandCalibration.identity(self.config.nominal)
         label = f"band, calibrated ({cal.family}) to {cal.nominal:.0%}"
