@@ -173,6 +173,7 @@ def test_show_draws_the_calibrated_band(small, tmp_path, monkeypatch):
         assert upper == pytest.approx(p["interval_up"].iloc[j])
         assert level == pytest.approx(p["interval_level"].iloc[j])
         assert level == pytest.approx(1.0 - learner.calibration.per_case(cb.risk)[1][j])
+        assert "calibrated to 90%" in drawn[j][2]["interval_label"]
 
 
 def test_cli_predict_show_draws_the_saved_calibrated_band(small, monkeypatch):

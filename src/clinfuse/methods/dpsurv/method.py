@@ -822,7 +822,9 @@ class DPsurv(Learner):
         lower, upper = self.calibrated_band(reps, cov_grid).interval(cov_grid)
         contrib = self.contributions(data, idx)
         cal = self.calibration or BandCalibration.identity(self.config.nominal)
-        label = f"band, calibrated ({cal.family}) to {cal.nominal:.0%}"
+        calibrated = cal.family != "none"
+        label = (f"band, calibrated ({cal.family}) to {cal.nominal:.0%}" if calibrated
+                 else "raw band [1 - Pl, 1 - Bel] (not calibrated)")  # fmt: skip
         out: list[Path] = []
         for j, i in enumerate(idx):
             case = str(data.case_ids[i])
@@ -831,6 +833,8 @@ class DPsurv(Learner):
                 folder / f"{case}_survival.png", title=f"{case} (time {data.time[i]:.0f}, "
                 f"{'event' if data.event[i] else 'censored'})", label=label,
                 interval=(float(lower[j]), float(upper[j]), 1.0 - float(cb.alpha[j])),
+                interval_label=f"event-time interval, calibrated to {cal.nominal:.0%} "
+                f"(credal level {1.0 - float(cb.alpha[j]):.0%})" if calibrated else None,
             ))  # fmt: skip
             out.append(plots.contributions_png(contrib[j], folder / f"{case}_contributions.png",
                                                title=case))  # fmt: skip

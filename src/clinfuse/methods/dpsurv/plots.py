@@ -32,10 +32,11 @@ def _save(fig, path: Path) -> Path:
 def survival_band_png(
     grid: np.ndarray, s: np.ndarray, s_low: np.ndarray, s_up: np.ndarray, path: str | Path,
     title: str = "", label: str = "[1 - Pl, 1 - Bel]",
-    interval: tuple[float, float, float] | None = None,
+    interval: tuple[float, float, float] | None = None, interval_label: str | None = None,
 ) -> Path:  # fmt: skip
     """One case: S(t) with its band (and, when given, the event-time interval ``(lower, upper,
-    level)`` read off the band as dotted vertical lines; an infinite end is not drawn)."""
+    level)`` read off the band as dotted vertical lines, labelled ``interval_label`` or by its
+    credal level; an infinite end is not drawn)."""
     plt = _figure()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     ax.fill_between(grid, s_low, s_up, color="tab:blue", alpha=0.25, label=label)
@@ -43,9 +44,9 @@ def survival_band_png(
     if interval is not None:
         lower, upper, level = interval
         ends = [x for x in (lower, upper) if np.isfinite(x) and x > 0]
+        text = interval_label or f"{level:.0%} event-time interval"
         for k, x in enumerate(ends):
-            ax.axvline(x, color="black", ls=":", lw=1.2,
-                       label=f"{level:.0%} event-time interval" if k == 0 else None)  # fmt: skip
+            ax.axvline(x, color="black", ls=":", lw=1.2, label=text if k == 0 else None)
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("time")
     ax.set_ylabel("survival probability")
