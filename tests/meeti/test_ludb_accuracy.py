@@ -92,7 +92,7 @@ def ludb_scores():
 
 
 @pytest.mark.shared_data
-def test_ludb_issue_targets(ludb_scores) -> None:
+def test_ludb_accuracy_targets(ludb_scores) -> None:
     """Match >= 0.95 everywhere; within 40 ms >= 0.90 for P and QRS bounds, >= 0.80 T offset."""
     rows, _ = ludb_scores
     table = bench.aggregate(rows, ["point"]).set_index("point")

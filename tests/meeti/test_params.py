@@ -267,7 +267,7 @@ def test_frontal_axis_range() -> None:
 
 
 def test_summary_uses_median_across_leads_not_extremes() -> None:
-    """One bad lead (QRS 300 ms) must not move the record QRS (notes pitfall: min/max)."""
+    """One bad lead (QRS 300 ms) must not move the record QRS (no cross-lead min/max)."""
     rows = []
     for k, lead in enumerate(("I", "II", "III", "V1", "V2")):
         for beat in range(4):

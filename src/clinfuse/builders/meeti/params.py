@@ -1,8 +1,9 @@
 r"""MEETI beat-level ECG parameters: a NaN-safe beat x lead table and a record summary.
 
-The paper extracts "beat-level quantitative ECG parameters from each lead" with the group's
-FeatureDB, which is not available; this module rebuilds the spec of notes section 1.3 on
-neurokit2 (an optional dependency, extra ``ecg``):
+The paper (arXiv 2507.15255) extracts "beat-level quantitative ECG parameters from each lead"
+with the group's FeatureDB, which is not public, and its available text (abstract and first
+page) does not list the parameters. The beat x lead table and record summary below are our own
+design [inferred], built on neurokit2 (an optional dependency, extra ``ecg``):
 
 1. every lead is cleaned (``nk.ecg_clean``, optional);
 2. beats are timed once per record, so that beat ``k`` is the same heartbeat in every lead: by
@@ -20,9 +21,9 @@ neurokit2 (an optional dependency, extra ``ecg``):
    against the PR-segment baseline of the raw signal.
 
 Steps 2-5 are what lift neurokit2's plain prominence delineator (LUDB 1-40, all leads: P onset
-within 40 ms of the cardiologists 0.81, QRS offset 0.76) to the issue's targets (0.92, 0.97);
-``benchmarks/results/meeti_ludb.md`` has the numbers per lead and option
-(``benchmarks/meeti_ludb.py``).
+within 40 ms of the cardiologists 0.81, QRS offset 0.76) to 0.92 and 0.97, above the targets
+that ``benchmarks/meeti_ludb.py`` checks (0.90 each); ``benchmarks/results/meeti_ludb.md`` has
+the numbers per lead and option.
 
 Definitions (``fs`` in Hz, fiducials in samples, :math:`x` the lead's signal in mV):
 
@@ -35,10 +36,9 @@ Definitions (``fs`` in Hz, fiducials in samples, :math:`x` the lead's signal in 
   below (no Q wave is a Q amplitude of 0), :math:`J = x[qrs_{off}] - b`,
   :math:`ST_{J60} = x[qrs_{off} + 60\,ms] - b`.
 
-Pitfalls handled (notes section 2.1): ``round(nan)`` is never called, a flat or all-NaN lead
-gives NaN rows rather than an exception, and record intervals are medians across leads of
-per-lead medians, never the cross-lead min(onset) / max(offset) that lets one bad lead inflate
-the QRS.
+Pitfalls handled: ``round(nan)`` is never called, a flat or all-NaN lead gives NaN rows rather
+than an exception, and record intervals are medians across leads of per-lead medians, never
+the cross-lead min(onset) / max(offset) that lets one bad lead inflate the QRS.
 """
 
 from __future__ import annotations
