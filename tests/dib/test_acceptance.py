@@ -1,4 +1,5 @@
-"""Issue acceptance on `synthetic_mosi` with the quick preset (about 20 s of training on 2 cores).
+"""Acceptance checks of DIB on `synthetic_mosi` with the quick preset (about 20 s of training
+on 2 cores).
 
 - Non0 Acc-2 >= 0.90 on the test split;
 - heavy Gaussian noise on audio and vision at test time costs at most 2 points of Acc-2;

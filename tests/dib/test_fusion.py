@@ -76,7 +76,8 @@ def test_latent_fusion_without_latents_has_no_cross_modal_path():
 
 
 def _latent_reference(fuse: LatentBottleneckFusion, z: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Notes §1.5 written sample by sample and modality by modality, with explicit sums."""
+    """The update of :class:`LatentBottleneckFusion` (its docstring), written sample by sample
+    and modality by modality, with explicit sums."""
     d = fuse.dim
     lam = fuse.latents.detach().double()
     gates = fuse.gates.detach().double()
