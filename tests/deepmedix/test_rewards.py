@@ -1,4 +1,7 @@
-"""DeepMedix rewards: the golden table of notes/llm.md section 2.3, oracles, both modes, TRL API."""
+"""DeepMedix rewards: golden values of the official reward, oracles, both modes, TRL API.
+
+The golden values are what ``compute_xray_score`` of the official ``src/reward.py``
+(github.com/DeepReasoning/DeepMedix-R1) returns for these cases."""
 
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ def wrap(answer: str, think: str = "I look at the chest.") -> str:
     return f"<think>{think}</think> The answer is: \\boxed{{{answer}}}"
 
 
-# (output, ground truth, overall, accuracy, format, coordinate): the table of notes section 2.3
+# (output, ground truth, overall, accuracy, format, coordinate) from the official reward
 GOLDEN = [
     (
         wrap(REPORT, "heart [150, 200, 380, 420]; lungs [40, 40, 480, 460]"),
@@ -65,7 +68,7 @@ def test_report_accuracy_is_character_bleu_and_rouge1_from_nltk_and_rouge_score(
     r1 = RougeScorer(["rouge1"], use_stemmer=True).score(PARAPHRASE, REPORT)["rouge1"].fmeasure
     s = xray_score(wrap(PARAPHRASE), REPORT)
     assert s["accuracy"] == pytest.approx(1.5 * (b1 + b4 + r1) / 3, abs=1e-12)
-    # characters make a paraphrase look far closer than words do (notes: 0.563 vs 0.217)
+    # characters make a paraphrase look far closer than words do (BLEU-4 here: 0.53 vs 0.29)
     words = sentence_bleu(
         [REPORT.lower().split()], PARAPHRASE.lower().split(), smoothing_function=smooth
     )

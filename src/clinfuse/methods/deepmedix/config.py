@@ -1,5 +1,6 @@
 """DeepMedix-R1 learner configuration (arXiv 2509.03906). Fields marked [inferred] are our
-choices: the paper's training hyper-parameters are not public (notes/llm.md section 2.3)."""
+choices: the paper's training hyper-parameters are not public (the official repository,
+DeepReasoning/DeepMedix-R1, holds only the prompt and the reward)."""
 
 from __future__ import annotations
 

@@ -19,13 +19,13 @@ column         meaning
 =============  ========================================================================
 
 xraybench's exact column names were not available offline; the aliases cover EasyR1's
-``problem`` / ``answer`` / ``images`` layout [I].
+``problem`` / ``answer`` / ``images`` layout [inferred].
 
 :func:`default_image` is the real CR chest PA radiograph that pydicom-data ships
 (``RG1_UNCR.dcm``, MONOCHROME1, 1955 x 1841, 15 bit), and :func:`default_records` a small VQA set
 about it whose answers come from its DICOM header (view PA, body part chest, sex F) and from its
-visible bilateral rounded opacities (notes/datasets.md). Its lung boxes are hand-placed on the
-512 x 512 image [I].
+visible bilateral rounded opacities (our reading of the image [inferred]). Its lung boxes are
+hand-placed on the 512 x 512 image [inferred].
 """
 
 from __future__ import annotations
@@ -309,7 +309,7 @@ REPORT_QUESTIONS = {
     ),
 }
 """Report-generation instructions; the FINDINGS one is xraybench's (as quoted by RadVLM), the
-IMPRESSION one is written by analogy [I]."""
+IMPRESSION one is written by analogy [inferred]."""
 
 
 def report_records_to_xray(
@@ -384,7 +384,8 @@ def default_image_path(image_dir: str | Path, size: int = 512) -> Path:
     return path
 
 
-# Boxes on the 512 x 512 image (patient's right lung is on the image's left in a PA view) [I].
+# Boxes on the 512 x 512 image (patient's right lung is on the image's left in a PA view)
+# [inferred].
 _RIGHT_LUNG: Box = (60.0, 50.0, 245.0, 400.0)
 _LEFT_LUNG: Box = (265.0, 50.0, 455.0, 400.0)
 
@@ -400,7 +401,7 @@ _DEFAULT_QA: tuple[tuple[str, str, str, tuple[Box, ...]], ...] = (
     ("Which lungs contain opacities?", "left lung | right lung", "list", (_RIGHT_LUNG, _LEFT_LUNG)),
     ("List the view position and the body part.", "PA | chest", "list", ()),
 )
-"""(question, answer, type, boxes) about RG1_UNCR: header facts, plus the opacities [I]."""
+"""(question, answer, type, boxes) about RG1_UNCR: header facts, plus the opacities [inferred]."""
 
 
 def default_records(

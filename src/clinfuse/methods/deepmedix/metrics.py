@@ -19,7 +19,7 @@ r"""Report-generation metrics that run offline: ROUGE-L, BLEU, METEOR and a keyw
   patterns per finding, NegEx-style negation and uncertainty cues scoped to the clause, and
   laterality keys ``"<finding>@left"`` / ``"@right"`` for the findings that have a side. It is
   not the CheXpert labeler (no dependency parse, no learned model); numbers from it are
-  comparable only with each other [I].
+  comparable only with each other [inferred].
 - :func:`report_metrics` (corpus level) and :func:`report_score` (one pair, one scalar, for the
   Report Arena's local judge).
 """
@@ -106,7 +106,7 @@ _PATTERNS: dict[str, tuple[str, ...]] = {
         r"surgical clips|hardware|prosthe\w*|drains?",
     ),
 }
-"""Keyword patterns per finding (lower-case text; alternatives joined with ``|``) [I]."""
+"""Keyword patterns per finding (lower-case text; alternatives joined with ``|``) [inferred]."""
 _FINDING_RE = {k: re.compile(r"\b(?:" + "|".join(v) + r")\b") for k, v in _PATTERNS.items()}
 
 LATERAL_FINDINGS: tuple[str, ...] = (
@@ -355,7 +355,7 @@ def chexpert_labels(text: str) -> dict[str, int]:
 
 
 def positive_keys(labels: dict[str, int], *, laterality: bool = True) -> set[str]:
-    """Keys labelled positive or uncertain (uncertain counts as positive [I])."""
+    """Keys labelled positive or uncertain (uncertain counts as positive [inferred])."""
     return {k for k, v in labels.items() if v != 0 and (laterality or "@" not in k)}
 
 

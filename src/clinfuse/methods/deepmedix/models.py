@@ -5,8 +5,8 @@ Model specs accepted by :func:`load_model`:
 - ``tiny-llama`` (text only): a random 2 x 64 ``LlamaForCausalLM`` with the SmolLM2 tokenizer and
   chat template (the factory of ``clinfuse.llm.models``). Images are ignored.
 - ``tiny-qwen2.5-vl``: a random ``Qwen2_5_VLForConditionalGeneration`` (text 2 x 64, vision
-  depth 2 x 32, ``mrope_section`` [2, 3, 3]; notes/llm.md section 3) with the SmolLM2 tokenizer
-  plus the four Qwen vision tokens, and an :class:`ImageOnlyQwenVLProcessor` (the PIL
+  depth 2 x 32, ``mrope_section`` [2, 3, 3], which sums to half the head dim) with the SmolLM2
+  tokenizer plus the four Qwen vision tokens, and an :class:`ImageOnlyQwenVLProcessor` (the PIL
   ``Qwen2VLImageProcessorPil``; no video processor, so no torchvision).
 - a local folder: ``config.json`` of a causal LM (tokenizer only) or of Qwen2-VL / Qwen2.5-VL
   (a processor is required: ``preprocessor_config.json`` or ``processor_config.json``).

@@ -40,8 +40,8 @@ Two modes (:data:`Compat`):
         - 0.2\,n_{\mathrm{invalid}},
 
     the soft-F1 of a maximum-IoU (Hungarian) matching :math:`M` of the valid predicted boxes
-    :math:`P` to the ground-truth boxes :math:`G` [I]. Without them it is the official presence
-    bonus over valid boxes,
+    :math:`P` to the ground-truth boxes :math:`G` [inferred]. Without them it is the official
+    presence bonus over valid boxes,
     :math:`\min(0.15, 0.05\,n_{\mathrm{valid}}) - 0.2\,n_{\mathrm{invalid}}`.
 
 Scores stay on the official scale (accuracy in [0, 1.5]) in both modes.

@@ -1,9 +1,10 @@
 r"""Synthetic grounded reasoning samples for the stage-2 cold start.
 
 The paper cold-starts its reasoning format on 3.9K synthetic reasoning samples whose generator is
-not public (notes/llm.md section 2.3). This module writes templated stand-ins [I]: for each
-record, a reasoning passage that inspects one to three image regions, each cited as a box
-``[x1, y1, x2, y2]``, followed by the boxed answer:
+described neither in the paper's available text nor in the official repository
+(DeepReasoning/DeepMedix-R1 holds only the prompt and the reward). This module writes templated
+stand-ins [inferred]: for each record, a reasoning passage that inspects one to three image
+regions, each cited as a box ``[x1, y1, x2, y2]``, followed by the boxed answer:
 
 .. code-block:: text
 

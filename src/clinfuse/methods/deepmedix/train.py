@@ -10,7 +10,8 @@ r"""The three DeepMedix-R1 training stages on TRL, and greedy generation.
   \mathrm{clip}(\rho_{i,t}, 1-\epsilon, 1+\epsilon)\hat A_i) - \beta\,
   \mathbb D_{KL}[\pi_\theta \Vert \pi_{ref}]\big]`. The policy and the frozen reference are both
   loaded from the saved folder of the previous stage (TRL rebuilds the reference from the
-  model's ``name_or_path``, empty for an in-memory model: notes/llm.md section 4).
+  model's ``name_or_path``, empty for an in-memory model: ``GRPOTrainer.__init__`` and
+  ``get_config_model_id`` in ``trl/trainer/utils.py``, trl 1.16).
 
 Images travel as an ``image`` column (one PIL image per row) with an ``{"type": "image"}``
 placeholder in the user turn; a text-only model gets the text alone.
