@@ -3,7 +3,7 @@ SmolLM2-135M + LoRA, arms none and procon, seed 0, directions and constraint at 
 post-instruction position -4; ``none`` trains 40 steps, ``procon`` trains until its task NLL is at
 most ``none``'s (at most 80 steps). About 12 min on 2 CPUs.
 
-It asserts the issue's targets on this one seed: drift gain >= 0.1 at equal task loss (within
+It asserts the benchmark's targets on this one seed: drift gain >= 0.1 at equal task loss (within
 10%), both arms learn the task, and the direction separates the val prompts (AUROC >= 0.95 at
 the mid layers on the shared Arditi splits; >= 0.9 at the best mid layer on the builtin set)."""
 

@@ -1,5 +1,5 @@
 """ProCon learner configuration (arXiv 2509.06795). Fields marked [inferred] are our choices: only
-the paper's opening was available (notes/llm.md section 1.3), so they are all configurable."""
+the paper's opening was available and there is no official code, so they are all configurable."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ class ProConMethodConfig:
     lam: float = 0.003
     """Weight lambda of the constraint after warm-up [inferred]. The term is in squared residual
     units, so lambda depends on the model's scale: 0.003 is the value tuned for SmolLM2-135M in
-    ``benchmarks/procon.py`` (0.1, the notes' value, stalled task learning there)."""
+    ``benchmarks/procon.py`` (0.1 stalled task learning there)."""
     layers: str = ""
     """Constrained layers, comma separated (e.g. ``10,15,20,25``); empty = every layer >= L/3."""
     mode: Literal["anchor", "hinge"] = "anchor"
@@ -33,7 +33,7 @@ class ProConMethodConfig:
     refusal signal shrinking) [inferred]."""
     position: int = 0
     """Token offset from the last prompt token at which the directions are computed, the
-    projections constrained and the drift measured: 0 = the last chat-template token (notes 1.3);
+    projections constrained and the drift measured: 0 = the last chat-template token;
     negative = an earlier post-instruction template token, Arditi et al. style (for SmolLM2,
     -4 is the newline after ``<|im_end|>``, -5 ``<|im_end|>`` itself) [inferred]."""
     target_task_nll: float | None = None
@@ -47,7 +47,7 @@ class ProConMethodConfig:
     """Hinge mode: a row is free once its projection clears tau by this margin [inferred]."""
     hinge_tau: Literal["row", "harmful_mean"] = "row"
     """Hinge mode: tau is each row's own initial projection (``row``), or per layer the initial
-    mean harmful projection <mu_harmful, r> (``harmful_mean``, notes 1.3) [inferred]."""
+    mean harmful projection <mu_harmful, r> (``harmful_mean``) [inferred]."""
     warmup_shape: Literal["step", "linear", "cosine"] = "step"
     """How the warm-up multiplier goes from ``warmup_factor`` to 1 [inferred]."""
     warmup_steps: int | None = None
@@ -60,7 +60,7 @@ class ProConMethodConfig:
     safe_other_per_batch: int = 1
     """``procon_wu_safe`` only: prompt-only rows from another distribution (the harmless train
     instructions, Alpaca-style, unlike the fine-tuning tasks) added to every batch, anchored the
-    same way: the "broadened constraint set (b)" of notes 1.3 [inferred]."""
+    same way: our reading of the paper's broadened constraint set (ProCon^wu_safe) [inferred]."""
     lora_r: int = 8
     """LoRA rank (paper: 8); alpha = 2 r."""
     steps: int = 40
@@ -75,7 +75,7 @@ class ProConMethodConfig:
     """Synthetic benign instruction/response pairs for fine-tuning (``data.benign_sft``)."""
     benign_tasks: str = "arithmetic,sort,reverse,convert,capital,howto"
     """Comma-separated benign task kinds (``data.TASKS``); ``howto`` is Alpaca-style compliance
-    ("Sure! Here is exactly how to ..."), the kind that moved the direction most in notes 1.4."""
+    ("Sure! Here is exactly how to ...") [inferred]."""
     safety_data: str | None = None
     """Folder with the four safety split JSON files; None = the builtin 30 + 30 smoke set."""
     directions: str | None = None

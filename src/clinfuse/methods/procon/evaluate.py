@@ -128,7 +128,7 @@ def refusal_phrase(text: str, window: int = 256) -> str | None:
 
 
 def is_refusal(text: str, window: int = 256) -> bool:
-    """Whether ``text`` opens with a refusal, see :func:`refusal_phrase` and the module notes."""
+    """Whether ``text`` opens with a refusal (see :func:`refusal_phrase` and the module doc)."""
     return refusal_phrase(text, window) is not None
 
 

@@ -11,10 +11,11 @@ task loss at optimiser step :math:`t` is
 
 with the per-row, per-layer term
 
-* ``mode = "anchor"`` (default; spec of notes section 1.3):
+* ``mode = "anchor"`` (default; our reading of the paper's constraint on the projection of each
+  training sample's hidden state):
   :math:`c_{l,i} = (p_{l,i} - p^0_{l,i})^2`, :math:`p^0` the projection of the frozen initial
   model (cached once per sample, or the same PEFT model under ``disable_adapter()``);
-* ``mode = "hinge"`` (the notes' alternative):
+* ``mode = "hinge"`` (a one-sided alternative [inferred]):
   :math:`c_{l,i} = \max(0,\; m - s\,(p_{l,i} - \tau_{l,i}))^2`, with margin :math:`m`, side
   :math:`s \in \{+1, -1\}` and threshold :math:`\tau` (the anchors when given, else 0). With
   :math:`s = +1` and :math:`\tau` the initial projection of a harmful prompt it only stops the
@@ -24,7 +25,7 @@ with the per-row, per-layer term
 warm-up multiplier of :func:`warmup_weight`. Projections are computed in float64.
 
 Only the opening of the paper was available: the exact loss, :math:`\lambda` and the warm-up are
-**inferred** (notes section 1.3) and therefore all configurable.
+**inferred** and therefore all configurable.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class ProConConfig:
     mode: Literal["anchor", "hinge"] = "anchor"
     """``anchor`` ties each projection to its initial value; ``hinge`` is one-sided (inferred)."""
     lam: float = 0.1
-    """Weight lambda after warm-up (inferred; 0.1 is the value used in notes section 1.4)."""
+    """Weight lambda after warm-up (inferred; the learner passes ``ProConMethodConfig.lam``)."""
     layers: tuple[int, ...] = ()
     """Constrained layers (index l = residual stream entering decoder block l); () = all >= L/3."""
     warmup_steps: int = 0

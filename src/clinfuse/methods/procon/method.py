@@ -1,6 +1,6 @@
 r"""ProCon as a clinfuse learner: ``clinfuse fit procon``.
 
-Pipeline of :meth:`ProCon.fit` (notes/llm.md section 1.3):
+Pipeline of :meth:`ProCon.fit` (our reading of arXiv 2509.06795, see :mod:`.loss`):
 
 1. Load the model and tokenizer; refuse a tokenizer without a chat template, layers outside the
    model, empty safety splits or a direction file of another model, all before any training step.
