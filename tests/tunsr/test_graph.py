@@ -111,6 +111,18 @@ def test_segment_topk_keeps_the_k_largest_per_segment() -> None:
         assert torch.allclose(torch.sort(key[mine], descending=True).values, best)
 
 
+def test_segment_topk_always_keeps_infinite_keys_and_never_minus_infinity() -> None:
+    inf = float("inf")
+    key = torch.tensor([0.3, inf, 0.9, -inf, 0.1, inf, 0.2, 0.5])
+    seg = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    assert segment_topk(key, seg, 1, 2).tolist() == [1, 2, 5, 7]
+    assert segment_topk(key, seg, 0, 2).tolist() == [1, 5]
+    assert 3 not in segment_topk(key, seg, 10, 2).tolist()
+    # ties keep the earlier entry of the segment, whatever the other segments hold
+    tie = torch.tensor([0.5, 0.5, 0.5, 0.7, 0.5])
+    assert segment_topk(tie, torch.tensor([1, 1, 1, 0, 1]), 2, 2).tolist() == [0, 1, 3]
+
+
 @pytest.mark.parametrize("constraint", ["before_query", "monotone"])
 def test_extrapolation_never_uses_the_query_time_or_later(constraint: str) -> None:
     kg = with_inverse(random_kg(4, m=300, n_times=12), R)

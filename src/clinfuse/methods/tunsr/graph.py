@@ -211,11 +211,13 @@ def take(x: Tensor, index: Tensor) -> Tensor:
 
 
 def segment_topk(key: Tensor, segment: Tensor, k: int, n_segments: int) -> Tensor:
-    """Indices of the ``k`` largest ``key`` values within each segment, in increasing order.
+    """Indices (increasing) of the ``k`` largest finite ``key`` values within each segment,
+    plus every entry whose key is ``+inf`` (kept whatever ``k``; ``-inf`` is never kept).
 
-    Ties keep the earlier index. Vectorised: a stable descending sort on ``key`` then a stable
-    sort on ``segment`` puts every segment's values in decreasing order; the rank of an entry is
-    its position minus the segment's start.
+    Ties (keys within 1e-9) keep the earlier entry of the segment, so a segment's choice does
+    not depend on the other segments. The finite keys are laid out in a ``(segments,
+    longest)`` matrix padded with ``-inf`` and cut by one :func:`torch.topk` along rows: no
+    sort over the whole batch.
 
     Shape:
         key, segment: ``(C,)``; ``segment`` int64 in ``[0, n_segments)``. Output: ``(C',)`` int64.
@@ -223,15 +225,33 @@ def segment_topk(key: Tensor, segment: Tensor, k: int, n_segments: int) -> Tenso
     Example:
         >>> segment_topk(torch.tensor([.1, .9, .5, .3, .2]), torch.tensor([0, 0, 0, 1, 1]), 2, 2)
         tensor([1, 2, 3, 4])
+        >>> inf = float("inf")
+        >>> segment_topk(torch.tensor([.1, inf, .5, .3, .2]), torch.tensor([0, 0, 0, 1, 1]), 1, 2)
+        tensor([1, 2, 3])
     """
     if len(key) == 0:
         return torch.zeros(0, dtype=torch.int64, device=key.device)
-    order = torch.argsort(key.detach(), descending=True, stable=True)
-    order = order[torch.argsort(segment[order], stable=True)]
-    counts = torch.bincount(segment, minlength=n_segments)
+    finite = torch.isfinite(key)
+    idx_f = torch.nonzero(finite).squeeze(1)
+    seg_f = take(segment, idx_f)
+    if len(seg_f) > 1 and bool((seg_f[1:] < seg_f[:-1]).any()):
+        order = torch.argsort(seg_f, stable=True)
+        idx_f, seg_f = take(idx_f, order), take(seg_f, order)
+    counts = torch.bincount(seg_f, minlength=n_segments)
     starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(len(order), device=key.device) - starts[segment[order]]
-    return torch.sort(order[rank < k]).values
+    col = torch.arange(len(idx_f), device=key.device) - take(starts, seg_f)
+    width = int(counts.max()) if len(counts) else 0
+    chosen = torch.nonzero(key == float("inf")).squeeze(1)
+    if width:
+        table = torch.full((n_segments, width), float("-inf"), dtype=torch.float64,
+                           device=key.device)  # fmt: skip
+        table[seg_f, col] = take(key, idx_f).double() - 1e-9 * col.double()
+        slot = torch.full((n_segments, width), -1, dtype=torch.int64, device=key.device)
+        slot[seg_f, col] = idx_f
+        top = torch.topk(table, min(k, width), dim=1).indices
+        picked = slot.gather(1, top).reshape(-1)
+        chosen = torch.cat([chosen, picked[picked >= 0]])
+    return torch.sort(chosen).values
 
 
 def _gather_out_edges(nodes: Nodes, adj: Adjacency) -> tuple[Tensor, Tensor]:

@@ -77,6 +77,7 @@ from clinfuse.methods.tunsr.graph import (
     candidate_edges,
     gumbel_noise,
     root_nodes,
+    segment_topk,
     take,
 )
 
@@ -328,6 +329,7 @@ class TunsrModel(nn.Module):
         mass: Tensor,
         n_queries: int,
         generator: torch.Generator | None,
+        selection: list[tuple[Tensor, Tensor, Tensor, Tensor]],
     ) -> tuple[Tensor | None, Tensor | None]:
         """Indices of the kept candidates and their straight-through factors (see module doc).
 
@@ -348,15 +350,14 @@ class TunsrModel(nn.Module):
             noisy = noisy + cfg.prune_noise * gumbel_noise(len(key), generator, key.device)
         # self-loops always stay: they rank above every real edge
         noisy = torch.where(real, noisy, torch.full_like(noisy, float("inf")))
-        loops = _take(cand.query, torch.nonzero(~real).squeeze(1))
-        keep = segment_topk_with_bonus(noisy, cand.query, k, n_queries, loops)
+        keep = segment_topk(noisy, cand.query, k, n_queries)
         if not self.training:
             return keep, None
         # pi: softmax of the keys over each query's real candidates
         logits = torch.where(real, key - key.detach().max(), torch.full_like(key, -torch.inf))
         z = torch.zeros(n_queries, device=key.device).index_add(0, cand.query, logits.exp())
         pi = logits.exp() / _take(z, cand.query).clamp_min(1e-30)
-        self._selection.append((cand.query, cand.entity, real, pi))
+        selection.append((cand.query, cand.entity, real, pi))
         # straight-through: value 1, gradient of the softmax probability of each kept edge
         st = _take(pi - pi.detach() + 1.0, keep)
         return keep, st
@@ -416,7 +417,7 @@ class TunsrModel(nn.Module):
         exclude = train or cfg.scenario == "interpolation"
         steps: list[dict[str, Tensor]] = []
         n_candidates: list[int] = []
-        self._selection: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+        selection: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
         for i, layer in enumerate(self.layers):
             cand = candidate_edges(
                 state.nodes,
@@ -430,7 +431,7 @@ class TunsrModel(nn.Module):
                 generator=generator,
             )
             n_candidates.append(len(cand.rel))
-            keep, st = self._select(i, cand, queries, state.mass, b, generator)
+            keep, st = self._select(i, cand, queries, state.mass, b, generator, selection)
             if keep is not None:
                 cand = cand.select(keep)
             last = i == len(self.layers) - 1
@@ -446,11 +447,10 @@ class TunsrModel(nn.Module):
         scores = zeros.new_zeros(b * self.n_entities).index_add(0, flat, node_score)
         fol_scores = zeros.new_zeros(b * self.n_entities).index_add(0, flat, state.fol_mass)
         selection_loss = (
-            self._selection_loss(queries, adj, exclude)
-            if self._selection and cfg.selection_loss_weight > 0
+            self._selection_loss(queries, adj, exclude, selection)
+            if selection and cfg.selection_loss_weight > 0
             else zeros.new_zeros(())
         )
-        self._selection = []
         return {
             "scores": scores.view(b, self.n_entities),
             "fol_scores": fol_scores.view(b, self.n_entities),
@@ -465,7 +465,13 @@ class TunsrModel(nn.Module):
             },
         }
 
-    def _selection_loss(self, queries: Tensor, adj: Adjacency, exclude: bool) -> Tensor:
+    def _selection_loss(
+        self,
+        queries: Tensor,
+        adj: Adjacency,
+        exclude: bool,
+        selection: list[tuple[Tensor, Tensor, Tensor, Tensor]],
+    ) -> Tensor:
         r"""Auxiliary loss that teaches the selection key which edges lead to the answer.
 
         At step :math:`l` (of :math:`L`) a real candidate edge is on an answer path when its
@@ -478,7 +484,7 @@ class TunsrModel(nn.Module):
         n_layers = len(self.layers)
         balls = _answer_balls(queries, adj, n_layers - 1, self.n_relations, exclude, self.cfg)
         losses = []
-        for step, (query, entity, real, pi) in enumerate(self._selection):
+        for step, (query, entity, real, pi) in enumerate(selection):
             ball = balls[n_layers - 1 - step]
             key = query * self.n_entities + entity
             pos = torch.searchsorted(ball, key).clamp_max(max(len(ball) - 1, 0))
@@ -578,41 +584,6 @@ class TunsrModel(nn.Module):
             "relu": lambda: torch.relu(z),
             "softplus": lambda: F.softplus(z),
         }[self.cfg.emd_map]()
-
-
-def segment_topk_with_bonus(
-    key: Tensor, segment: Tensor, k: int, n_segments: int, always: Tensor
-) -> Tensor:
-    """Indices (increasing) of the ``k`` largest finite ``key`` values of each segment plus
-    every entry whose key is ``+inf`` (the self-loops; ``always`` holds their segments).
-
-    The finite keys are laid out in a ``(segments, longest)`` matrix padded with ``-inf`` and
-    cut by one :func:`torch.topk` along rows: no sort over the whole batch."""
-    if len(key) == 0:
-        return torch.zeros(0, dtype=torch.int64, device=key.device)
-    finite = torch.isfinite(key)
-    idx_f = torch.nonzero(finite).squeeze(1)
-    seg_f = segment[idx_f]
-    if len(seg_f) > 1 and bool((seg_f[1:] < seg_f[:-1]).any()):  # candidates come grouped
-        order = torch.argsort(seg_f, stable=True)
-        idx_f, seg_f = idx_f[order], seg_f[order]
-    counts = torch.bincount(seg_f, minlength=n_segments)
-    starts = torch.cumsum(counts, 0) - counts
-    col = torch.arange(len(idx_f), device=key.device) - starts[seg_f]
-    width = int(counts.max()) if len(counts) else 0
-    chosen = torch.nonzero(~finite).squeeze(1)
-    if width:
-        # ties broken by the position within the segment (earlier first), so a query's
-        # selection does not depend on the rest of the batch
-        table = torch.full((n_segments, width), float("-inf"), dtype=torch.float64,
-                           device=key.device)  # fmt: skip
-        table[seg_f, col] = key[idx_f].double() - 1e-9 * col.double()
-        slot = torch.full((n_segments, width), -1, dtype=torch.int64, device=key.device)
-        slot[seg_f, col] = idx_f
-        top = torch.topk(table, min(k, width), dim=1).indices
-        picked = slot.gather(1, top).reshape(-1)
-        chosen = torch.cat([chosen, picked[picked >= 0]])
-    return torch.sort(chosen).values
 
 
 def _answer_balls(
