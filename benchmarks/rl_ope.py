@@ -1,9 +1,10 @@
-"""Benchmark: off-policy evaluation with a FITTED behaviour policy on MDPs with known values.
+"""Benchmark: off-policy evaluation with a FITTED behaviour policy on MDPs with known values,
+and the model selection that rests on it (CQL on the Oberst-Sontag simulator, DeepEN's alpha).
 
-For every data seed, a data set is logged under the true behaviour policy :math:`\\pi_b`, the
-behaviour policy is fitted (``fit_behaviour(kind="tabular")``: Dirichlet-smoothed counts, held-out
-temperature never below 1), and each target policy is evaluated by
-``clinfuse.rl.ope.evaluate_policy`` (WIS, CWPDIS, DR, WDR and FQE, the model cross-fitted over 5
+Part ``ope``. For every data seed, a data set is logged under the true behaviour policy
+:math:`\\pi_b`, the behaviour policy is fitted (``fit_behaviour(kind="tabular")``:
+Dirichlet-smoothed counts, held-out temperature never below 1), and each target policy is evaluated
+by ``clinfuse.rl.ope.evaluate_policy`` (WIS, CWPDIS, DR, WDR and FQE, the model cross-fitted over 5
 patient folds, 95% patient-bootstrap CIs). Baseline measured in the same run: DR/WDR with the
 same FQE fitted in sample (``cross_fit=1``), the recipe that the library's error hint gave before.
 
@@ -15,8 +16,9 @@ seeded Monte Carlo roll-outs, standard error reported):
 * ``sepsis``: the Oberst-Sontag simulator (1440 states, 8 actions, 20 steps, gamma 1), physician
   policy, full-state observations (a Markov observation); 1,000 episodes;
 * ``nutrition``: DeepEN's ICU-nutrition simulator (32 continuous features, 51 actions, terminal
-  reward +-15, gamma 0.99), clinician policy; 500 admissions; the behaviour model counts actions
-  per (day, SOFA, lactate band, sodium band) cell and FQE is linear in the features;
+  reward +-15, gamma 0.99, up to 42 steps), clinician policy; 500 admissions; the behaviour model
+  counts actions per (day, SOFA, lactate band, sodium band) cell and FQE is linear in the
+  features;
 * ``sepsis_pomdp`` (information, not a check): the same simulator with diabetes hidden, where the
   physician's actions are confounded and no estimator is consistent.
 
@@ -26,14 +28,38 @@ uniform over the actions :math:`\\pi_b` takes with probability >= 1e-3), ``near_
 0.01 uniform) and ``cql`` (0.99 greedy of a discrete CQL learner, alpha 1, + 0.01 uniform; on the
 first ``--cql-seeds`` seeds of the tabular MDPs).
 
-Acceptance: cross-fitted DR and WDR CIs cover the exact value in >= 90% of seeds for the
-behaviour and near-behaviour targets on random, sepsis and nutrition; no estimate outside the
-return range is printed without a flag.
+Part ``cql``. Physician data from the Oberst-Sontag simulator (``--cql-episodes`` per data seed,
+full-state observations), split 80/20 by patient. Discrete CQL with every network input of
+:data:`CQL_INPUTS` and every alpha of :data:`CQL_ALPHAS`, a checkpoint every
+:data:`CQL_CHECKPOINT_EVERY` steps; each
+checkpoint's soft-greedy policy is scored on the validation patients by cross-fitted WDR with a
+tabular behaviour model fitted there (cross-fitted FQE where the WDR's ESS is below
+:data:`CQL_ESS_FLOOR`), and the best score wins. Only then is the exact value of the chosen greedy
+policy computed, against the physician's and the optimum (the best value any policy reaches over
+the 20 steps).
+
+Part ``deepen``. DeepEN (``quick`` preset, alphas :data:`DEEPEN_ALPHAS`, ``--deepen-seeds``
+data seeds) chooses alpha by its validation selection (cross-fitted WDR, FQE below the ESS floor);
+the sweep's roll-out true values rank the alphas afterwards.
+
+Part ``demo``: ``clinfuse demo deepen``'s report table, read for degenerate estimates. Part
+``readme``: the recipe in ``clinfuse.rl``'s README and the error hint that points to it.
+
+Checks (``checks`` in the JSON, one per acceptance target): cross-fitted DR and WDR CIs cover the
+exact value in >= 90% of >= 50 seeds for the behaviour and near-behaviour targets on random,
+sepsis and nutrition; no estimate outside the return range is printed without a flag; DeepEN's
+chosen alpha is among the two best by true value on every data seed; CQL's greedy policy closes
+>= 50% of the physician-to-optimal gap on every data seed; the demo prints no degenerate
+estimate; the README shows the recipe and the hint points to it.
+
+Every (part, MDP, seed) result is cached under ``runs/bench/rl_ope/`` as soon as it is done, so
+a stopped run resumes where it stopped (``--fresh`` recomputes).
 
 Usage::
 
-    .venv/bin/python benchmarks/rl_ope.py               # 50 seeds (about 20 min on 2 cores)
+    .venv/bin/python benchmarks/rl_ope.py               # all parts, 50 seeds (hours on 2 cores)
     .venv/bin/python benchmarks/rl_ope.py --seeds 5     # a quick look
+    .venv/bin/python benchmarks/rl_ope.py --parts cql   # one part (the others from the cache)
 
 Writes ``benchmarks/results/rl_ope.{json,md,png}``.
 """
@@ -41,8 +67,12 @@ Writes ``benchmarks/results/rl_ope.{json,md,png}``.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import itertools
+import json
 import logging
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -54,15 +84,18 @@ import pandas as pd
 import torch
 
 from _machine import describe, machine_info  # noqa: E402  (benchmarks/ is on sys.path)
-from clinfuse.core.runs import atomic_write_json, atomic_write_text
+from clinfuse.core.runs import RunDir, atomic_write_json, atomic_write_text
 from clinfuse.methods.deepen import simulator as sim
 from clinfuse.rl.data import Trajectories
 from clinfuse.rl.envs.sepsis import SepsisConfig, build_sepsis_mdp
 from clinfuse.rl.envs.tabular import TabularMDP, random_mdp, softmax_policy
 from clinfuse.rl.learners import QConfig, QLearner
-from clinfuse.rl.ope import evaluate_policy, fit_behaviour, format_estimate
+from clinfuse.rl.ope import evaluate_policy, fit_behaviour, format_estimate, value_range
 
 OUT = Path(__file__).resolve().parent / "results"
+CACHE = Path(__file__).resolve().parents[1] / "runs" / "bench" / "rl_ope"
+CACHE_VERSION = 2
+"""Bumped whenever an estimator or a case changes (older cached results are then ignored)."""
 ESTIMATORS = ["wis", "cwpdis", "dr", "wdr", "fqe"]
 CHECKED = ("random", "sepsis", "nutrition")
 COVERAGE_GOAL = 0.9
@@ -71,12 +104,20 @@ MIN_SEEDS = 50
 log = logging.getLogger("rl_ope")
 
 
+PARTS = ("ope", "cql", "deepen", "demo", "readme")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seeds", type=int, default=50, help="data seeds per MDP")
     p.add_argument("--cql-seeds", type=int, default=10, help="seeds with a CQL target")
     p.add_argument("--n-boot", type=int, default=50, help="bootstrap resamples per CI")
     p.add_argument("--mdps", nargs="+", default=["random", "sepsis", "nutrition"])
+    p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
+    p.add_argument("--cql-data-seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--cql-episodes", type=int, default=2000, help="physician episodes per seed")
+    p.add_argument("--deepen-seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--fresh", action="store_true", help="ignore cached results")
     p.add_argument("--out", type=Path, default=OUT)
     return p.parse_args(argv)
 
@@ -231,27 +272,29 @@ def evaluate_case(mdp: str, seed: int, case: Case, n_boot: int) -> list[dict[str
             for _, r in t.iterrows():
                 rows.append(
                     {
-                        "mdp": mdp, "seed": seed, "target": target, "truth": truth,
-                        "estimator": r["estimator"], "value": r["value"],
-                        "value_raw": r["value_raw"], "ci_low": r["ci_low"],
-                        "ci_high": r["ci_high"], "ess": r["ess"], "flags": r["flags"],
-                        "printed": format_estimate(r, 3),
+                        "mdp": mdp, "seed": seed, "target": target, "truth": float(truth),
+                        "estimator": r["estimator"], "value": float(r["value"]),
+                        "value_raw": float(r["value_raw"]), "ci_low": float(r["ci_low"]),
+                        "ci_high": float(r["ci_high"]), "ess": float(r["ess"]),
+                        "flags": r["flags"], "printed": format_estimate(r, 3),
                         "covers": bool(r["ci_low"] <= truth <= r["ci_high"]),
-                        "n_episodes": case.traj.n_episodes,
+                        "n_episodes": int(case.traj.n_episodes),
                         "low_support_mass": t.attrs["positivity"]["low_support_mass"],
-                        "temperature": case.behaviour.report["temperature"],
+                        "temperature": float(case.behaviour.report["temperature"]),
                     }
                 )  # fmt: skip
     return rows
 
 
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
+    df = df.assign(ci_width=df["ci_high"] - df["ci_low"])
     g = df.groupby(["mdp", "target", "estimator"], sort=False)
     out = g.agg(
         seeds=("seed", "nunique"),
         truth=("truth", "mean"),
         mean_estimate=("value", "mean"),
         coverage=("covers", "mean"),
+        ci_width=("ci_width", "mean"),
         mean_ess=("ess", "mean"),
         n=("n_episodes", "mean"),
         flagged=("flags", lambda f: float(np.mean([bool(x) for x in f]))),
@@ -263,7 +306,7 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def checks(df: pd.DataFrame, summary: pd.DataFrame, mdps: list[str]) -> dict[str, Any]:
+def ope_checks(df: pd.DataFrame, summary: pd.DataFrame, mdps: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     sel = summary[
         summary["mdp"].isin([m for m in CHECKED if m in mdps])
@@ -272,15 +315,20 @@ def checks(df: pd.DataFrame, summary: pd.DataFrame, mdps: list[str]) -> dict[str
     ]
     worst = float(sel["coverage"].min()) if len(sel) else float("nan")
     cells = {
-        f"{r.mdp}/{r.target}/{r.estimator}": round(float(r.coverage), 3) for r in sel.itertuples()
+        f"{r.mdp}/{r.target}/{r.estimator}": {
+            "coverage": round(float(r.coverage), 3),
+            "mean_ci_width": round(float(r.ci_width), 3),
+            "flagged_share": round(float(r.flagged), 3),
+        }
+        for r in sel.itertuples()
     }
     seeds = int(sel["seeds"].min()) if len(sel) else 0
     out["dr_wdr_coverage_ge_0.9"] = {
         "pass": bool(worst >= COVERAGE_GOAL and len(sel) == 3 * 3 * 2 and seeds >= MIN_SEEDS),
         "value": worst,
         "target": COVERAGE_GOAL,
-        "cells": cells,
         "seeds": seeds,
+        "cells": cells,
     }
     out_of_range = df[(df["value_raw"] != df["value"]) | df["flags"].str.contains("out_of_range")]
     bare = out_of_range[~out_of_range["printed"].str.contains("outside the return range")]
@@ -288,22 +336,289 @@ def checks(df: pd.DataFrame, summary: pd.DataFrame, mdps: list[str]) -> dict[str
         "pass": bool(len(bare) == 0),
         "value": int(len(bare)),
         "target": 0,
+        "estimates": int(len(df)),
         "out_of_range_estimates": int(len(out_of_range)),
     }
     return out
 
 
-def plot(summary: pd.DataFrame, path: Path) -> None:
+# -- CQL on the Oberst-Sontag simulator, chosen by validation OPE ----------------------------
+CQL_ALPHAS = (0.3, 1.0, 3.0)
+CQL_INPUTS = ("codes", "onehot")
+"""Network inputs: the vitals' category codes as numbers, or one-hot coded per vital."""
+CQL_STEPS = 8000
+CQL_CHECKPOINT_EVERY = 2000
+CQL_EPS = 0.01
+"""The scored policy is (1 - eps) greedy + eps uniform (OPE needs a soft target)."""
+CQL_ESS_FLOOR = 20.0
+"""Validation episodes below which the WDR score is replaced by the cross-fitted FQE."""
+CQL_VALID_SHARE = 0.2
+GAP_GOAL = 0.5
+
+
+def _code_onehot(codes: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """``(N, sum(levels))`` one-hot blocks of integer category codes ``(N, D)``."""
+    off = np.concatenate([[0], np.cumsum(levels)[:-1]])
+    out = np.zeros((len(codes), int(levels.sum())), dtype=np.float32)
+    rows = np.arange(len(codes))
+    for j in range(codes.shape[1]):
+        out[rows, off[j] + codes[:, j].astype(np.int64)] = 1.0
+    return out
+
+
+def cql_sepsis(seed: int, n_episodes: int) -> dict[str, Any]:
+    """One data seed of the CQL part (see the module docstring); exact values only at the end."""
+    t0 = time.time()
+    sm = build_sepsis_mdp(SepsisConfig(obs="vitals"))
+    mdp = sm.mdp
+    all_ids = np.arange(mdp.n_states)
+    codes_all = sm.features(all_ids, observed=False, kind="vitals")
+    levels = codes_all.max(0).astype(np.int64) + 1
+    traj = sm.simulate(sm.physician_policy(), n_episodes, seed=seed, observed=False)
+    rng = np.random.default_rng(10_000 + seed)
+    ep_valid = np.zeros(traj.n_episodes, dtype=bool)
+    ep_valid[rng.permutation(traj.n_episodes)[: int(round(CQL_VALID_SHARE * traj.n_episodes))]] = 1
+    rows_valid = np.repeat(ep_valid, traj.ends - traj.starts)
+    valid = replace(traj, meta={}).subset(rows_valid)  # vitals codes: tabular OPE models
+    behaviour = fit_behaviour(valid, kind="tabular", seed=seed)
+    pi_b_hat = behaviour.proba(valid.obs)
+    fns = {"codes": lambda c: c.astype(np.float32), "onehot": lambda c: _code_onehot(c, levels)}
+    encode = {k: fns[k] for k in CQL_INPUTS}
+    candidates = []
+    for (enc, fn), alpha in itertools.product(encode.items(), CQL_ALPHAS):
+        data = replace(traj, obs=fn(traj.obs), feature_names=None, meta={})
+        train, valid_x = data.subset(~rows_valid), fn(valid.obs)
+        learner = QLearner(
+            QConfig(hidden=(64, 64), cql_alpha=alpha, gamma=0.99, lr=1e-3, batch_size=256,
+                    steps=CQL_STEPS, target_every=500, huber=False, progress=False, seed=seed),
+            train.obs_dim, mdp.n_actions,
+        )  # fmt: skip
+        for step in range(CQL_CHECKPOINT_EVERY, CQL_STEPS + 1, CQL_CHECKPOINT_EVERY):
+            learner.fit(train, steps=CQL_CHECKPOINT_EVERY)
+            pe = soft_greedy(learner.q_values(valid_x), CQL_EPS)
+            est = evaluate_policy(
+                valid, pe, pi_b_hat, mdp.gamma, estimators=["wdr", "fqe"], n_boot=0,
+                seed=seed, value_range=(-1.0, 1.0), behaviour=behaviour,
+                ess_floor=CQL_ESS_FLOOR,
+            ).set_index("estimator")  # fmt: skip
+            use = "wdr" if est.loc["wdr", "ess"] >= CQL_ESS_FLOOR else "fqe"
+            q_logged = learner.q_values(valid_x)[np.arange(len(valid)), valid.action]
+            candidates.append(
+                {
+                    "input": enc, "alpha": alpha, "step": step,
+                    "score": float(est.loc[use, "value"]),
+                    "score_by": use, "valid_wdr": float(est.loc["wdr", "value"]),
+                    "valid_wdr_ess": float(est.loc["wdr", "ess"]),
+                    "valid_fqe": float(est.loc["fqe", "value"]),
+                    "q_logged_mean": float(q_logged.mean()),
+                    "greedy": learner.greedy(fn(codes_all)).tolist(),
+                }
+            )  # fmt: skip
+    best = max(candidates, key=lambda c: c["score"])
+    # exact values, computed after the choice (they never enter it)
+    greedy = np.eye(mdp.n_actions)[np.asarray(best["greedy"])]
+    physician, optimum = sm.value("physician"), mdp.optimal_value()
+    stationary = sm.value("optimal")
+    value = sm.value(greedy)
+    value_soft = sm.value((1 - CQL_EPS) * greedy + CQL_EPS / mdp.n_actions)
+    bc = fit_behaviour(replace(traj, meta={}).subset(~rows_valid), kind="tabular", seed=seed)
+    bc_greedy = np.eye(mdp.n_actions)[bc.proba(codes_all).argmax(1)]
+    for c in candidates:  # information: every candidate's exact value, after the choice
+        c["exact_greedy"] = sm.value(np.eye(mdp.n_actions)[np.asarray(c.pop("greedy"))])
+    return {
+        "seed": seed,
+        "episodes": n_episodes,
+        "chosen": {k: v for k, v in best.items() if k != "greedy"},
+        "exact": {
+            "chosen_greedy": value,
+            "chosen_soft": value_soft,
+            "physician": physician,
+            "optimum": optimum,
+            "optimal_stationary_policy": stationary,
+            "bc_greedy": sm.value(bc_greedy),
+        },  # fmt: skip
+        "gap_fraction": (value - physician) / (optimum - physician),
+        "gap_fraction_vs_stationary_optimal": (value - physician) / (stationary - physician),
+        "q_sanity_chosen": {
+            "q_logged_mean": best["q_logged_mean"],
+            "return_range": list(value_range(valid, 0.99)),
+        },
+        "candidates": candidates,
+        "behaviour_report": behaviour.report,
+        "seconds": time.time() - t0,
+    }
+
+
+def cql_check(results: list[dict[str, Any]]) -> dict[str, Any]:
+    fr = [r["gap_fraction"] for r in results]
+    return {
+        "pass": bool(len(fr) > 0 and min(fr) >= GAP_GOAL),
+        "value": round(min(fr), 4) if fr else None,
+        "target": GAP_GOAL,
+        "per_seed": {
+            str(r["seed"]): {
+                "gap_fraction": round(r["gap_fraction"], 4),
+                "cql_greedy": round(r["exact"]["chosen_greedy"], 4),
+                "physician": round(r["exact"]["physician"], 4),
+                "optimum": round(r["exact"]["optimum"], 4),
+                "input": r["chosen"]["input"],
+                "alpha": r["chosen"]["alpha"],
+                "step": r["chosen"]["step"],
+                "selected_by": r["chosen"]["score_by"],
+            }
+            for r in results
+        },
+        "data_seeds": [r["seed"] for r in results],
+    }
+
+
+# -- DeepEN: alpha chosen by validation OPE against the true ranking -------------------------
+DEEPEN_ALPHAS = (0.0, 0.1, 0.5, 1.0, 2.0, 5.0)
+DEEPEN_ROLLOUTS = 10_000
+"""``rollout_patients``: the sweep's true value of each alpha uses half of them."""
+
+
+def deepen_alpha(seed: int) -> dict[str, Any]:
+    from clinfuse.api import make_config
+    from clinfuse.core.config import config_to_dict
+    from clinfuse.methods.deepen.method import DeepEN
+
+    t0 = time.time()
+    cfg = make_config(
+        "deepen", preset="quick",
+        overrides={"seed": seed, "alphas": DEEPEN_ALPHAS, "progress": False,
+                   "rollout_patients": DEEPEN_ROLLOUTS},
+    )  # fmt: skip
+    learner = DeepEN(cfg)
+    data = learner.load_data()
+    with tempfile.TemporaryDirectory(prefix="rl_ope_deepen_") as tmp:
+        run = RunDir.create(Path(tmp) / "run", "deepen", config_to_dict(cfg), seed=seed)
+        sweep, _, _ = learner.sweep(data, run)
+    chosen = float(sweep.loc[sweep["valid_selected"].idxmax(), "alpha"])
+    by_truth = sweep.sort_values("true_value", ascending=False)["alpha"].tolist()
+    keep = ["alpha", "valid_selected", "valid_selected_by", "valid_wdr", "valid_wdr_ess",
+            "valid_fqe", "true_value", "true_low", "true_high"]  # fmt: skip
+    return {
+        "seed": seed,
+        "chosen_alpha": chosen,
+        "rank_by_truth": by_truth.index(chosen) + 1,
+        "alphas_by_truth": by_truth,
+        "sweep": sweep[keep].to_dict(orient="records"),
+        "config": {k: config_to_dict(cfg)[k] for k in ("preset", "n_patients", "steps", "lr",
+                                                       "selection", "ess_floor")},
+        "seconds": time.time() - t0,
+    }  # fmt: skip
+
+
+def deepen_check(results: list[dict[str, Any]]) -> dict[str, Any]:
+    ranks = [r["rank_by_truth"] for r in results]
+    return {
+        "pass": bool(len(ranks) >= 3 and max(ranks) <= 2),
+        "value": max(ranks) if ranks else None,
+        "target": "rank <= 2 on 3 data seeds",
+        "per_seed": {
+            str(r["seed"]): {
+                "chosen_alpha": r["chosen_alpha"],
+                "rank": r["rank_by_truth"],
+                "alphas_by_truth": r["alphas_by_truth"],
+            }
+            for r in results
+        },  # fmt: skip
+    }
+
+
+# -- the demo's DeepEN table and the README recipe ------------------------------------------
+def demo_deepen() -> dict[str, Any]:
+    """``clinfuse demo deepen`` (its quick preset) and its report table, read row by row."""
+    import re
+
+    from clinfuse.report.demo import run_demo
+
+    t0 = time.time()
+    with tempfile.TemporaryDirectory(prefix="rl_ope_demo_") as tmp:
+        report = run_demo(["deepen"], out=tmp, progress=False)
+        text = report.read_text()
+    rows = [ln for ln in text.splitlines() if re.match(r"\| [a-z_0-9]+ \| ", ln)]
+    table = [
+        ln
+        for ln in rows
+        if ln.split("|")[1].strip()
+        in ("d3qn_cql", "clinician", "guideline", "random", "zero", "maximum", "near_behaviour")
+    ]
+    problems = []
+    for ln in table:
+        cells = [c.strip() for c in ln.split("|")[1:-1]]
+        name, ests, mort = cells[0], cells[1:5], cells[5]
+        for e in ests:
+            m = re.match(r"(-?\d+\.\d+) ", e)
+            if m and "ESS" in e:  # a number printed on a low-ESS weight-based estimate
+                problems.append(f"{name}: {e}")
+        if re.match(r"(0\.000|1\.000) \((0\.000|1\.000), (0\.000|1\.000)\)", mort):
+            problems.append(f"{name}: mortality {mort}")
+        if name in ("clinician", "near_behaviour") and "clinicians do not" in ln:
+            problems.append(f"{name}: positivity flag on the clinicians' own policy")
+    return {"table": table, "problems": problems, "seconds": time.time() - t0}  # fmt: skip
+
+
+def demo_check(res: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "pass": bool(len(res["table"]) == 7 and not res["problems"]),
+        "value": len(res["problems"]),
+        "target": 0,
+        "problems": res["problems"],
+        "rows_read": len(res["table"]),
+    }
+
+
+def readme_check() -> dict[str, Any]:
+    from clinfuse.core.errors import ClinfuseError
+    from clinfuse.rl.envs.tabular import uniform_policy
+
+    readme = (Path(__file__).resolve().parents[1] / "src/clinfuse/rl/README.md").read_text()
+    recipe = "## Recipe: off-policy evaluation with an estimated behaviour policy"
+    steps = ("fit_behaviour(", "evaluate_policy(", "describe(", "cross_fit", "value_range")
+    section = readme.split(recipe, 1)[1].split("\n## ", 1)[0] if recipe in readme else ""
+    mdp = random_mdp(3, 2, 0)
+    t = mdp.sample(uniform_policy(3, 2), 5, seed=0)
+    zero = np.tile([1.0, 0.0], (len(t), 1))
+    hints = []
+    for call in (
+        lambda: evaluate_policy(t, zero[:, ::-1], zero, 0.9, n_boot=0),  # pi_b = 0 at the log
+        lambda: evaluate_policy(
+            t, zero, zero[:, ::-1] * 0 + 0.5, 0.9, estimators=["dr"], q_model=None, n_boot=0
+        ),  # fmt: skip
+    ):
+        try:
+            call()
+            hints.append("")
+        except ClinfuseError as err:
+            hints.append(str(err))
+    points = [("recipe in clinfuse.rl's README" in h) for h in hints]
+    ok = bool(section) and all(s in section for s in steps) and all(points)
+    return {
+        "pass": ok,
+        "value": {"recipe_section": bool(section),
+                  "steps_in_recipe": [s for s in steps if s in section],
+                  "hints_point_to_recipe": points},
+        "target": "recipe section with fit_behaviour/evaluate_policy/describe; hints name it",
+    }  # fmt: skip
+
+
+# -- report ---------------------------------------------------------------------------------
+def plot(summary: pd.DataFrame, cql: list[dict[str, Any]], deepen: list[dict[str, Any]],
+         path: Path) -> None:  # fmt: skip
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ests = ["wis", "cwpdis", "dr", "wdr", "fqe", "dr_insample", "wdr_insample"]
-    mdps = list(dict.fromkeys(summary["mdp"]))
-    fig, axes = plt.subplots(1, len(mdps), figsize=(4.2 * len(mdps), 3.6), squeeze=False)
+    mdps = list(dict.fromkeys(summary["mdp"])) if len(summary) else []
+    extra = int(bool(cql)) + int(bool(deepen))
+    n = max(len(mdps) + extra, 1)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.8), squeeze=False)
     targets = ["behaviour", "near_support", "near_all", "bc", "cql"]
-    for ax, m in zip(axes[0], mdps, strict=True):
+    for ax, m in zip(axes[0], mdps, strict=False):
         d = summary[summary["mdp"] == m]
         for j, e in enumerate(ests):
             cov = [
@@ -316,46 +631,182 @@ def plot(summary: pd.DataFrame, path: Path) -> None:
         ax.axhline(COVERAGE_GOAL, color="k", ls="--", lw=0.8)
         ax.set_xticks(range(len(targets)), targets, rotation=30, fontsize=8)
         ax.set_ylim(0, 1.05)
-        ax.set_title(m)
+        ax.set_title(f"{m}: CI coverage ({int(d['seeds'].max())} seeds)", fontsize=9)
         ax.set_ylabel("95% CI coverage of the exact value")
-    axes[0][0].legend(fontsize=7, ncol=2)
+    if mdps:
+        axes[0][0].legend(fontsize=7, ncol=2)
+    k = len(mdps)
+    if cql:
+        ax = axes[0][k]
+        k += 1
+        for r in cql:
+            ex = r["exact"]
+            x = r["seed"]
+            ax.plot([x - 0.3, x + 0.3], [ex["physician"]] * 2, "k-", lw=1)
+            ax.plot([x - 0.3, x + 0.3], [ex["optimum"]] * 2, "g-", lw=1)
+            mid = ex["physician"] + GAP_GOAL * (ex["optimum"] - ex["physician"])
+            ax.plot([x - 0.3, x + 0.3], [mid] * 2, "k:", lw=1)
+            vals = [c["exact_greedy"] for c in r["candidates"]]
+            ax.scatter([x] * len(vals), vals, s=8, color="0.6")
+            ax.scatter([x], [ex["chosen_greedy"]], s=40, color="C3", zorder=3)
+        ax.set_xticks([r["seed"] for r in cql])
+        ax.set_xlabel("data seed")
+        ax.set_ylabel("exact value")
+        ax.set_title("CQL on Oberst-Sontag: chosen (red), other\ncandidates (grey); "
+                     "physician, optimum, half-gap", fontsize=8)  # fmt: skip
+    if deepen:
+        ax = axes[0][k]
+        for r in deepen:
+            sw = pd.DataFrame(r["sweep"])
+            err = [sw["true_value"] - sw["true_low"], sw["true_high"] - sw["true_value"]]
+            ax.errorbar(np.arange(len(sw)) + 0.1 * r["seed"], sw["true_value"], yerr=err,
+                        fmt="o-", ms=3, lw=0.8, label=f"seed {r['seed']}")  # fmt: skip
+            j = int(np.flatnonzero(sw["alpha"] == r["chosen_alpha"])[0])
+            ax.scatter([j + 0.1 * r["seed"]], [sw["true_value"].iloc[j]], s=80, facecolor="none",
+                       edgecolor="k", zorder=3)  # fmt: skip
+        ax.set_xticks(range(len(DEEPEN_ALPHAS)), [f"{a:g}" for a in DEEPEN_ALPHAS])
+        ax.set_xlabel("CQL alpha (circled: chosen by validation OPE)")
+        ax.set_ylabel("true value (roll-outs)")
+        ax.set_title("DeepEN alpha sweep", fontsize=9)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def markdown(summary: pd.DataFrame, chk: dict[str, Any], meta: dict[str, Any]) -> str:
+def markdown(summary: pd.DataFrame, chk: dict[str, Any], meta: dict[str, Any],
+             cql: list[dict[str, Any]], deepen: list[dict[str, Any]]) -> str:  # fmt: skip
     lines = [
         "# Off-policy evaluation with a fitted behaviour policy (`benchmarks/rl_ope.py`)",
         "",
-        f"Machine: {describe(meta['machine'])}. Seeds: {meta['seeds_done']} per MDP "
-        f"(CQL target: first {meta['cql_seeds']}), {meta['n_boot']} bootstrap resamples, "
-        f"run time {meta['seconds']:.0f} s. Behaviour fitted with "
-        "`fit_behaviour(kind='tabular')`; FQE/DR/WDR cross-fitted over 5 patient folds; "
-        "`*_insample` is the same model fitted in sample (baseline).",
+        f"{describe(meta['machine'])}. Each (part, MDP, seed) was computed once and "
+        "cached; the run time below is the last invocation's.",
         "",
         "| check | pass | value | target |",
         "|---|---|---|---|",
     ]
     for k, v in chk.items():
-        lines.append(f"| {k} | {'PASS' if v['pass'] else 'FAIL'} | {v['value']} | {v['target']} |")
-    if "nutrition_truth" in meta:
-        t = meta["nutrition_truth"]
-        lines += ["", "Nutrition simulator true values (20,000 roll-outs, mean and SE): "
-                  + ", ".join(f"{k} {v[0]:.3f} ({v[1]:.3f})" for k, v in t.items())]  # fmt: skip
-    lines += [
-        "",
-        "| mdp | target | estimator | seeds | truth | mean estimate | bias | RMSE | coverage "
-        "| mean ESS / n | flagged |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in summary.itertuples():
-        lines.append(
-            f"| {r.mdp} | {r.target} | {r.estimator} | {r.seeds} | {r.truth:.3f} | "
-            f"{r.mean_estimate:.3f} | {r.bias:+.3f} | {r.rmse:.3f} | {r.coverage:.2f} | "
-            f"{r.mean_ess:.0f} / {r.n:.0f} | {r.flagged:.2f} |"
+        val = v["value"] if not isinstance(v["value"], dict) else json.dumps(v["value"])
+        lines.append(f"| {k} | {'PASS' if v['pass'] else 'FAIL'} | {val} | {v['target']} |")
+    if len(summary):
+        lines += [
+            "",
+            "## Part ope: bias and CI coverage over data seeds",
+            "",
+            f"Seeds: {meta.get('seeds_done', 0)} per MDP (CQL target: first {meta['cql_seeds']}), "
+            f"{meta['n_boot']} bootstrap resamples. Behaviour fitted with "
+            "`fit_behaviour(kind='tabular')`; FQE/DR/WDR cross-fitted over 5 patient folds "
+            "(tabular FQE fills never-logged (s, a) by the deviation-advantage rule); "
+            "`*_insample` is the same model fitted in sample (baseline). `CI width` is the mean "
+            "width of the clipped 95% CI; `flagged` the share of seeds whose estimate carries a "
+            "flag (low ESS, positivity, out of range).",
+        ]
+        if "nutrition_truth" in meta:
+            t = meta["nutrition_truth"]
+            vals = ", ".join(f"{k} {v[0]:.3f} ({v[1]:.3f})" for k, v in t.items())
+            lines += [
+                "",
+                f"Nutrition simulator true values (20,000 roll-outs, mean and SE): {vals}",
+            ]
+        lines += [
+            "",
+            "| mdp | target | estimator | seeds | truth | mean estimate | bias | RMSE | coverage "
+            "| CI width | mean ESS / n | flagged |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in summary.itertuples():
+            lines.append(
+                f"| {r.mdp} | {r.target} | {r.estimator} | {r.seeds} | {r.truth:.3f} | "
+                f"{r.mean_estimate:.3f} | {r.bias:+.3f} | {r.rmse:.3f} | {r.coverage:.2f} | "
+                f"{r.ci_width:.3f} | {r.mean_ess:.0f} / {r.n:.0f} | {r.flagged:.2f} |"
+            )
+    if cql:
+        lines += [
+            "",
+            "## Part cql: CQL on the Oberst-Sontag simulator, chosen by validation OPE",
+            "",
+            f"Physician data ({cql[0]['episodes']} episodes per data seed, full-state "
+            f"observations), {int(100 * (1 - CQL_VALID_SHARE))}/"
+            f"{int(100 * CQL_VALID_SHARE)} patient split. Candidates: network input (the vitals' "
+            "category codes as numbers, `codes`, or one-hot coded per vital, `onehot`) x CQL alpha "
+            f"{', '.join(f'{a:g}' for a in CQL_ALPHAS)}, MLP 64x64, gamma 0.99, lr 1e-3, a "
+            f"checkpoint every {CQL_CHECKPOINT_EVERY} of {CQL_STEPS} steps; each scored on the "
+            f"validation patients by cross-fitted WDR ({1 - CQL_EPS:g} greedy + {CQL_EPS:g} "
+            f"uniform; tabular behaviour model fitted there; FQE where the ESS is below "
+            f"{CQL_ESS_FLOOR:g}). Exact values computed after the choice. Gap fraction = "
+            "(CQL - physician) / (optimum - physician), the optimum being the best value of any "
+            "policy over the 20 steps.",
+            "",
+            "| data seed | chosen input | alpha | step | scored by | validation score (ESS) | "
+            "CQL greedy | physician | optimum | gap fraction | vs optimal stationary policy | "
+            "BC greedy | mean Q on logged actions |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in cql:
+            c, ex = r["chosen"], r["exact"]
+            lines.append(
+                f"| {r['seed']} | {c['input']} | {c['alpha']:g} | {c['step']} | {c['score_by']} | "
+                f"{c['score']:.3f} ({c['valid_wdr_ess']:.0f}) | {ex['chosen_greedy']:.4f} | "
+                f"{ex['physician']:.4f} | {ex['optimum']:.4f} | {r['gap_fraction']:.3f} | "
+                f"{r['gap_fraction_vs_stationary_optimal']:.3f} (policy "
+                f"{ex['optimal_stationary_policy']:.4f}) | {ex['bc_greedy']:.4f} | "
+                f"{r['q_sanity_chosen']['q_logged_mean']:.3f} |"
+            )
+    if deepen:
+        lines += [
+            "",
+            "## Part deepen: DeepEN's alpha choice against the true ranking",
+            "",
+            f"`quick` preset, alphas {', '.join(f'{a:g}' for a in DEEPEN_ALPHAS)}; selection by "
+            "validation WDR (cross-fitted linear FQE), FQE below the ESS floor of "
+            f"{deepen[0]['config']['ess_floor']:g} episodes; true values by "
+            f"{DEEPEN_ROLLOUTS // 2} roll-outs per alpha (95% CI).",
+            "",
+            "| data seed | alpha | validation score [by] | WDR ESS | true value (95% CI) | "
+            "chosen |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in deepen:
+            for s in r["sweep"]:
+                lines.append(
+                    f"| {r['seed']} | {s['alpha']:g} | {s['valid_selected']:.2f} "
+                    f"[{s['valid_selected_by']}] | {s['valid_wdr_ess']:.1f} | "
+                    f"{s['true_value']:.2f} ({s['true_low']:.2f}, {s['true_high']:.2f}) | "
+                    f"{'**yes** (rank ' + str(r['rank_by_truth']) + ')' if s['alpha'] == r['chosen_alpha'] else ''} |"  # noqa: E501
+                )
+    demo = meta.get("demo")
+    if demo:
+        head = (
+            "| policy | WIS | CWPDIS | WDR | FQE | est. mortality [from] | true value | "
+            "true mortality |"
         )
+        lines += ["", "## Part demo: `clinfuse demo deepen` table", "", head]
+        lines += ["|---|---|---|---|---|---|---|---|", *demo["table"]]
     return "\n".join(lines) + "\n"
+
+
+# -- driver ---------------------------------------------------------------------------------
+def _key(args: argparse.Namespace, part: str) -> str:
+    knobs: dict[str, Any] = {"version": CACHE_VERSION, "part": part}
+    if part == "ope":
+        knobs |= {"n_boot": args.n_boot, "cql_seeds": args.cql_seeds}
+    elif part == "cql":
+        knobs |= {"episodes": args.cql_episodes, "alphas": CQL_ALPHAS, "steps": CQL_STEPS,
+                  "every": CQL_CHECKPOINT_EVERY, "floor": CQL_ESS_FLOOR,
+                  "inputs": CQL_INPUTS}  # fmt: skip
+    elif part == "deepen":
+        knobs |= {"alphas": DEEPEN_ALPHAS, "rollouts": DEEPEN_ROLLOUTS}
+    return hashlib.sha1(json.dumps(knobs, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def cached(path: Path, fresh: bool, compute: Callable[[], Any]) -> Any:
+    """``compute()`` once: its JSON result is kept at ``path`` and read back on later runs."""
+    if path.exists() and not fresh:
+        return json.loads(path.read_text())
+    out = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, out)
+    return json.loads(path.read_text())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -369,46 +820,105 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": args.seeds,
         "cql_seeds": args.cql_seeds,
         "n_boot": args.n_boot,
+        "parts": args.parts,
     }
-    truth = None
-    if "nutrition" in args.mdps:
-        truth = nutrition_truth()
-        meta["nutrition_truth"] = truth
-        log.info("nutrition truth %s", truth)
-    makers: dict[str, Callable[[int, bool], Case]] = {
-        "random": random_case,
-        "sepsis": sepsis_case,
-        "sepsis_pomdp": lambda s, c: sepsis_case(s, c, observed=True),
-        "nutrition": lambda s, c: nutrition_case(s, c, truth or {}),
-    }
-    rows: list[dict[str, Any]] = []
-    for seed in range(args.seeds):
-        for mdp in args.mdps:
-            t1 = time.time()
-            case = makers[mdp](seed, seed < args.cql_seeds)
-            rows += evaluate_case(mdp, seed, case, args.n_boot)
-            log.info("seed %d %s done (%.0f s, %.0f s in all)", seed, mdp, time.time() - t1,
-                     time.time() - t0)  # fmt: skip
-        meta["seeds_done"] = seed + 1
-        write(rows, meta, args, t0)
+    state: dict[str, Any] = {"rows": [], "cql": [], "deepen": [], "demo": None}
+
+    def emit() -> None:
+        write(state, meta, args, t0)
+
+    if "readme" in args.parts:
+        meta["readme"] = readme_check()
+    if "ope" in args.parts:
+        cache = CACHE / _key(args, "ope")
+        truth = None
+        if "nutrition" in args.mdps:
+            truth = cached(cache / "nutrition_truth.json", args.fresh, nutrition_truth)
+            meta["nutrition_truth"] = truth
+        makers: dict[str, Callable[[int, bool], Case]] = {
+            "random": random_case,
+            "sepsis": sepsis_case,
+            "sepsis_pomdp": lambda s, c: sepsis_case(s, c, observed=True),
+            "nutrition": lambda s, c: nutrition_case(
+                s, c, {k: tuple(v) for k, v in (truth or {}).items()}
+            ),  # fmt: skip
+        }
+        for seed in range(args.seeds):
+            for mdp in args.mdps:
+                t1 = time.time()
+
+                def compute(mdp: str = mdp, seed: int = seed) -> list[dict[str, Any]]:
+                    case = makers[mdp](seed, seed < args.cql_seeds)
+                    return evaluate_case(mdp, seed, case, args.n_boot)
+
+                state["rows"] += cached(cache / f"{mdp}_{seed:03d}.json", args.fresh, compute)
+                log.info("seed %d %s done (%.0f s, %.0f s in all)", seed, mdp, time.time() - t1,
+                         time.time() - t0)  # fmt: skip
+            meta["seeds_done"] = seed + 1
+            emit()
+    if "cql" in args.parts:
+        cache = CACHE / _key(args, "cql")
+        for seed in args.cql_data_seeds:
+            state["cql"].append(
+                cached(
+                    cache / f"cql_{seed:03d}.json",
+                    args.fresh,
+                    lambda seed=seed: cql_sepsis(seed, args.cql_episodes),
+                )  # fmt: skip
+            )
+            log.info("cql seed %d: %s", seed, state["cql"][-1]["exact"])
+            emit()
+    if "deepen" in args.parts:
+        cache = CACHE / _key(args, "deepen")
+        for seed in args.deepen_seeds:
+            state["deepen"].append(
+                cached(
+                    cache / f"deepen_{seed:03d}.json",
+                    args.fresh,
+                    lambda seed=seed: deepen_alpha(seed),
+                )  # fmt: skip
+            )
+            last = state["deepen"][-1]
+            log.info("deepen seed %d: alpha %s, rank %d", seed, last["chosen_alpha"],
+                     last["rank_by_truth"])  # fmt: skip
+            emit()
+    if "demo" in args.parts:
+        meta["demo"] = cached(CACHE / _key(args, "demo") / "demo.json", args.fresh, demo_deepen)
+    emit()
     return 0
 
 
-def write(rows: list[dict[str, Any]], meta: dict[str, Any], args: argparse.Namespace,
+def write(state: dict[str, Any], meta: dict[str, Any], args: argparse.Namespace,
           t0: float) -> None:  # fmt: skip
-    """Results so far (written after every seed, so a stopped run keeps its seeds)."""
-    df = pd.DataFrame(rows)
-    summary = summarise(df)
-    chk = checks(df, summary, args.mdps)
+    """Results so far (written after every seed, so a stopped run keeps what it did)."""
+    df = pd.DataFrame(state["rows"])
+    summary = summarise(df) if len(df) else pd.DataFrame()
+    chk: dict[str, Any] = {}
+    if len(df):
+        chk.update(ope_checks(df, summary, args.mdps))
+    if state["deepen"]:
+        chk["deepen_alpha_top2"] = deepen_check(state["deepen"])
+    if state["cql"]:
+        chk["cql_half_gap"] = cql_check(state["cql"])
+    if meta.get("demo"):
+        chk["demo_no_degenerate_estimates"] = demo_check(meta["demo"])
+    if meta.get("readme"):
+        chk["readme_recipe_and_hint"] = meta["readme"]
     meta["seconds"] = time.time() - t0
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(
         args.out / "rl_ope.json",
-        {"checks": chk, "meta": meta, "summary": summary.to_dict(orient="records")},
+        {
+            "checks": chk,
+            "meta": meta,
+            "summary": summary.to_dict(orient="records"),
+            "cql": state["cql"],
+            "deepen": state["deepen"],
+        },
     )
-    atomic_write_text(args.out / "rl_ope.md", markdown(summary, chk, meta))
-    plot(summary, args.out / "rl_ope.png")
-    log.info("\n%s", markdown(summary, chk, meta))
+    text = markdown(summary, chk, meta, state["cql"], state["deepen"])
+    atomic_write_text(args.out / "rl_ope.md", text)
+    plot(summary, state["cql"], state["deepen"], args.out / "rl_ope.png")
 
 
 if __name__ == "__main__":

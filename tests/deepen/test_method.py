@@ -166,9 +166,19 @@ def test_report_never_prints_a_degenerate_estimate_bare(tiny) -> None:
     assert (table.loc[~wdr_ok, "selected_by"] == "fqe").all()
     assert (table.loc[wdr_ok, "selected_by"] == "wdr").all()
     text = learner.report_table()
-    for name in table.index[~wdr_ok]:
-        line = next(ln for ln in text.splitlines() if ln.startswith(f"| {name} |"))
-        assert "ESS" in line and "[fqe]" in line, line
+    lines = {ln.split("|")[1].strip(): ln.split("|")[2:-1] for ln in text.splitlines()[2:]
+             if ln.startswith("| ")}  # fmt: skip
+    for name in table.index:
+        cells = dict(zip(("wis", "cwpdis", "wdr", "fqe", "mortality"), lines[name], strict=False))
+        for e in ("wis", "cwpdis", "wdr"):  # below the floor: no number at all
+            low = table.loc[name, f"{e}_ess"] < learner.config.ess_floor
+            assert cells[e].strip().startswith("n/a [ESS") == low, (name, e, cells[e])
+        assert "1.000 (1.000, 1.000)" not in cells["mortality"], (name, cells["mortality"])
+        assert ("[fqe]" in cells["mortality"]) == (not wdr_ok[name]), (name, cells["mortality"])
+    # the clinicians' own policy and the mix over their support act where they act
+    for name in ("clinician", "near_behaviour"):
+        assert "positivity" not in table.loc[name, "wis_flags"], name
+    assert "positivity" in table.loc["random", "wis_flags"]
     assert "Q sanity" in text
     sweep = pd.read_csv(run.path / "alpha_sweep.csv")
     best = sweep.loc[sweep["valid_selected"].idxmax(), "alpha"]

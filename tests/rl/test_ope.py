@@ -250,12 +250,38 @@ def test_fqe_tabular_is_exact_on_the_empirical_mdp_and_converges_to_the_truth() 
         value_range=wide,
     )  # fmt: skip
     assert as_fn.value == pytest.approx(res.value, abs=1e-12)
-    # an unseen state gets the count-weighted mean of the logged cells (``unseen="model"``)
+    # an unseen state gets the count-weighted mean of the logged cells
     q_live = emp.policy_q(pi_e)[live]
     mean = (n_sa[live] * q_live).sum() / n_sa[live].sum()
     np.testing.assert_allclose(res.q_fn(np.full((1, S), 7.0, np.float32)), mean, atol=1e-6)
     zero = fqe(traj, pi_e[s], mdp.gamma, "tabular", 500, FQEConfig(unseen="zero"), 1, wide)
     assert np.all(zero.q_fn(np.full((1, S), 7.0, np.float32)) == 0.0)
+
+
+def test_unseen_actions_take_the_deviation_advantage_learnt_across_states() -> None:
+    """Clinicians' usual action pays +1 and their rare deviations -1: with a few visits per state
+    most deviations are never logged in a state. Filling them with the state's logged value
+    (``state_mean``) is optimistic; the pooled deviation advantage (``advantage``, the default)
+    learns from the deviations that were logged elsewhere that they cost about 2."""
+    err: dict[str, list[float]] = {"advantage": [], "state_mean": []}
+    for seed in range(6):
+        base = random_mdp(60, 4, seed, gamma=0.9, p_terminate=0.2)
+        R = np.where(np.arange(4)[None, :] == 0, 1.0, -1.0) * (~base.terminal)[:, None]
+        mdp = TabularMDP(base.P, R, base.d0, base.terminal, base.gamma)
+        pi = np.tile([0.94, 0.02, 0.02, 0.02], (60, 1))
+        traj = mdp.sample(pi, 150, seed=seed)
+        truth = mdp.policy_value(pi)
+        for rule in err:
+            res = fqe(
+                traj, pi[traj.meta["state"]], mdp.gamma, config=FQEConfig(unseen=rule),
+                value_range=(-10.0, 10.0), seed=seed,
+            )  # fmt: skip
+            err[rule].append(res.value - truth)
+    assert np.mean(err["state_mean"]) > 0.2  # optimistic
+    assert np.mean(np.abs(err["advantage"])) < 0.5 * np.mean(np.abs(err["state_mean"]))
+    assert abs(np.mean(err["advantage"])) < 0.1
+    with pytest.raises(ConfigError, match="unseen rule"):
+        fqe(traj, pi[traj.meta["state"]], mdp.gamma, config=FQEConfig(unseen="mean"))  # type: ignore[arg-type]
 
 
 def test_fqe_mlp_close_to_exact_value() -> None:

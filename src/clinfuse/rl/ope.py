@@ -387,7 +387,7 @@ class _RowIndex:
 # ==========================================================================================
 # fitted Q evaluation
 # ==========================================================================================
-Unseen = Literal["model", "low", "high", "zero"]
+Unseen = Literal["advantage", "state_mean", "low", "high", "zero"]
 
 
 @dataclass(frozen=True)
@@ -406,11 +406,17 @@ class FQEConfig:
     """Tabular and linear: stop when no value changes by more than this."""
     ridge: float = 1.0
     """Linear: ridge penalty of each per-action least-squares fit."""
-    unseen: Unseen = "model"
-    """Tabular: value of an (s, a) never logged in the fitting data. ``model``: the
-    target-weighted mean of the logged actions' values in the same state (the mean over all
-    logged cells for an unseen state); ``low``/``high``: the lower/upper end of the return range
-    (the pessimistic/optimistic pair that brackets the estimate); ``zero``: 0."""
+    unseen: Unseen = "advantage"
+    """Tabular: value of an (s, a) never logged in the fitting data. ``advantage``: the value of
+    the state's most-logged action plus the mean advantage that action :math:`a` has, over the
+    fitting data, in the states where it was logged as a deviation from the most-logged action
+    (shrunk towards the mean over all actions, see :func:`_deviation_advantage`): clinicians'
+    rare actions are mostly worse than their usual ones, and this rule learns by how much
+    across states instead of assuming they are as good; ``state_mean``: the target-weighted
+    mean of the logged actions' values in the same state (optimistic when the logged actions
+    are the good ones); ``low``/``high``: the lower/upper end of the return range (the
+    pessimistic/optimistic pair that brackets the estimate); ``zero``: 0. A state never logged
+    takes the count-weighted mean over all logged cells (``low``/``high``/``zero``: the fill)."""
     seed: int = 0
     """Seed of the network initialisation and minibatch order."""
 
@@ -499,14 +505,40 @@ class _FQEInput:
         return self.gamma * self.traj.transitions()["bootstrap"].astype(np.float64)
 
 
+def _deviation_advantage(Q: np.ndarray, counts: np.ndarray, shrink: float) -> np.ndarray:
+    r"""``(A,)`` mean advantage of each action where it was logged as a deviation:
+
+    .. math::
+        \bar A(a) = \frac{\sum_{s:\,0 < n(s,a),\ a \ne m(s)} n(s,a)\,\big(Q(s,a) - Q(s,m(s))\big)
+        + k\,\bar A}{\sum_{s:\,0 < n(s,a),\ a \ne m(s)} n(s,a) + k},
+
+    with :math:`m(s)` the most-logged action of state :math:`s`, :math:`\bar A` the same mean
+    over every action (the pooled deviation advantage) and :math:`k` = ``shrink`` pseudo-counts.
+    0 when no state has a second logged action."""
+    rows = np.arange(len(Q))
+    modal = counts.argmax(1)
+    dev = counts * (counts > 0)
+    dev[rows, modal] = 0.0
+    adv = Q - Q[rows, modal][:, None]
+    per_action = (dev * adv).sum(0)
+    weight = dev.sum(0)
+    pooled = float(per_action.sum() / weight.sum()) if weight.sum() > 0 else 0.0
+    return (per_action + shrink * pooled) / (weight + shrink)
+
+
 def _fill_unseen(
-    Q: np.ndarray, counts: np.ndarray, pi_state: np.ndarray, rule: Unseen, lo: float, hi: float
-) -> np.ndarray:
-    """Values of never-logged cells (``counts == 0``) by the ``unseen`` rule."""
+    Q: np.ndarray, counts: np.ndarray, pi_state: np.ndarray, rule: Unseen, lo: float, hi: float,
+    shrink: float = 5.0,
+) -> np.ndarray:  # fmt: skip
+    """Values of never-logged cells (``counts == 0``) of seen states by the ``unseen`` rule."""
     seen = counts > 0
-    if rule != "model":
+    if rule in ("low", "high", "zero"):
         fill = {"low": lo, "high": hi, "zero": 0.0}[rule]
         return np.where(seen, Q, fill)
+    if rule == "advantage":
+        ref = Q[np.arange(len(Q)), counts.argmax(1)]
+        fill = ref[:, None] + _deviation_advantage(Q, counts, shrink)[None, :]
+        return np.where(seen, Q, np.clip(fill, lo, hi))
     w = pi_state * seen
     tot = w.sum(1, keepdims=True)
     w = np.where(tot > 0, w, seen.astype(np.float64))
@@ -544,7 +576,7 @@ def _fqe_tabular(
         Q = new
         if delta < cfg.tol:
             break
-    if rule == "model":
+    if rule in ("advantage", "state_mean"):
         glob = float((counts * Q).sum() / max(counts.sum(), 1))
     else:
         glob = {"low": inp.lo, "high": inp.hi, "zero": 0.0}[rule]
@@ -742,6 +774,9 @@ def fqe(
     if iterations < 1:
         raise ConfigError("iterations must be positive", expected=">= 1", found=iterations)
     cfg = config or FQEConfig()
+    rules_known = ("advantage", "state_mean", "low", "high", "zero")
+    if cfg.unseen not in rules_known:
+        raise ConfigError("unknown unseen rule", expected=f"one of {rules_known}", found=cfg.unseen)
     grid = _Grid.of(traj)  # raises on empty data
     pi = _target_probs(traj, target_policy_fn)
     lo, hi = value_range_checked(traj, gamma, value_range)
@@ -1210,6 +1245,11 @@ def positivity(
     - ``low_support_mass``: :math:`\frac1N\sum_{i,t}\sum_a \pi_e(a|s_{i,t})
       [\hat\pi_b(a|s_{i,t}) < \text{threshold}]`, the target's mass on actions the clinicians
       (almost) never take where they were, which importance weights cannot see;
+    - ``excess_low_support_mass``: :math:`\frac1N\sum_{i,t}\sum_a \big(\pi_e(a|s_{i,t}) -
+      \hat\pi_b(a|s_{i,t})\big)_+ [\hat\pi_b(a|s_{i,t}) < \text{threshold}]`, the part of that
+      mass the clinicians do not put there themselves (0 for the clinicians' own policy and for
+      mixes that add mass only on their support): the share that the ``positivity`` flag of
+      :func:`evaluate_policy` reads;
     - ``ess``, ``ess_share``: effective sample size of the episode weights (and over ``n``);
     - ``ess_per_step`` ``(T,)`` and its minimum ``min_step_ess``: the ESS of :math:`w_{\cdot,t}`;
     - ``max_weight``, ``max_weight_share``: the largest episode weight and its share of the sum.
@@ -1221,6 +1261,10 @@ def positivity(
         >>> d = positivity(t, p, p)
         >>> d["ess_share"], d["low_support_mass"], d["max_weight"]
         (1.0, 0.0, 1.0)
+        >>> rare = np.tile([0.995, 0.005], (len(t), 1))  # clinicians' rare action 1
+        >>> d = positivity(t, rare, rare)  # their own policy: rare, but not beyond them
+        >>> round(d["low_support_mass"], 3), d["excess_low_support_mass"]
+        (0.005, 0.0)
     """
     pi_e = _check_probs("pi_e", pi_e, traj)
     pi_b = _check_probs("pi_b", pi_b, traj)
@@ -1232,6 +1276,9 @@ def positivity(
     return {
         "threshold": float(threshold),
         "low_support_mass": float(np.mean((pi_e * (pi_b < threshold)).sum(1))),
+        "excess_low_support_mass": float(
+            np.mean((np.clip(pi_e - pi_b, 0.0, None) * (pi_b < threshold)).sum(1))
+        ),
         "ess": ess(w_end),
         "ess_share": ess(w_end) / grid.n,
         "ess_per_step": per_step,
@@ -1279,7 +1326,7 @@ def _flags(
         out.append("ci_clipped")
     if name in _WEIGHTED and ess_value < ess_floor:
         out.append("low_ess")
-    if name in _WEIGHTED and support["low_support_mass"] > max_low_support:
+    if name in _WEIGHTED and support["excess_low_support_mass"] > max_low_support:
         out.append("positivity")
     return out
 
@@ -1373,7 +1420,8 @@ def evaluate_policy(
     should not be read bare: ``out_of_range``, ``ci_clipped``, ``low_ess`` (weight-based
     estimator with ESS below ``ess_floor`` episodes), ``positivity`` (more than
     ``max_low_support`` of the target's mass on actions with :math:`\\hat\\pi_b` below
-    ``support_threshold``). ``table.attrs`` holds ``positivity`` (see :func:`positivity`),
+    ``support_threshold``, beyond the clinicians' own mass there: ``excess_low_support_mass``
+    of :func:`positivity`). ``table.attrs`` holds ``positivity`` (see :func:`positivity`),
     ``behaviour`` (the calibration report of ``behaviour``, when given), ``fqe`` (folds, bounds,
     unseen mass) and ``value_range``; :func:`describe` prints them.
 
@@ -1491,7 +1539,8 @@ def describe(table: pd.DataFrame) -> str:
     if p:
         lines.append(
             f"positivity: target mass on actions with pi_b < {p['threshold']:g}: "
-            f"{p['low_support_mass']:.3f}; ESS {p['ess']:.1f} ({100 * p['ess_share']:.1f}%), "
+            f"{p['low_support_mass']:.3f} ({p['excess_low_support_mass']:.3f} beyond the "
+            f"clinicians' own); ESS {p['ess']:.1f} ({100 * p['ess_share']:.1f}%), "
             f"smallest per-step ESS {p['min_step_ess']:.1f}, largest weight share "
             f"{p['max_weight_share']:.3f}"
         )

@@ -397,13 +397,21 @@ class DeepEN(Learner):
         }
 
     # -- training -------------------------------------------------------------------------
-    def fit(self, data: DeepENData, run: RunDir, *, resume: bool = False) -> DeepEN:
+    def sweep(
+        self, data: DeepENData, run: RunDir, *, resume: bool = False
+    ) -> tuple[pd.DataFrame, dict[float, QLearner], list[dict[str, float]]]:
+        """Train D3QN + CQL for every alpha of the config and score each on the validation split.
+
+        Returns the sweep table (one row per alpha: the validation OPE estimates, the estimate
+        that selection reads, ``valid_selected``, and the estimator it came from,
+        ``valid_selected_by``; on simulator data the true value by
+        ``rollout_patients // 2`` roll-outs, never used for the choice), the learners by alpha
+        and the training history. Each alpha is checkpointed (``resume`` skips trained ones)."""
         cfg = self.config
         seed_everything(cfg.seed)
         splits = self._prepare(data)
         raw = self._splits(data)
         train, valid = splits["train"], splits["valid"]
-        log.info("deepen data: %s", data.traj.summary())
         sweep: list[dict[str, Any]] = []
         learners: dict[float, QLearner] = {}
         history: list[dict[str, float]] = []
@@ -431,12 +439,18 @@ class DeepEN(Learner):
                 row.update(self._rollout(data, pols["d3qn_cql"], cfg.rollout_patients // 2))
             sweep.append(row)
             log.info("alpha %g: %s", alpha, row)
-        best = max(sweep, key=lambda r: r["valid_selected"])
+        return pd.DataFrame(sweep), learners, history
+
+    def fit(self, data: DeepENData, run: RunDir, *, resume: bool = False) -> DeepEN:
+        cfg = self.config
+        log.info("deepen data: %s", data.traj.summary())
+        sweep, learners, history = self.sweep(data, run, resume=resume)
+        best = sweep.loc[sweep["valid_selected"].idxmax()]
         self.alpha = float(best["alpha"])
         self.model = learners[self.alpha]
         run.save_checkpoint("best", self.state_dict())
         pd.DataFrame(history).to_csv(run.path / "training.csv", index=False)
-        pd.DataFrame(sweep).to_csv(run.path / "alpha_sweep.csv", index=False)
+        sweep.to_csv(run.path / "alpha_sweep.csv", index=False)
         metrics = {
             "chosen_alpha": self.alpha,
             "data": data.name,
@@ -604,15 +618,22 @@ class DeepEN(Learner):
         """The comparison table as Markdown (printed by ``clinfuse fit/evaluate deepen``).
 
         Every estimate is clipped to the return range and followed by its flags (outside the
-        range, low ESS, positivity); the mortality column converts the estimate that selection
-        uses (``selected_by``: the cross-fitted WDR, or FQE where the WDR's ESS is too small)."""
+        range, positivity); a weight-based estimate whose ESS is below ``ess_floor`` patients is
+        not printed at all (``n/a`` with its ESS: a greedy policy's importance weights rest on
+        one or two patients, and a number there is noise). The mortality column converts the
+        estimate that selection uses (``selected_by``: the cross-fitted WDR, or FQE where the
+        WDR's ESS is too small)."""
         from clinfuse.rl.ope import format_estimate
 
         if self.table is None:
             return ""
         t = self.table
 
+        floor = self.config.ess_floor
+
         def est(r: pd.Series, e: str) -> str:
+            if e != "fqe" and r[f"{e}_ess"] < floor:  # a handful of patients: no estimate
+                return f"n/a [ESS {r[f'{e}_ess']:.0f} < {floor:g}]"
             return format_estimate(
                 {"value": r[e], "ci_low": r[f"{e}_low"], "ci_high": r[f"{e}_high"],
                  "value_raw": r[f"{e}_raw"], "ess": r[f"{e}_ess"], "flags": r[f"{e}_flags"]}
