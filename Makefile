@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/renyi.py
 	$(PY) benchmarks/dib_noise.py
 	$(PY) benchmarks/view_speed.py
+	OMP_NUM_THREADS=1 $(PY) benchmarks/rl_ope.py   # hours on 2 cores; resumes from runs/bench/rl_ope
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
