@@ -168,7 +168,7 @@ def test_support2_keeps_29_non_leaky_features(support2: EHRTable) -> None:
     assert set(features) == set(SUPPORT2_COLUMNS)
     assert set(SUPPORT2_DROPPED) == set(SUPPORT2_EXCLUDED)
     y, slos = support2.targets["hospdead"], support2.targets["slos"]
-    assert y.mean() == pytest.approx(0.259, abs=0.001)  # notes §4: 25.9%
+    assert y.mean() == pytest.approx(0.259, abs=0.001)  # 25.9% die in hospital
     assert np.median(slos) == 11 and slos.mean() == pytest.approx(17.9, abs=0.05)
     pd.testing.assert_series_equal(support2.frame["crea"], raw["crea"])  # raw values, unscaled
 

@@ -16,7 +16,7 @@ Both baselines read the same dense matrix, so they differ only in the model:
 ``"linear"`` = ``LogisticRegression`` / ``Ridge``, ``"gbm"`` = ``HistGradientBoostingClassifier``
 / ``Regressor`` (one-hot input instead of native categorical splits, which keeps one code path;
 its own NaN handling is unused because the matrix is imputed). Classifiers weight classes
-``"balanced"`` by default, as the SUPPORT2 reference numbers do (notes section 4), so that
+``"balanced"`` by default, as the SUPPORT2 reference numbers of :mod:`.data` do, so that
 balanced accuracy at :math:`p \ge 0.5` is meaningful. scikit-learn is imported lazily
 (extra ``ehr``).
 """

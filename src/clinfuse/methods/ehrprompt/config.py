@@ -1,5 +1,5 @@
 """ehrprompt configuration. [paper] follows arXiv 2508.20460 / 2303.17408 as far as known;
-[inferred] marks our choices where the paper is silent (notes §4)."""
+[inferred] marks our choices where the paper is silent."""
 
 from __future__ import annotations
 

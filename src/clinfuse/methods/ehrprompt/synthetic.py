@@ -4,7 +4,7 @@ Two generators, both returning an :class:`~clinfuse.methods.ehrprompt.data.EHRTa
 ``meta`` holds the ground truth (effect sizes, Bayes-optimal scores) and whose ``meta["rows"]``
 holds the per-row latent truth:
 
-* :func:`make_synthetic_ehr` (ICU admissions; notes §5 item 5). A latent *critical* flag
+* :func:`make_synthetic_ehr` (ICU admissions). A latent *critical* flag
   (prevalence 0.3) appears only in the admission note, as a sentence with the keyword
   ``intubated`` or ``vasopressors``; stable patients get a reassuring sentence instead. The
   death logit is
