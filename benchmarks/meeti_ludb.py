@@ -16,7 +16,7 @@ r"""Benchmark: MEETI beat-level delineation against cardiologists (LUDB) and R p
   against the reference beat annotations (beat symbols only) with
   ``wfdb.processing.compare_annotations`` at +-150 ms: sensitivity and positive predictivity.
 
-Targets (issue): match rate >= 0.95; within 40 ms >= 0.90 for P on/off and QRS on/off, >= 0.80
+Targets: match rate >= 0.95; within 40 ms >= 0.90 for P on/off and QRS on/off, >= 0.80
 for T off. ``--sweep`` also runs the options of :data:`VARIANTS` (each step of the builder's
 pipeline switched off, neurokit2's plain prominence delineator, no cleaning, ``dwt``): it is how
 the default was chosen.
@@ -71,7 +71,7 @@ TARGETS = {
     "qrs_off": 0.90,
     "t_off": 0.80,
 }
-"""Issue targets for the share within 40 ms (match rate >= 0.95 everywhere)."""
+"""Targets for the share within 40 ms (match rate >= 0.95 everywhere)."""
 MATCH_TARGET = 0.95
 TOL_MS = 150.0
 NEAR_MS = 40.0
@@ -281,7 +281,7 @@ def ludb_labels(csv_path: Path) -> dict[str, dict[str, str]]:
 
 
 def targets_met(point_table: pd.DataFrame) -> dict[str, bool]:
-    """Which issue targets the overall per-point table meets."""
+    """Which targets the overall per-point table meets."""
     met = {}
     for _, r in point_table.iterrows():
         met[f"{r['point']}_match"] = bool(r["match_rate"] >= MATCH_TARGET)
