@@ -106,6 +106,29 @@ def test_typical_fresh_group_is_covered_at_the_nominal_share(nominal):
     assert np.median(raw) < 0.5
 
 
+def test_width_is_not_chosen_on_times_before_a_groups_first_event():
+    """Before a group's first event its Kaplan-Meier is exactly 1, outside any band whose upper
+    edge is below 1: those grid times must not drive the width (they would push it to the
+    largest candidate). Prepending such times to the grid leaves every kappa unchanged."""
+    x, t, e, _ = _cohort(900, seed=3)
+    t = t + 0.5  # no event before 0.5
+    late = np.linspace(0.55, 2.5, 60)
+    early = np.concatenate([np.linspace(0.05, 0.45, 20), late])
+    kappas = []
+    for grid in (late, early):
+        # close to the truth after 0.5, and below 1 from the start
+        s = np.exp(-np.outer(np.exp(x), 0.04 * np.minimum(grid, 0.5) + np.maximum(grid - 0.5, 0)))
+        lo, up = np.clip(s - 0.05, 0, 1), np.clip(s + 0.05, 0, 1)
+        cal = fit_calibration("scale", _band_fn(s, lo, up), x, t, e, grid, 0.9,
+                              recentre_groups=False)  # fmt: skip
+        kappas.append(cal.kappa)
+        _, _, cup, _ = cal.apply(_band_fn(s, lo, up), x)
+    assert kappas[0] == kappas[1]
+    assert max(kappas[1]) < 10.0
+    # the early times are misses for this band whatever its width: its upper edge is below 1
+    assert np.all(cup[:, :20].mean(0) < 1.0)
+
+
 def test_identity_and_round_trip():
     cal = BandCalibration.identity(0.8)
     assert cal.family == "none" and cal.alpha == pytest.approx((0.2, 0.2, 0.2))

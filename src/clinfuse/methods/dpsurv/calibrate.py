@@ -31,8 +31,8 @@ and within each tercile
 1. the curves are recentred, :math:`S \to S^c` with the :math:`c` that brings the tercile's mean
    curve closest to its Kaplan-Meier (:func:`recentre`; a band whose edge runs along a biased
    curve covers a fresh group erratically);
-2. :math:`\kappa` is the smallest value whose Kaplan-Meier coverage, the median over bootstrap
-   resamples of the tercile, reaches the nominal level;
+2. :math:`\kappa` is the smallest value whose Kaplan-Meier coverage (from the group's first
+   event on), the median over bootstrap resamples of the tercile, reaches the nominal level;
 3. :math:`\alpha` is the largest miss level whose IPCW interval hit rate reaches it.
 
 A new case takes the :math:`(c, \kappa, \alpha)` of the tercile its risk falls in. What the
@@ -43,10 +43,11 @@ The group target is the *median* share over resampled groups, not the mean. One 
 is close to bimodal: its Kaplan-Meier stays inside the whole grid or wanders out for a long
 stretch, because the Kaplan-Meier's error at neighbouring times is nearly the same. Even the
 true curve with a pointwise 90% band gives one group a share of 1.0 about 30% of the time and
-a median share of 0.97 (``oracle_share`` in ``benchmarks/dpsurv.py``). The mean share is also
-held down by grid times before a group's first event, where the Kaplan-Meier is exactly 1 and
-outside every band whose upper edge is below 1; a mean target widens the band to make up for
-misses it cannot remove.
+a median share of 0.97 (``oracle_share`` in ``benchmarks/dpsurv.py``); a mean target is set by
+the groups that wander out and widens the band for all. The share counts the grid times from
+the group's first event on: before it the Kaplan-Meier is exactly 1, outside every band whose
+upper edge is below 1, and no width can repair that (likewise a Kaplan-Meier of exactly 0
+after the group's last case has had its event; see :func:`_smallest_kappa`).
 """
 
 from __future__ import annotations
@@ -238,17 +239,33 @@ def _smallest_kappa(
     transfers poorly to a fresh group of the same size (the share of covered grid times jumps
     when the band's edge runs along the curve). The median over resamples targets the coverage
     of a typical new group instead (why not the mean: see the module docstring).
+
+    Each resample's coverage counts the grid times from its first event on (and, when every
+    case has had its event, before the Kaplan-Meier reaches 0). Before the first event the
+    Kaplan-Meier is exactly 1, and a band contains it only where every case's upper edge is 1
+    to the last bit; a width chosen to get there is absurd (on pbc2 the band parameter grew to
+    11-16 times the raw one, and the evidential family to its largest candidate), and a fresh
+    group with a later first event still misses those times. The same holds for a Kaplan-Meier
+    of exactly 0 and the lower edge. A group with no such time on the grid keeps the raw width
+    (1.0).
     """
     n = len(idx)
     boots = [np.arange(n)] + [rng.integers(0, n, n) for _ in range(_BOOT)]
     kms = [km_at(time[idx][b], event[idx][b], grid) for b in boots]
+    # the times at which the Kaplan-Meier is strictly inside (0, 1): from the resample's first
+    # event on, and before every case of it has had its event
+    after = [(km < 1.0) & (km > 0.0) for km in kms]
+    kept = [k for k, a in enumerate(after) if a.any()]
+    if not kept:  # no event on the grid: nothing to calibrate the width on
+        return 1.0
 
     def covered(j: int) -> bool:
         _, lo, up = recentre(*band_fn(np.full(n, kappas[j]), idx), c)
-        cov = [
-            np.mean((km >= lo[b].mean(0)) & (km <= up[b].mean(0)))
-            for b, km in zip(boots, kms, strict=True)
-        ]
+        cov = []
+        for k in kept:
+            b, km = boots[k], kms[k]
+            inside = (km >= lo[b].mean(0)) & (km <= up[b].mean(0))
+            cov.append(np.mean(inside[after[k]]))
         return float(np.median(cov)) >= nominal
 
     return float(kappas[_bisect(covered, len(kappas))])
@@ -286,8 +303,8 @@ def fit_calibration(
 
     Per tercile: (1) with ``recentre_groups``, the exponent ``c`` that brings the group's mean
     raw curve to its Kaplan-Meier (:func:`recentre`); (2) the smallest ``kappa`` whose
-    bootstrap-averaged Kaplan-Meier coverage reaches ``nominal``; (3) the largest ``alpha``
-    whose IPCW interval hit rate reaches it.
+    Kaplan-Meier coverage from the group's first event on, the median over bootstrap resamples,
+    reaches ``nominal``; (3) the largest ``alpha`` whose IPCW interval hit rate reaches it.
     """
     if not 0.5 <= nominal < 1.0:
         raise ConfigError(
