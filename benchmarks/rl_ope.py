@@ -494,14 +494,19 @@ def deepen_alpha(seed: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="rl_ope_deepen_") as tmp:
         run = RunDir.create(Path(tmp) / "run", "deepen", config_to_dict(cfg), seed=seed)
         sweep, _, _ = learner.sweep(data, run)
-    chosen = float(sweep.loc[sweep["valid_selected"].idxmax(), "alpha"])
+    chosen = float(sweep.loc[DeepEN.choose(sweep), "alpha"])
     by_truth = sweep.sort_values("true_value", ascending=False)["alpha"].tolist()
     keep = ["alpha", "valid_selected", "valid_selected_by", "valid_wdr", "valid_wdr_ess",
-            "valid_fqe", "true_value", "true_low", "true_high"]  # fmt: skip
+            "valid_fqe", "valid_q_logged_mean", "q_outside_range", "true_value", "true_low",
+            "true_high"]  # fmt: skip
+    truth = sweep.set_index("alpha")
+    second = truth.loc[by_truth[1]] if len(by_truth) > 1 else truth.loc[by_truth[0]]
     return {
         "seed": seed,
         "chosen_alpha": chosen,
         "rank_by_truth": by_truth.index(chosen) + 1,
+        # information: the chosen alpha's true-value CI reaches the second best's
+        "ci_overlaps_second": bool(truth.loc[chosen, "true_high"] >= second["true_low"]),
         "alphas_by_truth": by_truth,
         "sweep": sweep[keep].to_dict(orient="records"),
         "config": {k: config_to_dict(cfg)[k] for k in ("preset", "n_patients", "steps", "lr",
@@ -521,6 +526,7 @@ def deepen_check(results: list[dict[str, Any]]) -> dict[str, Any]:
                 "chosen_alpha": r["chosen_alpha"],
                 "rank": r["rank_by_truth"],
                 "alphas_by_truth": r["alphas_by_truth"],
+                "true_ci_overlaps_second_best": r["ci_overlaps_second"],
             }
             for r in results
         },  # fmt: skip
@@ -538,12 +544,11 @@ def demo_deepen() -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="rl_ope_demo_") as tmp:
         report = run_demo(["deepen"], out=tmp, progress=False)
         text = report.read_text()
-    rows = [ln for ln in text.splitlines() if re.match(r"\| [a-z_0-9]+ \| ", ln)]
-    table = [
+    names = ("d3qn_cql", "clinician", "guideline", "random", "zero", "maximum", "near_behaviour")
+    table = [  # the comparison table's rows (the summary tables have fewer columns)
         ln
-        for ln in rows
-        if ln.split("|")[1].strip()
-        in ("d3qn_cql", "clinician", "guideline", "random", "zero", "maximum", "near_behaviour")
+        for ln in text.splitlines()
+        if ln.startswith("| ") and ln.count("|") >= 9 and ln.split("|")[1].strip() in names
     ]
     problems = []
     for ln in table:
@@ -762,17 +767,23 @@ def markdown(summary: pd.DataFrame, chk: dict[str, Any], meta: dict[str, Any],
             f"{deepen[0]['config']['ess_floor']:g} episodes; true values by "
             f"{DEEPEN_ROLLOUTS // 2} roll-outs per alpha (95% CI).",
             "",
-            "| data seed | alpha | validation score [by] | WDR ESS | true value (95% CI) | "
-            "chosen |",
-            "|---|---|---|---|---|---|",
+            "| data seed | alpha | validation score [by] | WDR ESS | mean Q on clinicians' "
+            "actions | true value (95% CI) | chosen |",
+            "|---|---|---|---|---|---|---|",
         ]
         for r in deepen:
             for s in r["sweep"]:
+                out = " (outside)" if s["q_outside_range"] else ""
+                mark = (
+                    f"**yes** (rank {r['rank_by_truth']})"
+                    if s["alpha"] == r["chosen_alpha"]
+                    else ""
+                )
                 lines.append(
                     f"| {r['seed']} | {s['alpha']:g} | {s['valid_selected']:.2f} "
                     f"[{s['valid_selected_by']}] | {s['valid_wdr_ess']:.1f} | "
-                    f"{s['true_value']:.2f} ({s['true_low']:.2f}, {s['true_high']:.2f}) | "
-                    f"{'**yes** (rank ' + str(r['rank_by_truth']) + ')' if s['alpha'] == r['chosen_alpha'] else ''} |"  # noqa: E501
+                    f"{s['valid_q_logged_mean']:.2f}{out} | "
+                    f"{s['true_value']:.2f} ({s['true_low']:.2f}, {s['true_high']:.2f}) | {mark} |"
                 )
     demo = meta.get("demo")
     if demo:
@@ -795,7 +806,7 @@ def _key(args: argparse.Namespace, part: str) -> str:
                   "every": CQL_CHECKPOINT_EVERY, "floor": CQL_ESS_FLOOR,
                   "inputs": CQL_INPUTS}  # fmt: skip
     elif part == "deepen":
-        knobs |= {"alphas": DEEPEN_ALPHAS, "rollouts": DEEPEN_ROLLOUTS}
+        knobs |= {"alphas": DEEPEN_ALPHAS, "rollouts": DEEPEN_ROLLOUTS, "q_sanity": True}
     return hashlib.sha1(json.dumps(knobs, sort_keys=True).encode()).hexdigest()[:10]
 
 

@@ -70,7 +70,9 @@ class DeepENConfig:
     """OPE estimator that picks alpha on the validation split and feeds the estimated mortality:
     weighted doubly robust with a linear FQE cross-fitted over 5 patient folds; where its ESS
     is below `ess_floor` the cross-fitted FQE estimate is used instead (a greedy policy's
-    importance weights rest on a handful of patients) [inferred]."""
+    importance weights rest on a handful of patients). Alphas whose mean learned Q on the
+    clinicians' validation actions lies outside the return range are not chosen (unless every
+    alpha's does) [inferred]."""
     ess_floor: float = 20.0
     """Effective sample size (episodes) below which a weight-based estimate is not used for
     selection or mortality and is printed with its flag [inferred]."""

@@ -41,7 +41,7 @@ from clinfuse.methods.deepen import simulator as sim
 from clinfuse.methods.deepen.config import DeepENConfig
 from clinfuse.rl.data import Trajectories
 from clinfuse.rl.learners import QConfig, QLearner
-from clinfuse.rl.ope import BehaviourModel, fit_behaviour
+from clinfuse.rl.ope import BehaviourModel, fit_behaviour, q_sanity, value_range
 from clinfuse.rl.rewards import RewardSpec, build_reward
 from clinfuse.rl.splits import split_patients
 
@@ -404,7 +404,9 @@ class DeepEN(Learner):
 
         Returns the sweep table (one row per alpha: the validation OPE estimates, the estimate
         that selection reads, ``valid_selected``, and the estimator it came from,
-        ``valid_selected_by``; on simulator data the true value by
+        ``valid_selected_by``; the learned Q's mean on the clinicians' validation actions,
+        ``valid_q_logged_mean``, and whether it lies outside the return range,
+        ``q_outside_range``; on simulator data the true value by
         ``rollout_patients // 2`` roll-outs, never used for the choice), the learners by alpha
         and the training history. Each alpha is checkpointed (``resume`` skips trained ones)."""
         cfg = self.config
@@ -435,17 +437,29 @@ class DeepEN(Learner):
                 row[f"valid_{r['estimator']}_ess"] = float(r["ess"])
             used, chosen = self._selected(est)
             row["valid_selected"], row["valid_selected_by"] = float(chosen["value"]), used
+            q = learner.q_values(valid.obs)[np.arange(len(valid)), valid.action]
+            sanity = q_sanity(q, value_range(valid, cfg.gamma))
+            row["valid_q_logged_mean"] = sanity["q_logged_mean"]
+            row["q_outside_range"] = sanity["q_outside_range"]
             if data.simulated:
                 row.update(self._rollout(data, pols["d3qn_cql"], cfg.rollout_patients // 2))
             sweep.append(row)
             log.info("alpha %g: %s", alpha, row)
         return pd.DataFrame(sweep), learners, history
 
+    @staticmethod
+    def choose(sweep: pd.DataFrame) -> int:
+        """Index of the chosen alpha: the best validation estimate among the alphas whose Q
+        passes the sanity check (mean learned Q on the clinicians' actions inside the return
+        range: an over-estimating network has diverged), among all when none passes."""
+        sane = sweep[~sweep["q_outside_range"].astype(bool)]
+        return int((sane if len(sane) else sweep)["valid_selected"].idxmax())
+
     def fit(self, data: DeepENData, run: RunDir, *, resume: bool = False) -> DeepEN:
         cfg = self.config
         log.info("deepen data: %s", data.traj.summary())
         sweep, learners, history = self.sweep(data, run, resume=resume)
-        best = sweep.loc[sweep["valid_selected"].idxmax()]
+        best = sweep.loc[self.choose(sweep)]
         self.alpha = float(best["alpha"])
         self.model = learners[self.alpha]
         run.save_checkpoint("best", self.state_dict())
@@ -508,8 +522,6 @@ class DeepEN(Learner):
     def q_check(self, data: DeepENData, split: str = "test") -> dict[str, Any]:
         """Mean learned Q on the clinicians' logged actions against the return range of
         ``split`` (an over-estimating Q-network sits outside it)."""
-        from clinfuse.rl.ope import q_sanity, value_range
-
         model = self._require_model()
         traj = self._prepare(data)[split]
         q = model.q_values(traj.obs)[np.arange(len(traj)), traj.action]
