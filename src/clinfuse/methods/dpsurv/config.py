@@ -113,7 +113,8 @@ class DPsurvConfig:
     nominal: float = 0.9
     """Nominal coverage of the calibrated band (risk groups) and case intervals."""
     calibration_folds: int = 4
-    """Inner folds whose out-of-fold predictions calibrate the band [inferred]."""
+    """Inner folds whose out-of-fold predictions calibrate the band; each inner model takes as
+    many optimiser steps as the final model [inferred]."""
     coverage_horizon: float = 0.9
     """Coverage is checked up to this quantile of the training follow-up times; later the
     Kaplan-Meier rests on few cases and interval upper ends are open [inferred]."""
