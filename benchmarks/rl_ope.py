@@ -5,7 +5,9 @@ Part ``ope``. For every data seed, a data set is logged under the true behaviour
 :math:`\\pi_b`, the behaviour policy is fitted (``fit_behaviour(kind="tabular")``:
 Dirichlet-smoothed counts, held-out temperature never below 1), and each target policy is evaluated
 by ``clinfuse.rl.ope.evaluate_policy`` (WIS, CWPDIS, DR, WDR and FQE, the model cross-fitted over 5
-patient folds, 95% patient-bootstrap CIs). Baseline measured in the same run: DR/WDR with the
+patient folds, 95% percentile intervals from 200 patient-bootstrap resamples: with 50, the
+DR interval on the random MDPs was 1.78 standard deviations wide on each side instead of 1.96,
+and its coverage fell below 0.9). Baseline measured in the same run: DR/WDR with the
 same FQE fitted in sample (``cross_fit=1``), the recipe that the library's error hint gave before.
 
 MDPs (exact values by linear solve / backward induction; the nutrition simulator's by 20,000
@@ -111,7 +113,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seeds", type=int, default=50, help="data seeds per MDP")
     p.add_argument("--cql-seeds", type=int, default=10, help="seeds with a CQL target")
-    p.add_argument("--n-boot", type=int, default=50, help="bootstrap resamples per CI")
+    p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples per CI")
     p.add_argument("--mdps", nargs="+", default=["random", "sepsis", "nutrition"])
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
     p.add_argument("--cql-data-seeds", type=int, nargs="+", default=[0, 1, 2])
