@@ -25,6 +25,7 @@ from clinfuse.rl.ope import (
     bootstrap_ci,
     cwpdis,
     describe,
+    detect_horizon,
     dr,
     ess,
     evaluate_policy,
@@ -523,3 +524,75 @@ def test_tabular_behaviour_is_never_sharpened_and_keeps_the_ess() -> None:
     (pb,) = _at_logged(traj, pi_b)
     table = evaluate_policy(traj, pb, model.proba(traj.obs), mdp.gamma, n_boot=0)
     assert table["ess"].iloc[0] > 0.5 * traj.n_episodes
+
+
+def test_finite_horizon_fqe_is_backward_induction_on_the_empirical_mdp() -> None:
+    """Under a step cap the value depends on the steps left: the per-step tabular FQE equals
+    backward induction on the maximum-likelihood MDP of the same data (the rows cut by the cap
+    inform only the last step) and recovers the exact capped value; a single stationary table
+    (the cut rows taken as terminal) gives other action values."""
+    H, S, A = 6, 4, 2
+    mdp = random_mdp(S, A, 5, gamma=1.0, horizon=H, p_terminate=0.1)
+    pi_b = uniform_policy(S, A)
+    pi_e = mix_policies(greedy_policy(mdp.value_iteration()[0]), pi_b, 0.3)
+    traj = mdp.sample(pi_b, 4000, seed=1)
+    assert detect_horizon(traj) == H
+    s, s2, t = traj.meta["state"], traj.meta["next_state"], traj.step_index
+    wide = (-100.0, 100.0)
+    res = fqe(traj, pi_e[s], 1.0, "tabular", cross_fit=1, value_range=wide, horizon="auto")
+    assert res.horizon == H
+    last = np.zeros(len(traj), bool)
+    last[traj.ends - 1] = True
+    usable = ~last | traj.done
+
+    def empirical(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = np.zeros((S, A, S))
+        np.add.at(n, (s[rows], traj.action[rows], s2[rows]), 1.0)
+        r = np.zeros((S, A))
+        np.add.at(r, (s[rows], traj.action[rows]), traj.reward[rows].astype(float))
+        n_sa = n.sum(-1)
+        assert np.all(n_sa[~mdp.terminal] > 0)
+        return n / np.maximum(n_sa, 1)[..., None], r / np.maximum(n_sa, 1)
+
+    P_use, R_use = empirical(usable)
+    _, R_all = empirical(np.ones(len(traj), bool))
+    Q = [None] * H
+    Q[H - 1] = R_all
+    for k in range(H - 2, -1, -1):
+        V = (pi_e * Q[k + 1]).sum(1)
+        V[mdp.terminal] = 0.0
+        Q[k] = R_use + P_use @ V
+    q_rows = np.stack([Q[k][i] for k, i in zip(t, s, strict=True)])
+    np.testing.assert_allclose(res.q_hat, q_rows, atol=1e-9)
+    d0 = np.bincount(s[traj.starts], minlength=S) / traj.n_episodes
+    assert res.value == pytest.approx(float(d0 @ (pi_e * Q[0]).sum(1)), abs=1e-9)
+    truth = mdp.policy_value(pi_e)
+    assert res.value == pytest.approx(truth, abs=0.04)
+    stationary = fqe(traj, pi_e[s], 1.0, "tabular", cross_fit=1, value_range=wide, horizon=None)
+    assert stationary.horizon is None
+    # a single table cannot tell the last step (mean reward) from the first (H steps to go)
+    assert np.abs(stationary.q_hat - q_rows).max() > 0.3
+    # the full-data model reads the table of the step asked for
+    obs0 = traj.obs[traj.starts[:3]]
+    np.testing.assert_allclose(res.q_fn(obs0, 0), Q[0][s[traj.starts[:3]]], atol=1e-9)
+    np.testing.assert_allclose(res.q_fn(obs0, H - 1), R_all[s[traj.starts[:3]]], atol=1e-9)
+
+
+def test_detect_horizon_needs_every_cut_episode_at_the_longest_length() -> None:
+    mdp = random_mdp(4, 2, 0, gamma=0.9, p_terminate=0.3)
+    free = mdp.sample(uniform_policy(4, 2), 30, seed=0)
+    assert detect_horizon(free) is None or detect_horizon(free) == (free.ends - free.starts).max()
+    capped = random_mdp(4, 2, 0, gamma=0.9, horizon=3, p_terminate=0.05)
+    traj = capped.sample(uniform_policy(4, 2), 50, seed=0)
+    assert detect_horizon(traj) == 3
+    odd = traj.subset(np.ones(len(traj), bool))
+    timeout = odd.timeout.copy()
+    lengths = odd.ends - odd.starts
+    short = int(np.flatnonzero((lengths < 3) & odd.done[odd.ends - 1])[0])
+    timeout[odd.ends[short] - 1] = True
+    done = odd.done.copy()
+    done[odd.ends[short] - 1] = False
+    from dataclasses import replace
+
+    mixed = replace(odd, timeout=timeout, done=done)
+    assert detect_horizon(mixed) is None  # a cut at two different lengths: no single cap
