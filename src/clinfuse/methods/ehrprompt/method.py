@@ -64,18 +64,23 @@ def _cache_root(cfg: EHRPromptConfig) -> Path:
 
 
 def _split(table: EHRTable, cfg: EHRPromptConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(cfg.seed)
+    """(fit, valid, test) row positions: the table's fixed split, else ``test_fraction`` held
+    out; the validation rows come from the training part. Both cuts are stratified on the first
+    classification target and keep a subject's rows on one side (``meta["rows"]["group"]``)."""
+    from clinfuse.methods.ehrprompt.tables import stratified_split
+
+    first = next(iter(table.tasks), None)
+    y = table.target_codes(first) if first and table.tasks[first] == "classification" else None
+    rows_meta = table.meta.get("rows") if isinstance(table.meta.get("rows"), dict) else {}
+    groups = rows_meta.get("group")
     if table.split is not None:
         train, test = (np.asarray(p, dtype=np.int64) for p in table.split)
     else:
-        perm = rng.permutation(table.n_rows)
-        n_test = int(round(cfg.test_fraction * table.n_rows))
-        test, train = np.sort(perm[:n_test]), np.sort(perm[n_test:])
+        train, test = stratified_split(y, groups, cfg.test_fraction, cfg.seed,
+                                       rows=np.arange(table.n_rows))  # fmt: skip
     if cfg.max_rows is not None:
         train, test = train[: cfg.max_rows], test[: max(20, cfg.max_rows // 4)]
-    perm = rng.permutation(len(train))
-    n_valid = max(1, int(round(cfg.valid_fraction * len(train))))
-    valid, fit = np.sort(train[perm[:n_valid]]), np.sort(train[perm[n_valid:]])
+    fit, valid = stratified_split(y, groups, cfg.valid_fraction, cfg.seed + 1, rows=train)
     return fit, valid, test
 
 
@@ -114,8 +119,25 @@ class EHRPrompt(Learner):
             "synthetic": lambda: _synthetic("ehr", cfg.seed),
             "surgical": lambda: _synthetic("surgical", cfg.seed),
         }
+        templates = None
         if source in loaders:
             table = loaders[source]()
+        elif Path(source).suffix.lower() in (".csv", ".tsv", ".parquet", ".arff"):
+            from clinfuse.methods.ehrprompt.tables import load_user_table
+
+            table, templates, _ = load_user_table(
+                source,
+                target=cfg.target,
+                task=cfg.task,
+                id_col=cfg.id,
+                time_col=cfg.time,
+                baseline=cfg.baseline,
+                dictionary=cfg.dictionary,
+                drop=cfg.drop,
+                allow_leaky=cfg.allow_leaky,
+                encoding=cfg.encoding,
+                on_bad_value=cfg.on_bad_value,
+            )
         elif source.startswith(("mimic-iv:", "mimic-iii:")):
             from clinfuse.methods.ehrprompt.mimic import build_mimic_cohort
 
@@ -124,9 +146,10 @@ class EHRPrompt(Learner):
         else:
             raise DataError(
                 f"unknown ehrprompt data {source!r}",
-                expected="support2, synthetic, surgical, mimic-iv:<root> or mimic-iii:<root>",
+                expected="support2, synthetic, surgical, mimic-iv:<root>, mimic-iii:<root>, or "
+                "a table file (.csv, .parquet, .arff)",
                 found=source,
-                fix="--set data=support2",
+                fix="--data TABLE.csv --set target=COLUMN, or --set data=support2",
             )
         if cfg.targets:
             unknown = [t for t in cfg.targets if t not in table.tasks]
@@ -141,7 +164,7 @@ class EHRPrompt(Learner):
             templates = prompts.TemplateSet.from_yaml(cfg.templates)
         elif source == "support2":
             templates = prompts.support2_templates()
-        else:
+        elif templates is None:
             templates = prompts.auto_templates(table.frame, list(table.specs))
         templates = templates.select(list(table.frame.columns))
         fit, valid, test = _split(table, cfg)
@@ -288,6 +311,7 @@ class EHRPrompt(Learner):
             extra_state=lambda: {"columns": list(self.columns)},
         )
         t_train = time.perf_counter() - t1
+        self._write_inputs(data, run)
         model.load_state_dict(run.load_checkpoint("best")["model"])
         model.eval()
         run.save_checkpoint("best", {**run.load_checkpoint("best"), **self._extra_state()})
@@ -315,6 +339,19 @@ class EHRPrompt(Learner):
         self.plot(run)
         log.info("ehrprompt run written to %s", run.path)
         return self
+
+    def _write_inputs(self, data: EHRData, run: RunDir) -> None:
+        """``templates.yaml`` (the templates in use), ``table_report.json`` (a table file's read
+        decisions) and ``example_sentences.txt`` (the first training row, rendered)."""
+        from clinfuse.core.runs import atomic_write_json
+
+        data.templates.to_yaml(run.path / "templates.yaml")
+        report = data.table.meta.get("table_report")
+        if report is not None:
+            atomic_write_json(run.path / "table_report.json", report)
+        first = data.table.frame.iloc[data.train[:1]]
+        lines = [str(s) for s in self.sentences(data, first)[0]]
+        atomic_write_text(run.path / "example_sentences.txt", "\n".join(lines) + "\n")
 
     def _extra_state(self) -> dict[str, Any]:
         return {

@@ -86,6 +86,9 @@ DEFAULT_MISSING = "{description} is not recorded."
 """Missing-value sentence of a template that sets none."""
 DEFAULT_DECILE_TEMPLATE = "The {description} is in the {value}."
 """Sentence of a numeric cell in ``numeric="decile"`` mode when the template sets none."""
+MAX_LEVELS_AS_VALUES = 10
+"""A numeric column with at most this many distinct training values keeps its values in
+``numeric="decile"`` mode."""
 NOT_RECORDED = "not recorded"
 """Missing value in the ``name_value`` and ``value`` modes."""
 NO_NOTE = "No clinical note."
@@ -649,11 +652,15 @@ def fit_deciles(
 ) -> dict[str, np.ndarray]:
     """The 9 decile cut points of every numeric templated column, from the **training** rows.
 
+    A column with at most :data:`MAX_LEVELS_AS_VALUES` distinct training values (a stage, a
+    score, a count) gets no cut points (an empty array): its cells keep their values, since a
+    decile of a 4-level scale says less than the level itself.
+
     Fit on the training split only and pass the result to :func:`render` for every split, so
     validation and test rows never shape the cut points.
 
     Shape:
-        Output: column -> ``(9,)`` float64, non-decreasing.
+        Output: column -> ``(9,)`` float64, non-decreasing, or ``(0,)`` (values kept).
     """
     ts = templates if isinstance(templates, TemplateSet) else TemplateSet(templates)
     ts = ts.select(list(frame.columns), on_missing_column="skip")
@@ -677,7 +684,9 @@ def fit_deciles(
                 found="all missing",
                 fix="drop the column's template or render it with numeric='value'",
             )
-        out[name] = np.quantile(np.asarray(values, dtype=np.float64), np.arange(1, 10) / 10)
+        arr = np.asarray(values, dtype=np.float64)
+        few = np.unique(arr).size <= MAX_LEVELS_AS_VALUES
+        out[name] = np.empty(0) if few else np.quantile(arr, np.arange(1, 10) / 10)
     return out
 
 
@@ -719,7 +728,9 @@ def _check_deciles(ts: TemplateSet, deciles: Mapping[str, np.ndarray] | None) ->
             fix="fit the cut points on the training split and pass them for every split",
         )
     for n in numeric:
-        cuts = np.asarray(deciles.get(n, ()), dtype=np.float64)
+        cuts = np.asarray(deciles.get(n, (np.nan,)), dtype=np.float64)
+        if cuts.shape == (0,):
+            continue
         if cuts.shape != (9,) or not np.all(np.isfinite(cuts)) or np.any(np.diff(cuts) < 0):
             raise ConfigError(
                 f"column {n!r}: no valid decile cut points",
@@ -868,6 +879,7 @@ def render(
     for j, (name, t) in enumerate(ts.items()):
         missing = missing_of(t, name)
         cuts = np.asarray(deciles[name]) if numeric == "decile" and t.kind == "numeric" else None
+        cuts = None if cuts is not None and cuts.size == 0 else cuts
         cache: dict[tuple[type, object], str] = {}
         bad: list[object] = []
         scrubbed = 0
