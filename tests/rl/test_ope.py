@@ -596,3 +596,24 @@ def test_detect_horizon_needs_every_cut_episode_at_the_longest_length() -> None:
 
     mixed = replace(odd, timeout=timeout, done=done)
     assert detect_horizon(mixed) is None  # a cut at two different lengths: no single cap
+
+
+def test_evaluate_policy_table_equals_the_estimators_on_the_full_arrays() -> None:
+    """The table reads only the logged actions' columns; values and bootstrap intervals equal
+    those of the estimators called on the full (N, A) arrays."""
+    mdp = random_mdp(6, 3, 2, gamma=0.9, p_terminate=0.15)
+    pi_b = softmax_policy(np.random.default_rng(0).normal(size=(6, 3)))
+    traj = mdp.sample(pi_b, 120, seed=4)
+    s = traj.meta["state"]
+    pe, pb = mix_policies(pi_b, uniform_policy(6, 3), 0.5)[s], pi_b[s]
+    q = np.random.default_rng(1).normal(size=(len(traj), 3))
+    table = evaluate_policy(traj, pe, pb, 0.9, q_hat=q, n_boot=30, seed=7).set_index("estimator")
+    for name, fn in (("wis", wis), ("cwpdis", cwpdis), ("is", is_), ("pdis", pdis)):
+        assert table.loc[name, "value_raw"] == pytest.approx(fn(traj, pe, pb, 0.9).value, abs=1e-12)
+    for name, fn in (("dr", dr), ("wdr", wdr)):
+        full = fn(traj, pe, pb, 0.9, q_hat=q).value
+        assert table.loc[name, "value_raw"] == pytest.approx(full, abs=1e-12)
+        lo, hi = bootstrap_ci(
+            traj, lambda t, rows, fn=fn: fn(t, pe[rows], pb[rows], 0.9, q_hat=q[rows]), 30, seed=7
+        )  # fmt: skip
+        assert (table.loc[name, "ci_low"], table.loc[name, "ci_high"]) == pytest.approx((lo, hi))

@@ -1556,11 +1556,14 @@ def evaluate_policy(
             f"unknown OPE estimator(s) {unknown}",
             expected=f"some of {sorted(ESTIMATORS) + ['fqe']}",
         )
-    runs = {e: _estimator_run(e, pi_e, pi_b, gamma, q_hat, v_hat, model, traj) for e in estimators}
-    cis = _bootstrap_many(traj, runs, n_boot, alpha, seed)
+    # only the logged actions' columns enter the estimators: the point estimate and every
+    # bootstrap resample read (N, 1) arrays on a one-action copy of the data (same values)
+    narrow, pe1, pb1, q1, v1 = _logged_columns(traj, pi_e, pi_b, q_hat, v_hat)
+    runs = {e: _estimator_run(e, pe1, pb1, gamma, q1, v1, model, narrow) for e in estimators}
+    cis = _bootstrap_many(narrow, runs, n_boot, alpha, seed)
     rows_out = []
     for name, run in runs.items():
-        res = run(traj, np.arange(len(traj)))
+        res = run(narrow, np.arange(len(traj)))
         low, high = cis[name]
         flags = _flags(
             name, res.value, low, high, res.ess, lo, hi, ess_floor, support, max_low_support
@@ -1593,11 +1596,42 @@ def evaluate_policy(
     return table
 
 
+def _logged_columns(
+    traj: Trajectories, pi_e: np.ndarray, pi_b: np.ndarray, q_hat: np.ndarray | None,
+    v_hat: np.ndarray | None,
+) -> tuple[Trajectories, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:  # fmt: skip
+    r"""The data with one action (every logged action renamed 0) and the ``(N, 1)`` columns of
+    the logged actions: :math:`\pi_e(a_t|s_t)`, :math:`\pi_b(a_t|s_t)`,
+    :math:`\hat Q(s_t, a_t)`, with :math:`\hat V(s_t)` ``(N,)`` computed on the full rows. Every
+    estimator gives the same value on them as on the full arrays."""
+    _ratios(traj, pi_e, pi_b)  # its errors name the row and the logged action
+    pi_e = _check_probs("pi_e", pi_e, traj)
+    pi_b = _check_probs("pi_b", pi_b, traj)
+    rows, a = np.arange(len(traj)), traj.action
+    narrow = replace(
+        traj, action=np.zeros(len(traj), dtype=np.int64), n_actions=1, mask=None,
+        obs=np.zeros((len(traj), 1), dtype=np.float32), feature_names=None, meta={},
+    )  # fmt: skip
+    q1 = v1 = None
+    if q_hat is not None:
+        q_hat = np.asarray(q_hat, dtype=np.float64)
+        if q_hat.shape != (len(traj), traj.n_actions):
+            raise DataError(
+                "q_hat must hold the model's action values at every logged step",
+                expected=(len(traj), traj.n_actions),
+                found=q_hat.shape,
+            )
+        q1 = q_hat[rows, a][:, None]
+        v1 = (pi_e * q_hat).sum(1) if v_hat is None else np.asarray(v_hat, dtype=np.float64)
+    return narrow, pi_e[rows, a][:, None], pi_b[rows, a][:, None], q1, v1
+
+
 def _estimator_run(
     name: str, pi_e: np.ndarray, pi_b: np.ndarray, gamma: float, q_hat: np.ndarray | None,
     v_hat: np.ndarray | None, model: FQEResult | None, traj: Trajectories,
 ) -> Callable[[Trajectories, np.ndarray], OPEResult]:  # fmt: skip
-    """``(traj, rows) -> OPEResult`` of one estimator, for the point estimate and the bootstrap."""
+    """``(traj, rows) -> OPEResult`` of one estimator, for the point estimate and the bootstrap
+    (on the one-action data of :func:`_logged_columns`: ``v_hat`` is then given)."""
     if name == "fqe":
         if q_hat is None:
             raise ConfigError(
@@ -1606,7 +1640,7 @@ def _estimator_run(
             )  # fmt: skip
         s0 = np.zeros(len(traj), dtype=bool)
         s0[traj.starts] = True
-        v0 = (pi_e * q_hat).sum(1)
+        v0 = (pi_e * q_hat).sum(1) if v_hat is None else v_hat
 
         def run_fqe(t: Trajectories, rows: np.ndarray) -> OPEResult:
             first = s0[rows]
