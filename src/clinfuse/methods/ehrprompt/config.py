@@ -84,6 +84,17 @@ class EHRPromptConfig:
     """Attention heads [inferred]."""
     dropout: float = 0.1
     """Dropout in the transformer and heads [inferred]."""
+    value_encoding: Literal["none", "ple"] = "none"
+    """Numbers also enter as numbers: `ple` adds each numeric cell's piecewise-linear encoding
+    over training-quantile bins to its token (Gorishniy et al., arXiv 2203.05556) [inferred]."""
+    value_bins: int = 8
+    """Quantile bins of the value encoding."""
+    linear_path: Literal["none", "offset", "joint"] = "none"
+    """`offset`: a cross-validated logistic/ridge model on the raw table gives a fixed offset of
+    the outputs (cross-fitted on the training rows) and the transformer learns the residual;
+    `joint`: the standardised raw features feed a linear term trained with it [inferred]."""
+    column_dropout: float = 0.0
+    """Share of a training row's cells hidden at each step (column-level dropout) [inferred]."""
     regression_loss: Literal["mse", "l1", "huber"] = "huber"
     """Loss of the regression heads on the standardised target [inferred: the paper reports
     RMSE and MAE]."""
@@ -107,6 +118,9 @@ class EHRPromptConfig:
     # -- comparison and robustness -------------------------------------------------------------
     baselines: tuple[Literal["linear", "gbm"], ...] = ("linear", "gbm")
     """Logistic/ridge regression and gradient boosting on the raw table (scikit-learn)."""
+    tune_baselines: bool = True
+    """Choose the baselines' settings (logistic C / ridge alpha; boosting learning rate, leaves,
+    leaf size) on the validation rows, then refit on training + validation."""
     corruption_rates: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5)
     """Shares of structured test cells corrupted for the robustness curves."""
     corruption_modes: tuple[Literal["mask", "marginal"], ...] = ("mask", "marginal")
@@ -128,5 +142,7 @@ class EHRPromptConfig:
             "lr": (self.lr > 0, "> 0"),
             "n_boot": (self.n_boot >= 10, ">= 10"),
             "max_rows": (self.max_rows is None or self.max_rows >= 20, ">= 20 or none"),
+            "column_dropout": (0.0 <= self.column_dropout < 1.0, "in [0, 1)"),
+            "value_bins": (self.value_bins >= 2, ">= 2"),
         }
         check_fields(self, checks)

@@ -106,6 +106,10 @@ class EHRPrompt(Learner):
         self._baseline_models: dict[tuple[str, str], Any] = {}
         self._matrix: Any = None
         self.thresholds: dict[str, float] = {}
+        self.value_edges: dict[str, np.ndarray] = {}
+        self.paths: dict[str, Any] = {}
+        self.n_tabular = 0
+        self.baseline_params: dict[str, dict[str, Any]] = {}
 
     # -- data -----------------------------------------------------------------------------
     def load_data(self, path: str | None = None) -> EHRData:
@@ -220,7 +224,6 @@ class EHRPrompt(Learner):
     def fit(self, data: EHRData, run: RunDir, *, resume: bool = False) -> EHRPrompt:
         from clinfuse.methods.ehrprompt.model import (
             PromptTransformer,
-            PromptTransformerConfig,
             multitask_loss,
         )
 
@@ -244,21 +247,24 @@ class EHRPrompt(Learner):
         n_classes = {
             t: len(table.classes[t]) for t, k in self.tasks.items() if k == "classification"
         }
+        side = self._fit_paths(data)
         self.model = PromptTransformer(
-            emb.shape[1],
-            len(self.columns),
-            self.tasks,
-            n_classes,
-            PromptTransformerConfig(
-                d_model=cfg.d_model,
-                layers=cfg.layers,
-                heads=cfg.heads,
-                ff=2 * cfg.d_model,
-                dropout=cfg.dropout,
-            ),
+            emb.shape[1], len(self.columns), self.tasks, n_classes, self._arch()
         )
         model = self.model
         targets = self._targets(data, np.arange(table.n_rows))
+        keep = 1.0 - cfg.column_dropout
+
+        def inputs(rows: torch.Tensor, train: bool) -> dict[str, Any]:
+            kw: dict[str, Any] = {k: v[rows] for k, v in side.items() if k != "offset"}
+            if "offset" in side:
+                kw["offset"] = {t: o[rows] for t, o in side["offset"].items()}
+            if train and cfg.column_dropout > 0:
+                mask = torch.rand(len(rows), len(self.columns), generator=gen) < keep
+                mask[mask.sum(1) == 0, 0] = True  # never hide every cell of a row
+                kw["cell_mask"] = mask
+            return kw
+
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         gen = torch.Generator().manual_seed(cfg.seed)
         fit_rows = torch.as_tensor(data.train)
@@ -271,7 +277,7 @@ class EHRPrompt(Learner):
 
         def step(m: torch.nn.Module, batch: Any, epoch: int) -> tuple[torch.Tensor, dict]:
             (rows,) = batch
-            out = m(emb[index[rows]])
+            out = m(emb[index[rows]], **inputs(rows, True))
             loss = multitask_loss(
                 out,
                 {k: v[rows] for k, v in targets.items()},
@@ -284,7 +290,7 @@ class EHRPrompt(Learner):
 
         def evaluate(m: torch.nn.Module) -> dict[str, float]:
             with torch.no_grad():
-                out = m(emb[index[valid_rows]])
+                out = m(emb[index[valid_rows]], **inputs(valid_rows, False))
                 loss = multitask_loss(
                     out,
                     {k: v[valid_rows] for k, v in targets.items()},
@@ -312,6 +318,7 @@ class EHRPrompt(Learner):
         )
         t_train = time.perf_counter() - t1
         self._write_inputs(data, run)
+        self._refit_paths(data)  # the linear path's final model sees the validation rows too
         model.load_state_dict(run.load_checkpoint("best")["model"])
         model.eval()
         run.save_checkpoint("best", {**run.load_checkpoint("best"), **self._extra_state()})
@@ -333,12 +340,100 @@ class EHRPrompt(Learner):
             "encoder": getattr(self.encoder(), "model_id", cfg.encoder),
         }
         self._fit_baselines(data)
+        metrics["baseline_params"] = self.baseline_params
         metrics.update(self._report(data, run))
         run.write_metrics(metrics)
         run.write_predictions(self.predict(data, "test"))
         self.plot(run)
         log.info("ehrprompt run written to %s", run.path)
         return self
+
+    # -- numeric and linear paths ------------------------------------------------------------
+    def _arch(self) -> Any:
+        from clinfuse.methods.ehrprompt.model import PromptTransformerConfig
+
+        cfg = self.config
+        return PromptTransformerConfig(
+            d_model=cfg.d_model,
+            layers=cfg.layers,
+            heads=cfg.heads,
+            ff=2 * cfg.d_model,
+            dropout=cfg.dropout,
+            value_bins=cfg.value_bins if cfg.value_encoding == "ple" else 0,
+            tabular_features=self.n_tabular if cfg.linear_path == "joint" else 0,
+        )
+
+    def _numeric_columns(self, data: EHRData) -> list[str]:
+        return [c for c in self.columns if data.templates[c].kind == "numeric"]
+
+    def _path_target(self, data: EHRData, task: str, t: str, rows: np.ndarray) -> np.ndarray:
+        if task == "classification":
+            return data.table.target_codes(t)[rows]
+        mean, sd = self.target_scale[t]
+        return (np.asarray(data.table.targets[t], dtype=float)[rows] - mean) / sd
+
+    def _fit_paths(self, data: EHRData) -> dict[str, Any]:
+        """Per-row side inputs of the fusion model for every row of the table: value encodings,
+        the standardised raw matrix (joint) and the linear model's offsets (offset; cross-fitted
+        on the training rows, from the training-row model elsewhere)."""
+        from clinfuse.methods.ehrprompt.numeric import LinearPath, fit_value_edges, value_tensor
+
+        cfg, frame = self.config, data.table.frame
+        side: dict[str, Any] = {}
+        if cfg.value_encoding == "ple":
+            self.value_edges = fit_value_edges(
+                frame.iloc[data.train], self.columns, self._numeric_columns(data), cfg.value_bins
+            )
+            side["values"] = value_tensor(frame, self.columns, self.value_edges, cfg.value_bins)
+        if cfg.linear_path == "none":
+            return side
+        specs = [s for s in data.table.specs if s.name in self.columns]
+        self.paths = {t: LinearPath(specs, k, seed=cfg.seed) for t, k in self.tasks.items()}
+        fit_frame = frame.iloc[data.train]
+        offsets = {}
+        for t, k in self.tasks.items():
+            path = self.paths[t]
+            oof = path.fit(fit_frame, self._path_target(data, k, t, data.train))
+            full = path.outputs(frame)
+            full[data.train] = oof
+            offsets[t] = torch.as_tensor(full, dtype=torch.float32)
+        if cfg.linear_path == "offset":
+            side["offset"] = offsets
+        else:
+            matrix = next(iter(self.paths.values())).matrix(frame)
+            self.n_tabular = matrix.shape[1]
+            side["tabular"] = torch.as_tensor(matrix, dtype=torch.float32)
+        return side
+
+    def _refit_paths(self, data: EHRData) -> None:
+        if self.config.linear_path == "none":
+            return
+        rows = np.concatenate([data.train, data.valid])
+        for t, k in self.tasks.items():
+            self.paths[t].refit(data.table.frame.iloc[rows], self._path_target(data, k, t, rows))
+
+    def _side(self, data: EHRData, frame: pd.DataFrame) -> dict[str, Any]:
+        """Side inputs of the rows of ``frame`` at prediction time."""
+        from clinfuse.methods.ehrprompt.numeric import value_tensor
+
+        cfg = self.config
+        side: dict[str, Any] = {}
+        if cfg.value_encoding == "ple":
+            side["values"] = value_tensor(frame, self.columns, self.value_edges, cfg.value_bins)
+        if cfg.linear_path == "none":
+            return side
+        if not self.paths:  # a reloaded run: refit the linear path on the same training rows
+            self._fit_paths(data)
+            self._refit_paths(data)
+        if cfg.linear_path == "offset":
+            side["offset"] = {
+                t: torch.as_tensor(p.outputs(frame), dtype=torch.float32)
+                for t, p in self.paths.items()
+            }
+        else:
+            matrix = next(iter(self.paths.values())).matrix(frame)
+            side["tabular"] = torch.as_tensor(matrix, dtype=torch.float32)
+        return side
 
     def _write_inputs(self, data: EHRData, run: RunDir) -> None:
         """``templates.yaml`` (the templates in use), ``table_report.json`` (a table file's read
@@ -364,6 +459,8 @@ class EHRPrompt(Learner):
             "deciles": None
             if self.deciles is None
             else {k: torch.as_tensor(v) for k, v in self.deciles.items()},
+            "value_edges": {k: torch.as_tensor(v) for k, v in self.value_edges.items()},
+            "n_tabular": int(self.n_tabular),
         }
 
     # -- prediction -----------------------------------------------------------------------
@@ -371,10 +468,15 @@ class EHRPrompt(Learner):
         """Per task: positive-class probability (binary), class probabilities, or the value."""
         model = self._require_model()
         emb, index = self.embed(self.sentences(data, frame))
+        side = self._side(data, frame)
         out: dict[str, list[np.ndarray]] = {t: [] for t in self.tasks}
         with torch.no_grad():
             for start in range(0, len(index), 1024):
-                res = model(emb[index[start : start + 1024]])
+                part = slice(start, start + 1024)
+                kw: dict[str, Any] = {k: v[part] for k, v in side.items() if k != "offset"}
+                if "offset" in side:
+                    kw["offset"] = {t: o[part] for t, o in side["offset"].items()}
+                res = model(emb[index[part]], **kw)
                 for t, kind in self.tasks.items():
                     if kind == "classification":
                         p = torch.softmax(res[t], dim=1).numpy()
@@ -432,13 +534,18 @@ class EHRPrompt(Learner):
         return [c for c in self.columns if c not in data.table.note_columns]
 
     def _fit_baselines(self, data: EHRData) -> None:
-        from clinfuse.methods.ehrprompt.baselines import fit_baseline, tabular_matrix
+        """Baselines on the raw table, fitted on the training and validation rows; with
+        ``tune_baselines``, their settings are chosen on the validation rows first
+        (:func:`~.baselines.tune_baseline`)."""
+        from clinfuse.methods.ehrprompt.baselines import fit_baseline, tabular_matrix, tune_baseline
 
         frame = data.table.frame
         train = np.concatenate([data.train, data.valid])
         x_train, self._matrix = tabular_matrix(
             frame.iloc[train], list(data.table.specs), fit_on=frame.iloc[train]
         )
+        n_fit = len(data.train)
+        self.baseline_params = {}
         for kind in self.config.baselines:
             for t, task in self.tasks.items():
                 y = (
@@ -446,9 +553,15 @@ class EHRPrompt(Learner):
                     if task == "classification"
                     else np.asarray(data.table.targets[t], dtype=float)
                 )[train]
-                self._baseline_models[(kind, t)] = fit_baseline(
-                    kind, task, x_train, y, seed=self.config.seed
-                )
+                if self.config.tune_baselines:
+                    model, params, _ = tune_baseline(
+                        kind, task, x_train[:n_fit], y[:n_fit], x_train[n_fit:], y[n_fit:],
+                        seed=self.config.seed,
+                    )  # fmt: skip
+                    self.baseline_params[f"{kind}_{t}"] = params
+                else:
+                    model = fit_baseline(kind, task, x_train, y, seed=self.config.seed)
+                self._baseline_models[(kind, t)] = model
 
     def _baseline_outputs(self, data: EHRData, frame: pd.DataFrame, kind: str) -> dict:
         from clinfuse.methods.ehrprompt.baselines import predict
@@ -529,9 +642,8 @@ class EHRPrompt(Learner):
         return {"model": self._require_model().state_dict(), **self._extra_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        from clinfuse.methods.ehrprompt.model import PromptTransformer, PromptTransformerConfig
+        from clinfuse.methods.ehrprompt.model import PromptTransformer
 
-        cfg = self.config
         self.columns = list(state["columns"])
         self.tasks = dict(state["tasks"])
         self.target_scale = {
@@ -540,19 +652,12 @@ class EHRPrompt(Learner):
         self.thresholds = {k: float(v) for k, v in state.get("thresholds", {}).items()}
         if state.get("deciles"):
             self.deciles = {k: v.numpy() for k, v in state["deciles"].items()}
+        self.value_edges = {k: v.numpy() for k, v in state.get("value_edges", {}).items()}
+        self.n_tabular = int(state.get("n_tabular", 0))
         self.model = PromptTransformer(
-            int(state["d_enc"]),
-            len(self.columns),
-            self.tasks,
-            dict(state["n_classes"]),
-            PromptTransformerConfig(
-                d_model=cfg.d_model,
-                layers=cfg.layers,
-                heads=cfg.heads,
-                ff=2 * cfg.d_model,
-                dropout=cfg.dropout,
-            ),
-        )
+            int(state["d_enc"]), len(self.columns), self.tasks, dict(state["n_classes"]),
+            self._arch(),
+        )  # fmt: skip
         self.model.load_state_dict(state["model"])
         self.model.eval()
 

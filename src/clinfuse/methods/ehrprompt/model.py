@@ -37,6 +37,7 @@ from clinfuse.core.errors import ConfigError, DataError
 
 __all__ = [
     "POOLINGS",
+    "piecewise_linear_encoding",
     "REGRESSION_LOSSES",
     "PromptTransformer",
     "PromptTransformerConfig",
@@ -71,6 +72,12 @@ class PromptTransformerConfig:
     """Add a learned column-id embedding per cell (False: the ablation, permutation-invariant)."""
     head_hidden: int = 64
     """Hidden width of each task's MLP head; 0 gives a linear head."""
+    value_bins: int = 0
+    """Width of the numeric value encoding added to a numeric cell's token (piecewise-linear
+    encoding, :func:`piecewise_linear_encoding`); 0 turns the value path off."""
+    tabular_features: int = 0
+    """Width of a standardised raw-feature vector read by a linear term added to every output
+    (the linear path); 0 turns it off."""
 
 
 def _pool_cls(tokens: Tensor, present: Tensor) -> Tensor:
@@ -143,6 +150,12 @@ class PromptTransformer(nn.Module):
             nn.Embedding(n_columns, cfg.d_model) if cfg.column_embeddings else None
         )
         self.cls = nn.Parameter(torch.randn(1, 1, cfg.d_model) * 0.02)
+        # one value map per column: W_j e(x_ij), e the piecewise-linear encoding of the number
+        self.value_weight = (
+            nn.Parameter(torch.randn(n_columns, cfg.value_bins, cfg.d_model) / cfg.value_bins**0.5)
+            if cfg.value_bins
+            else None
+        )
         layer = nn.TransformerEncoderLayer(
             cfg.d_model,
             cfg.heads,
@@ -166,6 +179,17 @@ class PromptTransformer(nn.Module):
                 for name in self.tasks
             }
         )
+        self.linear = (
+            nn.ModuleDict(
+                {n: nn.Linear(cfg.tabular_features, self.n_classes.get(n, 1)) for n in self.tasks}
+            )
+            if cfg.tabular_features
+            else None
+        )
+        if self.linear is not None:
+            for lin in self.linear.values():
+                nn.init.zeros_(lin.weight)
+                nn.init.zeros_(lin.bias)
 
     # ------------------------------------------------------------------ inputs
     def _check(self, x: Tensor, cell_mask: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -219,11 +243,16 @@ class PromptTransformer(nn.Module):
             present = cell_mask.to(x.device)
         return x.to(self.cls.dtype), present
 
-    def _embed(self, x: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
+    def _embed(
+        self, x: Tensor, present: Tensor, values: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Token sequence ``(B, 1 + m, d_model)`` and key padding mask ``(B, 1 + m)``."""
         b, m, _ = x.shape
         x = x.masked_fill(~present.unsqueeze(-1), 0.0)  # NaN/inf in dropped cells cannot leak
         h = self.project(x)
+        if self.value_weight is not None and values is not None:
+            v = values.to(h.dtype).masked_fill(~present.unsqueeze(-1), 0.0)
+            h = h + torch.einsum("bmt,mtd->bmd", v, self.value_weight)
         if self.column_embedding is not None:
             h = h + self.column_embedding.weight[:m].unsqueeze(0)
         tokens = torch.cat([self.cls.expand(b, -1, -1), h], dim=1)
@@ -231,24 +260,51 @@ class PromptTransformer(nn.Module):
         return tokens, padding
 
     # ----------------------------------------------------------------- forward
-    def encode(self, x: Tensor, cell_mask: Tensor | None = None) -> Tensor:
+    def encode(
+        self, x: Tensor, cell_mask: Tensor | None = None, values: Tensor | None = None
+    ) -> Tensor:
         """Pooled row representation.
 
         Shape:
-            x: ``(B, m, d_enc)``; cell_mask: ``(B, m)`` bool. Output: ``(B, d_model)``.
+            x: ``(B, m, d_enc)``; cell_mask: ``(B, m)`` bool; values: ``(B, m, value_bins)``.
+            Output: ``(B, d_model)``.
         """
         x, present = self._check(x, cell_mask)
-        tokens, padding = self._embed(x, present)
+        tokens, padding = self._embed(x, present, values)
         out = self.encoder(tokens, src_key_padding_mask=padding)
         return POOLINGS[self.config.pooling](out, present)
 
-    def forward(self, x: Tensor, cell_mask: Tensor | None = None) -> dict[str, Tensor]:
-        """One output per task: ``(B, C)`` logits or a ``(B,)`` standardised regression value."""
-        pooled = self.encode(x, cell_mask)
-        return {
-            name: head(pooled) if self.tasks[name] == "classification" else head(pooled)[:, 0]
-            for name, head in self.heads.items()
-        }
+    def forward(
+        self,
+        x: Tensor,
+        cell_mask: Tensor | None = None,
+        values: Tensor | None = None,
+        tabular: Tensor | None = None,
+        offset: Mapping[str, Tensor] | None = None,
+    ) -> dict[str, Tensor]:
+        r"""One output per task: ``(B, C)`` logits or a ``(B,)`` standardised regression value.
+
+        .. math::
+            o_t = g_t(\mathrm{pool}(H^{(L)})) + V_t\,u + b_t + \omega_t,
+
+        with :math:`u` the standardised raw features (``tabular``, when the linear path is on)
+        and :math:`\omega_t` a fixed per-row offset (``offset[t]``, e.g. a cross-fitted
+        logistic model's log-probabilities), so the transformer learns a residual.
+
+        Shape:
+            tabular: ``(B, tabular_features)``; offset[t]: ``(B, C)`` or ``(B,)``.
+        """
+        pooled = self.encode(x, cell_mask, values)
+        out = {}
+        for name, head in self.heads.items():
+            o = head(pooled)
+            if self.linear is not None and tabular is not None:
+                o = o + self.linear[name](tabular.to(o.dtype))
+            o = o if self.tasks[name] == "classification" else o[:, 0]
+            if offset is not None and name in offset:
+                o = o + offset[name].to(o.dtype)
+            out[name] = o
+        return out
 
     def attention_weights(self, x: Tensor, cell_mask: Tensor | None = None) -> Tensor:
         r"""Last layer's [CLS] -> cell attention, averaged over heads, for explanations.
@@ -272,6 +328,29 @@ class PromptTransformer(nn.Module):
             q, q, q, key_padding_mask=padding, need_weights=True, average_attn_weights=True
         )
         return weights[:, 0, 1:]
+
+
+def piecewise_linear_encoding(x: Tensor, edges: Tensor) -> Tensor:
+    r"""Piecewise-linear encoding of numbers (Gorishniy, Rubachev, Babenko, *On embeddings for
+    numerical features in tabular deep learning*, NeurIPS 2022, arXiv 2203.05556).
+
+    With bin edges :math:`b_0 < \dots < b_T` (training quantiles), component :math:`t` is
+    :math:`\min(1, \max(0, (x - b_{t-1}) / (b_t - b_{t-1})))`: 1 for bins below ``x``, the
+    position inside ``x``'s own bin, 0 above. NaN (missing) encodes as zeros.
+
+    Shape:
+        x: ``(...,)``; edges: ``(T + 1,)`` increasing. Output: ``(..., T)``.
+
+    Example:
+        >>> piecewise_linear_encoding(torch.tensor([0.5, 2.0, float("nan")]),
+        ...                           torch.tensor([0.0, 1.0, 3.0]))
+        tensor([[0.5000, 0.0000],
+                [1.0000, 0.5000],
+                [0.0000, 0.0000]])
+    """
+    lo, width = edges[:-1], (edges[1:] - edges[:-1]).clamp_min(1e-12)
+    out = ((x.unsqueeze(-1) - lo) / width).clamp(0.0, 1.0)
+    return torch.nan_to_num(out, nan=0.0)
 
 
 def _check_config(
