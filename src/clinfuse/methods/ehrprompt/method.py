@@ -318,9 +318,11 @@ class EHRPrompt(Learner):
         )
         t_train = time.perf_counter() - t1
         self._write_inputs(data, run)
-        self._refit_paths(data)  # the linear path's final model sees the validation rows too
         model.load_state_dict(run.load_checkpoint("best")["model"])
         model.eval()
+        # validation scores (for choosing settings) before the linear path sees those rows
+        valid = {f"valid_{k}": v for k, v in self.evaluate(data, "valid").items()}
+        self._refit_paths(data)  # the linear path's final model sees the validation rows too
         run.save_checkpoint("best", {**run.load_checkpoint("best"), **self._extra_state()})
         metrics: dict[str, Any] = {
             "data": data.name,
@@ -339,6 +341,7 @@ class EHRPrompt(Learner):
             "best_epoch": result.best_epoch,
             "encoder": getattr(self.encoder(), "model_id", cfg.encoder),
         }
+        metrics.update(valid)
         self._fit_baselines(data)
         metrics["baseline_params"] = self.baseline_params
         metrics.update(self._report(data, run))
