@@ -125,6 +125,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cql-data-seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--cql-episodes", type=int, default=2000, help="physician episodes per seed")
     p.add_argument("--deepen-seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument(
+        "--refit",
+        action="store_true",
+        help="refit the cross-fitted FQE on every bootstrap resample (bootstrap_refit)",
+    )
     p.add_argument("--fresh", action="store_true", help="ignore cached results")
     p.add_argument("--out", type=Path, default=OUT)
     return p.parse_args(argv)
@@ -269,13 +274,15 @@ def nutrition_case(seed: int, cql: bool, truth: dict[str, tuple[float, float]]) 
 
 
 # -- evaluation -----------------------------------------------------------------------------
-def evaluate_case(mdp: str, seed: int, case: Case, n_boot: int) -> list[dict[str, Any]]:
+def evaluate_case(
+    mdp: str, seed: int, case: Case, n_boot: int, refit: bool = False
+) -> list[dict[str, Any]]:
     rows = []
     for target, (pe, truth) in case.targets.items():
         common = {"n_boot": n_boot, "seed": seed, "value_range": case.value_range}
         table = evaluate_policy(
             case.traj, pe, case.pb_hat, case.gamma, estimators=ESTIMATORS,
-            behaviour=case.behaviour, **common,
+            behaviour=case.behaviour, bootstrap_refit=refit, **common,
         )  # fmt: skip
         base = evaluate_policy(
             case.traj, pe, case.pb_hat, case.gamma, estimators=["dr", "wdr"], cross_fit=1,
@@ -818,6 +825,8 @@ def _key(args: argparse.Namespace, part: str) -> str:
     knobs: dict[str, Any] = {"version": CACHE_VERSION[part], "part": part}
     if part == "ope":
         knobs |= {"n_boot": args.n_boot, "cql_seeds": args.cql_seeds}
+        if args.refit:
+            knobs["refit"] = True
     elif part == "cql":
         knobs |= {"episodes": args.cql_episodes, "alphas": CQL_ALPHAS, "steps": CQL_STEPS,
                   "every": CQL_CHECKPOINT_EVERY, "floor": CQL_ESS_FLOOR,
@@ -848,6 +857,7 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": args.seeds,
         "cql_seeds": args.cql_seeds,
         "n_boot": args.n_boot,
+        "bootstrap_refit": args.refit,
         "parts": args.parts,
     }
     state: dict[str, Any] = {"rows": [], "cql": [], "deepen": [], "demo": None}
@@ -877,7 +887,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 def compute(mdp: str = mdp, seed: int = seed) -> list[dict[str, Any]]:
                     case = makers[mdp](seed, seed < args.cql_seeds)
-                    return evaluate_case(mdp, seed, case, args.n_boot)
+                    return evaluate_case(mdp, seed, case, args.n_boot, args.refit)
 
                 state["rows"] += cached(cache / f"{mdp}_{seed:03d}.json", args.fresh, compute)
                 log.info("seed %d %s done (%.0f s, %.0f s in all)", seed, mdp, time.time() - t1,

@@ -913,6 +913,28 @@ def fqe(
     )
 
 
+def _refit_q(
+    traj: Trajectories, pi: np.ndarray, folds: np.ndarray, model: FQEResult, kind: str,
+    iterations: int, cfg: FQEConfig, gamma: float,
+) -> np.ndarray:  # fmt: skip
+    r"""``(N, A)`` cross-fitted :math:`\hat Q` of ``model``'s settings refitted on ``traj`` with
+    the given row folds (the bootstrap's refit: no bounds, no full-data model)."""
+    lo, hi = model.value_range
+    steps = traj.step_index
+    q_hat = np.zeros((len(traj), traj.n_actions))
+    everything = np.ones(len(traj), dtype=bool)
+    for f in range(model.folds):
+        test = folds == f
+        if not test.any():
+            continue
+        train = ~test if model.folds > 1 else everything
+        q_fn, _ = _fit_fold(
+            traj, pi, train, gamma, iterations, kind, cfg, cfg.unseen, lo, hi, model.horizon
+        )  # fmt: skip
+        q_hat[test] = q_fn(traj.obs[test], steps[test]) if model.horizon else q_fn(traj.obs[test])
+    return q_hat
+
+
 def value_range_checked(
     traj: Trajectories, gamma: float, given: tuple[float, float] | None
 ) -> tuple[float, float]:
@@ -1468,13 +1490,15 @@ def _auto_kind(traj: Trajectories) -> FQEKind:
 
 def _bootstrap_many(
     traj: Trajectories,
-    runs: dict[str, Callable[[Trajectories, np.ndarray], OPEResult]],
+    runs: dict[str, Callable[..., OPEResult]],
     n_boot: int,
     alpha: float,
     seed: int,
+    refit: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> dict[str, tuple[float, float]]:
     """:func:`bootstrap_ci` of several estimators on the same resamples (each gets the interval
-    that :func:`bootstrap_ci` with this seed gives it alone)."""
+    that :func:`bootstrap_ci` with this seed gives it alone). ``refit(episodes, rows)``, when
+    given, returns the model columns ``(q (N', 1), v (N',))`` refitted on each resample."""
     if n_boot <= 0:
         return dict.fromkeys(runs, (np.nan, np.nan))
     if n_boot < 2 or not 0.0 < alpha < 1.0:
@@ -1483,9 +1507,11 @@ def _bootstrap_many(
     n = traj.n_episodes
     vals = np.empty((len(runs), n_boot))
     for b in range(n_boot):
-        boot, rows = _resample(traj, rng.integers(0, n, size=n))
+        episodes = rng.integers(0, n, size=n)
+        boot, rows = _resample(traj, episodes)
+        model = refit(episodes, rows) if refit is not None else None
         for j, run in enumerate(runs.values()):
-            vals[j, b] = run(boot, rows).value
+            vals[j, b] = run(boot, rows, model).value
     q = np.quantile(vals, [alpha / 2, 1 - alpha / 2], axis=1)
     return {k: (float(q[0, j]), float(q[1, j])) for j, k in enumerate(runs)}
 
@@ -1512,6 +1538,7 @@ def evaluate_policy(
     fqe_iterations: int = 200,
     fqe_config: FQEConfig | None = None,
     horizon: int | Literal["auto"] | None = "auto",
+    bootstrap_refit: bool = False,
 ) -> pd.DataFrame:
     """One row per estimator: ``estimator, value, ess, ci_low, ci_high, value_raw, flags``.
 
@@ -1520,7 +1547,11 @@ def evaluate_policy(
     discrete observations, else ``linear``; None skips the model) supplies the doubly-robust
     estimators' :math:`\\hat Q` and its own ``fqe`` row (tabular with a step cap, ``horizon``
     given or found by :func:`detect_horizon`: one table per step). Intervals are patient-bootstrap
-    percentiles (``n_boot=0`` gives NaN; the model is not refitted per resample).
+    percentiles (``n_boot=0`` gives NaN). With ``bootstrap_refit`` the cross-fitted FQE is
+    refitted on every resample (each patient keeps its fold), so the intervals of ``dr``,
+    ``wdr`` and ``fqe`` carry the model's own sampling variance (the bootstrap of FQE, Hao et
+    al. 2021, arXiv 2102.03607); otherwise the model is held fixed and only the weights and
+    rewards are resampled.
 
     Every ``value`` and interval is clipped to the return range (``value_range``, default:
     :func:`value_range` of the data); ``value_raw`` keeps the estimate and ``flags`` says why it
@@ -1560,7 +1591,10 @@ def evaluate_policy(
     # bootstrap resample read (N, 1) arrays on a one-action copy of the data (same values)
     narrow, pe1, pb1, q1, v1 = _logged_columns(traj, pi_e, pi_b, q_hat, v_hat)
     runs = {e: _estimator_run(e, pe1, pb1, gamma, q1, v1, model, narrow) for e in estimators}
-    cis = _bootstrap_many(narrow, runs, n_boot, alpha, seed)
+    refit = None
+    if bootstrap_refit and model is not None:
+        refit = _bootstrap_refit(traj, pi_e, model, kind, fqe_iterations, fqe_config, gamma, seed)
+    cis = _bootstrap_many(narrow, runs, n_boot, alpha, seed, refit)
     rows_out = []
     for name, run in runs.items():
         res = run(narrow, np.arange(len(traj)))
@@ -1596,6 +1630,28 @@ def evaluate_policy(
     return table
 
 
+def _bootstrap_refit(
+    traj: Trajectories, pi_e: np.ndarray, model: FQEResult, kind: str, iterations: int,
+    config: FQEConfig | None, gamma: float, seed: int,
+) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+    """``(episodes, rows) -> (q (N', 1), v (N',))``: the model refitted on a resample.
+
+    Each original episode keeps its fold (every copy of a patient lands in the same fold, so a
+    resample never fits a patient's Q on that patient's own copies)."""
+    cfg = config or FQEConfig()
+    ep_fold = patient_folds(traj, model.folds, seed)[traj.starts]
+    lengths = traj.ends - traj.starts
+
+    def refit(episodes: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        boot, _ = _resample(traj, episodes)
+        folds = np.repeat(ep_fold[episodes], lengths[episodes])
+        pi = pi_e[rows]
+        q = _refit_q(boot, pi, folds, model, kind, iterations, cfg, gamma)
+        return q[np.arange(len(boot)), boot.action][:, None], (pi * q).sum(1)
+
+    return refit
+
+
 def _logged_columns(
     traj: Trajectories, pi_e: np.ndarray, pi_b: np.ndarray, q_hat: np.ndarray | None,
     v_hat: np.ndarray | None,
@@ -1626,12 +1682,17 @@ def _logged_columns(
     return narrow, pi_e[rows, a][:, None], pi_b[rows, a][:, None], q1, v1
 
 
+_Refit = tuple[np.ndarray, np.ndarray] | None
+"""A bootstrap resample's refitted model columns ``(q (N', 1), v (N',))``, or None."""
+
+
 def _estimator_run(
     name: str, pi_e: np.ndarray, pi_b: np.ndarray, gamma: float, q_hat: np.ndarray | None,
     v_hat: np.ndarray | None, model: FQEResult | None, traj: Trajectories,
-) -> Callable[[Trajectories, np.ndarray], OPEResult]:  # fmt: skip
-    """``(traj, rows) -> OPEResult`` of one estimator, for the point estimate and the bootstrap
-    (on the one-action data of :func:`_logged_columns`: ``v_hat`` is then given)."""
+) -> Callable[..., OPEResult]:  # fmt: skip
+    """``(traj, rows, refit=None) -> OPEResult`` of one estimator, for the point estimate and
+    the bootstrap (on the one-action data of :func:`_logged_columns`: ``v_hat`` is then given;
+    ``refit``: a resample's refitted model columns, which replace ``q_hat`` and ``v_hat``)."""
     if name == "fqe":
         if q_hat is None:
             raise ConfigError(
@@ -1642,9 +1703,9 @@ def _estimator_run(
         s0[traj.starts] = True
         v0 = (pi_e * q_hat).sum(1) if v_hat is None else v_hat
 
-        def run_fqe(t: Trajectories, rows: np.ndarray) -> OPEResult:
+        def run_fqe(t: Trajectories, rows: np.ndarray, refit: _Refit = None) -> OPEResult:
             first = s0[rows]
-            per = v0[rows][first]
+            per = (v0[rows] if refit is None else refit[1])[first]
             return OPEResult(float(per.mean()), per, float("nan"), "fqe")
 
         return run_fqe
@@ -1657,9 +1718,11 @@ def _estimator_run(
             fix="leave q_model='auto' (cross-fitted FQE), the recipe in clinfuse.rl's README",
         )
 
-    def run(t: Trajectories, rows: np.ndarray) -> OPEResult:
+    def run(t: Trajectories, rows: np.ndarray, refit: _Refit = None) -> OPEResult:
         extra = {}
-        if needs_model:
+        if needs_model and refit is not None:
+            extra = {"q_hat": refit[0], "v_hat": refit[1]}
+        elif needs_model:
             assert q_hat is not None
             extra = {"q_hat": q_hat[rows], "v_hat": None if v_hat is None else v_hat[rows]}
         return fn(t, pi_e[rows], pi_b[rows], gamma, **extra)
