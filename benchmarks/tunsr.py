@@ -135,9 +135,10 @@ def _reachability(learner, kg, rows, batch: int = 20) -> dict[str, float]:
             fin = full[-1]
             hit_full = torch.zeros(len(q), dtype=torch.bool)
             hit_full[fin.query[fin.entity == q[fin.query, 2]]] = True
-            nodes = model(q, graph)["nodes"]
+            out = model(q, graph)
             hit = torch.zeros(len(q), dtype=torch.bool)
-            hit[nodes["query"][nodes["entity"] == q[nodes["query"], 2]]] = True
+            for nodes in (out["nodes"], out.get("far_nodes", out["nodes"])):  # both tiebreak graphs
+                hit[nodes["query"][nodes["entity"] == q[nodes["query"], 2]]] = True
             within += int(hit_full.sum())
             reached += int((hit & hit_full).sum())
     return {

@@ -123,6 +123,39 @@ def test_segment_topk_always_keeps_infinite_keys_and_never_minus_infinity() -> N
     assert segment_topk(tie, torch.tensor([1, 1, 1, 0, 1]), 2, 2).tolist() == [0, 1, 3]
 
 
+@pytest.mark.parametrize("constraint", ["any", "before_query", "monotone"])
+@pytest.mark.parametrize("exclude", [False, True])
+def test_windowed_gather_equals_gather_all_then_filter(constraint: str, exclude: bool) -> None:
+    """Only the admissible time window of each node is gathered; the candidates (and their
+    order) are those of gathering every out-edge and filtering by the constraint."""
+    kg = with_inverse(random_kg(9, m=400, n_times=15), R)
+    adj = Adjacency.from_triples(kg, E)
+    g = torch.Generator().manual_seed(3)
+    queries = torch.stack(
+        [torch.randint(0, E, (8,), generator=g), torch.randint(0, R, (8,), generator=g),
+         torch.randint(0, E, (8,), generator=g), torch.randint(0, 17, (8,), generator=g)], 1
+    )  # fmt: skip
+    nodes, _ = expand(queries, adj, 2, n_relations=R, constraint=constraint)  # type: ignore[arg-type]
+    for layer in nodes:
+        got = candidate_edges(layer, adj, queries, n_relations=R, constraint=constraint,  # type: ignore[arg-type]
+                              exclude_query=exclude)  # fmt: skip
+        rows = []
+        for i in range(len(layer.entity)):
+            b, e, tv = int(layer.query[i]), int(layer.entity[i]), int(layer.time[i])
+            q = queries[b].tolist()
+            for j in range(int(adj.indptr[e]), int(adj.indptr[e + 1])):
+                r, t, ti = int(adj.rel[j]), int(adj.tail[j]), int(adj.time[j])
+                ok = {"any": True, "before_query": ti < q[3], "monotone": tv <= ti < q[3]}
+                inverse = (q[2], (q[1] + R) % (2 * R), q[0])
+                hit = (e, r, t) in ((q[0], q[1], q[2]), inverse)
+                if ok[constraint] and not (exclude and ti == q[3] and hit):
+                    rows.append([b, i, r, t, ti])
+        rows += [[int(layer.query[i]), i, 2 * R, int(layer.entity[i]), int(layer.time[i])]
+                 for i in range(len(layer.entity))]  # fmt: skip
+        got_rows = torch.stack([got.query, got.parent, got.rel, got.entity, got.time], 1)
+        assert got_rows.tolist() == rows
+
+
 @pytest.mark.parametrize("constraint", ["before_query", "monotone"])
 def test_extrapolation_never_uses_the_query_time_or_later(constraint: str) -> None:
     kg = with_inverse(random_kg(4, m=300, n_times=12), R)

@@ -10,7 +10,14 @@ from torch import Tensor
 
 from clinfuse.methods.tunsr.config import TunsrConfig
 from clinfuse.methods.tunsr.graph import Adjacency
-from clinfuse.methods.tunsr.model import TimeEncode, TunsrModel, fol_loss, tunsr_loss
+from clinfuse.methods.tunsr.model import (
+    TimeEncode,
+    TunsrModel,
+    fol_loss,
+    reached,
+    tiebreak,
+    tunsr_loss,
+)
 
 E, R, T = 30, 4, 8
 
@@ -278,3 +285,50 @@ def test_nll_loss_is_the_answer_share_of_attention() -> None:
     s = torch.tensor([[0.2, 0.6, 0.2], [0.5, 0.25, 0.25]])
     got = tunsr_loss(s, torch.tensor([1, 0]), TunsrConfig(loss="nll"))
     assert torch.isclose(got, -(torch.log(torch.tensor(0.6)) + torch.log(torch.tensor(0.5))) / 2)
+
+
+def test_tiebreak_keeps_the_near_order_and_orders_the_unreached_by_the_far_graph() -> None:
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        near = torch.randn(3, 40, generator=g) * torch.rand(3, 1, generator=g) * 10
+        near_reached = torch.rand(3, 40, generator=g) < 0.4
+        near = torch.where(near_reached, near, 0.0)
+        far = torch.randn(3, 40, generator=g)
+        far_reached = near_reached | (torch.rand(3, 40, generator=g) < 0.5)
+        out = tiebreak(near, near_reached, far, far_reached)
+        for i in range(3):
+            for a in range(40):
+                for b in range(40):
+                    if near[i, a] > near[i, b] and (near_reached[i, a] or near_reached[i, b]):
+                        assert out[i, a] > out[i, b]  # the near order is kept
+                    if not near_reached[i, a] and not near_reached[i, b]:
+                        fa, fb = bool(far_reached[i, a]), bool(far_reached[i, b])
+                        ka = (fa, float(far[i, a]) if fa else 0.0)
+                        kb = (fb, float(far[i, b]) if fb else 0.0)
+                        if ka > kb:
+                            assert out[i, a] > out[i, b]  # ties broken by the far graph
+
+
+def test_tiebreak_evaluation_ranks_reached_entities_as_the_training_width_graph() -> None:
+    facts = random_kg(3, m=400)
+    adj = Adjacency.from_triples(with_inverse(facts, R), E)
+    queries = facts[:8]
+    cfg = TunsrConfig(max_nodes=3, eval_max_nodes=40, eval_wide="tiebreak", dropout=0.0)
+    model = make(cfg).eval()
+    with torch.no_grad():
+        out = model(queries, adj)
+        with model.training_width():
+            near = model(queries, adj)
+        far = make(TunsrConfig(max_nodes=40, dropout=0.0)).eval()
+        far.load_state_dict(model.state_dict())
+        wide = far(queries, adj)
+    mask = reached(near)
+    assert torch.equal(out["scores"][mask], near["scores"][mask])
+    assert torch.equal(reached({"scores": out["scores"], "nodes": out["far_nodes"]}), reached(wide))
+    assert bool((reached(wide) & ~mask).any())  # the far graph reaches more: the test bites
+    # entities only the far graph reaches rank above those neither reaches
+    for i in range(len(queries)):
+        only_far = reached(wide)[i] & ~mask[i]
+        neither = ~reached(wide)[i] & ~mask[i]
+        if only_far.any() and neither.any():
+            assert out["scores"][i][only_far].min() > out["scores"][i][neither].max()

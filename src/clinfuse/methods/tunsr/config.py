@@ -91,6 +91,12 @@ class TunsrConfig:
     """Edges kept per query and step at evaluation when ``max_nodes`` is set (None: the same
     as ``max_nodes``). A wider evaluation graph reaches answers that the training width cuts
     off; the `tunsr` preset evaluates with 10x its training width [inferred]."""
+    eval_wide: Literal["graph", "tiebreak"] = "graph"
+    """Role of the ``eval_max_nodes`` graph at evaluation: ``graph`` scores on it; ``tiebreak``
+    scores on the training-width graph, on which the model was trained, and uses the wider
+    graph only to order the entities that the training-width graph leaves unreached (tied at
+    zero), so the ranking of what it reaches is unchanged and the answers it misses still get
+    a rank from the wider graph (the `tunsr` preset) [inferred]."""
     prune_noise: float = 1.0
     """Scale of the Gumbel noise added to the selection key while training (sampling without
     replacement, as AdaProp); 0 selects greedily [R][inferred]."""

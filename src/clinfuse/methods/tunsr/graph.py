@@ -214,10 +214,10 @@ def segment_topk(key: Tensor, segment: Tensor, k: int, n_segments: int) -> Tenso
     """Indices (increasing) of the ``k`` largest finite ``key`` values within each segment,
     plus every entry whose key is ``+inf`` (kept whatever ``k``; ``-inf`` is never kept).
 
-    Ties (keys within 1e-9) keep the earlier entry of the segment, so a segment's choice does
-    not depend on the other segments. The finite keys are laid out in a ``(segments,
-    longest)`` matrix padded with ``-inf`` and cut by one :func:`torch.topk` along rows: no
-    sort over the whole batch.
+    Equal keys keep the earlier entry of the segment, so a segment's choice does not depend
+    on the other segments. Segments of similar length go through one padded matrix; skewed
+    ones (a hub entity of a temporal graph has thousands of edges) through two stable sorts,
+    with no padding to the longest segment.
 
     Shape:
         key, segment: ``(C,)``; ``segment`` int64 in ``[0, n_segments)``. Output: ``(C',)`` int64.
@@ -231,33 +231,86 @@ def segment_topk(key: Tensor, segment: Tensor, k: int, n_segments: int) -> Tenso
     """
     if len(key) == 0:
         return torch.zeros(0, dtype=torch.int64, device=key.device)
-    finite = torch.isfinite(key)
-    idx_f = torch.nonzero(finite).squeeze(1)
+    idx_f = torch.nonzero(torch.isfinite(key)).squeeze(1)
     seg_f = take(segment, idx_f)
-    if len(seg_f) > 1 and bool((seg_f[1:] < seg_f[:-1]).any()):
-        order = torch.argsort(seg_f, stable=True)
-        idx_f, seg_f = take(idx_f, order), take(seg_f, order)
     counts = torch.bincount(seg_f, minlength=n_segments)
-    starts = torch.cumsum(counts, 0) - counts
-    col = torch.arange(len(idx_f), device=key.device) - take(starts, seg_f)
-    width = int(counts.max()) if len(counts) else 0
     chosen = torch.nonzero(key == float("inf")).squeeze(1)
-    if width:
-        table = torch.full((n_segments, width), float("-inf"), dtype=torch.float64,
-                           device=key.device)  # fmt: skip
-        table[seg_f, col] = take(key, idx_f).double() - 1e-9 * col.double()
-        slot = torch.full((n_segments, width), -1, dtype=torch.int64, device=key.device)
-        slot[seg_f, col] = idx_f
-        top = torch.topk(table, min(k, width), dim=1).indices
-        picked = slot.gather(1, top).reshape(-1)
-        chosen = torch.cat([chosen, picked[picked >= 0]])
+    width = int(counts.max()) if len(counts) else 0
+    if width == 0:
+        pass
+    elif n_segments * width <= 4 * len(idx_f):
+        chosen = torch.cat([chosen, _topk_padded(key, idx_f, seg_f, counts, k, n_segments)])
+    else:
+        chosen = torch.cat([chosen, _topk_sorted(key, idx_f, seg_f, counts, k, n_segments)])
     return torch.sort(chosen).values
 
 
-def _gather_out_edges(nodes: Nodes, adj: Adjacency) -> tuple[Tensor, Tensor]:
-    """``(parent, edge)`` index pairs of every out-edge of every node (vectorised CSR gather)."""
+def _topk_padded(
+    key: Tensor, idx_f: Tensor, seg_f: Tensor, counts: Tensor, k: int, n_segments: int
+) -> Tensor:
+    """Segment top-k through one ``(segments, longest)`` matrix padded with ``-inf`` and cut
+    by one :func:`torch.topk` along rows (fast when segments are of similar length)."""
+    if len(seg_f) > 1 and bool((seg_f[1:] < seg_f[:-1]).any()):
+        order = torch.argsort(seg_f, stable=True)
+        idx_f, seg_f = take(idx_f, order), take(seg_f, order)
+    starts = torch.cumsum(counts, 0) - counts
+    col = torch.arange(len(idx_f), device=key.device) - take(starts, seg_f)
+    width = int(counts.max())
+    table = torch.full((n_segments, width), float("-inf"), dtype=torch.float64, device=key.device)
+    # minus 1e-9 per column: equal keys keep the earlier entry, as the sorted path does
+    table[seg_f, col] = take(key, idx_f).double() - 1e-9 * col.double()
+    slot = torch.full((n_segments, width), -1, dtype=torch.int64, device=key.device)
+    slot[seg_f, col] = idx_f
+    top = torch.topk(table, min(k, width), dim=1).indices
+    picked = slot.gather(1, top).reshape(-1)
+    return picked[picked >= 0]
+
+
+def _topk_sorted(
+    key: Tensor, idx_f: Tensor, seg_f: Tensor, counts: Tensor, k: int, n_segments: int
+) -> Tensor:
+    """Segment top-k by two stable sorts (key, then segment): no padding, for skewed
+    segment lengths. Segments with at most ``k`` entries are kept whole without sorting."""
+    big = take(counts, seg_f) > k
+    idx_b, seg_b = idx_f[big], seg_f[big]
+    by_key = torch.sort(take(key, idx_b), descending=True, stable=True).indices
+    idx_b, seg_b = take(idx_b, by_key), take(seg_b, by_key)
+    by_seg = torch.sort(seg_b, stable=True).indices
+    idx_b, seg_b = take(idx_b, by_seg), take(seg_b, by_seg)
+    counts_b = torch.bincount(seg_b, minlength=n_segments)
+    starts = torch.cumsum(counts_b, 0) - counts_b
+    rank = torch.arange(len(idx_b), device=key.device) - take(starts, seg_b)
+    return torch.cat([idx_f[~big], idx_b[rank < k]])
+
+
+_TIME_SPAN = 1 << 32
+"""Stride of the ``head * span + time`` keys that locate a time window in the CSR."""
+
+
+def _gather_out_edges(
+    nodes: Nodes, adj: Adjacency, constraint: Constraint = "any", t_query: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """``(parent, edge)`` index pairs of the out-edges of every node that ``constraint``
+    admits (vectorised CSR gather).
+
+    The CSR is sorted by ``(head, time)``, so the edges of an entity with time in a window
+    ``[lo, hi)`` are one contiguous run, found by binary search on ``head * 2**32 + time``:
+    only admissible edges are gathered (``before_query``: time < t_q; ``monotone``:
+    t_parent <= time < t_q), in CSR order. ``t_query`` holds each node's query time.
+    """
     start = take(adj.indptr, nodes.entity)
-    deg = take(adj.indptr, nodes.entity + 1) - start
+    end = take(adj.indptr, nodes.entity + 1)
+    if constraint in ("before_query", "monotone") and len(adj.time):
+        if t_query is None:
+            raise ValueError(f"constraint {constraint!r} needs the query time of every node")
+        deg_all = adj.indptr[1:] - adj.indptr[:-1]
+        head = torch.repeat_interleave(torch.arange(len(deg_all), device=deg_all.device), deg_all)
+        key = head * _TIME_SPAN + adj.time
+        base = nodes.entity * _TIME_SPAN
+        end = torch.minimum(end, torch.searchsorted(key, base + t_query))
+        if constraint == "monotone":
+            start = torch.maximum(start, torch.searchsorted(key, base + nodes.time))
+    deg = (end - start).clamp_min(0)
     parent = torch.repeat_interleave(torch.arange(len(deg), device=deg.device), deg)
     offset = torch.cumsum(deg, 0) - deg
     within = torch.arange(len(parent), device=deg.device) - take(offset, parent)
@@ -284,11 +337,11 @@ def candidate_edges(
     Shape:
         queries: ``(B, 4)`` int64 ``[e_q, r_q, answer, t_q]``. Output: ``C >= N`` candidates.
     """
-    parent, edge = _gather_out_edges(nodes, adj)
+    parent, edge = _gather_out_edges(nodes, adj, constraint, take(queries[:, 3], nodes.query))
     query = take(nodes.query, parent)
     rel, tail, time = take(adj.rel, edge), take(adj.tail, edge), take(adj.time, edge)
     q = take(queries, query)
-    keep = CONSTRAINTS[constraint](time, take(nodes.time, parent), q[:, 3])
+    keep = CONSTRAINTS[constraint](time, take(nodes.time, parent), q[:, 3])  # all True now
     if exclude_query:
         head = take(nodes.entity, parent)
         same_time = time == q[:, 3]

@@ -392,7 +392,32 @@ class TunsrModel(nn.Module):
             over the same kept edges (see :func:`fol_loss`); ``nodes``: the final node table
             (``query``, ``entity``, ``time``, ``attention``); ``candidates``: per layer the
             number of candidate edges before selection.
+
+        With ``eval_wide = "tiebreak"`` an evaluation pass scores on the training-width graph
+        and orders the entities it leaves tied at zero (those it never reached) by their
+        scores on the ``eval_max_nodes`` graph (see :func:`tiebreak`); ``nodes`` and
+        ``steps`` are then the training-width graph's and ``far_nodes`` the wider graph's.
         """
+        cfg = self.cfg
+        wide = cfg.eval_max_nodes is not None and cfg.max_nodes is not None
+        if not (train or self.training) and wide and cfg.eval_wide == "tiebreak":
+            with self.training_width():
+                out = self._forward(queries, graph, train=train, generator=generator)
+            far = self._forward(queries, graph, train=train, generator=generator)
+            out["scores"] = tiebreak(out["scores"], reached(out), far["scores"], reached(far))
+            out["far_nodes"] = far["nodes"]
+            return out
+        return self._forward(queries, graph, train=train, generator=generator)
+
+    def _forward(
+        self,
+        queries: Tensor,
+        graph: Any,
+        *,
+        train: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Any]:
+        """One pass of :meth:`forward` at the width in force."""
         cfg = self.cfg
         adj = Adjacency.coerce(graph, queries.device)
         if adj.n_entities != self.n_entities:
@@ -590,7 +615,11 @@ def _answer_balls(
     queries: Tensor, adj: Adjacency, radius: int, n_relations: int, exclude: bool, cfg: TunsrConfig
 ) -> list[Tensor]:
     """Sorted keys ``query * E + entity`` of the entities within ``r`` hops of each query's
-    answer, for ``r = 0..radius`` (the query fact excluded when ``exclude``)."""
+    answer, for ``r = 0..radius`` (the query fact excluded when ``exclude``).
+
+    The ball is grown over the edges the forward pass may use: all of them in a static KG,
+    those before the query time under a temporal constraint (a path to the answer never uses
+    a later edge, so the ball loses no on-path edge and gathers far fewer)."""
     b = len(queries)
     nodes = Nodes(
         torch.arange(b, device=queries.device), queries[:, 2].clone(), queries[:, 3].clone()
@@ -599,13 +628,54 @@ def _answer_balls(
     balls = [torch.sort(nodes.query * n_e + nodes.entity).values]
     for _ in range(radius):
         cand = candidate_edges(
-            nodes, adj, queries, n_relations=n_relations, constraint="any",
+            nodes, adj, queries, n_relations=n_relations,
+            constraint="any" if cfg.constraint == "any" else "before_query",
             exclude_query=exclude, sample_nodes=cfg.sample_nodes,
         )  # fmt: skip
         keys = torch.unique(cand.query * n_e + cand.entity)
         nodes = Nodes(keys // n_e, keys % n_e, queries[keys // n_e, 3])
         balls.append(keys)
     return balls
+
+
+def reached(out: dict[str, Any]) -> Tensor:
+    """``(B, E)`` bool: the entities in each query's final reasoning graph of a forward pass."""
+    b, n_e = out["scores"].shape
+    mask = torch.zeros(b * n_e, dtype=torch.bool, device=out["scores"].device)
+    mask[out["nodes"]["query"] * n_e + out["nodes"]["entity"]] = True
+    return mask.view(b, n_e)
+
+
+def tiebreak(near: Tensor, near_reached: Tensor, far: Tensor, far_reached: Tensor) -> Tensor:
+    r"""Scores ``near`` with the entities that ``near`` did not reach (all tied at 0) ordered
+    among themselves by ``far``: reached by the far graph before unreached, then by the far
+    score. The order of every other pair of entities is that of ``near``.
+
+    The tie-broken entities get 0 plus offsets inside :math:`(-\delta, \delta)`, with
+    :math:`\delta` half the smallest non-zero :math:`|near|` of the row, so that no entity
+    crosses a reached one.
+
+    Example:
+        >>> near = torch.tensor([[2.0, -1.0, 0.0, 0.0, 0.0]])
+        >>> nr = torch.tensor([[True, True, False, False, False]])
+        >>> far = torch.tensor([[9.0, 9.0, -3.0, 5.0, 0.0]])
+        >>> fr = torch.tensor([[True, True, True, True, False]])
+        >>> torch.argsort(tiebreak(near, nr, far, fr), descending=True).tolist()
+        [[0, 3, 2, 4, 1]]
+    """
+    tied = ~near_reached
+    f = far.double()
+    tie_f = torch.where(tied & far_reached, f, torch.inf)
+    lo = tie_f.min(dim=1, keepdim=True).values
+    lo = torch.where(torch.isfinite(lo), lo, 0.0)
+    # far-reached tied entities above every far-unreached one, then by far score
+    order_key = torch.where(tied & far_reached, f - lo + 1.0, 0.0)
+    span = order_key.max(dim=1, keepdim=True).values.clamp_min(1.0)
+    unit = order_key / span - 0.5  # in [-0.5, 0.5]
+    nz = torch.where(near != 0, near.abs().double(), torch.inf).min(dim=1, keepdim=True).values
+    delta = torch.where(torch.isfinite(nz), 0.5 * nz, 1.0)
+    out = torch.where(tied, (unit * delta).to(near.dtype), near)
+    return out
 
 
 def _carry(h: Tensor, old: Nodes, new: Nodes, n_entities: int) -> Tensor:
