@@ -96,7 +96,8 @@ class TunsrConfig:
     scores on the training-width graph, on which the model was trained, and uses the wider
     graph only to order the entities that the training-width graph leaves unreached (tied at
     zero), so the ranking of what it reaches is unchanged and the answers it misses still get
-    a rank from the wider graph (the `tunsr` preset) [inferred]."""
+    a rank from the wider graph (the `tunsr` preset; the per-epoch validation that picks the
+    best checkpoint ranks on the training-width graph alone) [inferred]."""
     prune_noise: float = 1.0
     """Scale of the Gumbel noise added to the selection key while training (sampling without
     replacement, as AdaProp); 0 selects greedily [R][inferred]."""

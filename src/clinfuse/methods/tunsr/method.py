@@ -180,7 +180,12 @@ class Tunsr(Learner):
             valid_rows = np.sort(pick)
 
         def evaluate(m: torch.nn.Module) -> dict[str, float]:
-            return self._rank(m, kg, "valid", rows=valid_rows)
+            if cfg.eval_wide != "tiebreak":
+                return self._rank(m, kg, "valid", rows=valid_rows)
+            # model selection on the training-width graph alone: the tie-break pass orders
+            # only what it leaves unreached and would double the validation time
+            with acc.unwrap_model(m).training_width():
+                return self._rank(m, kg, "valid", rows=valid_rows)
 
         result = fit_loop(
             model=model,
