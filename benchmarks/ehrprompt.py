@@ -286,12 +286,25 @@ def checks(summary: dict, results: list[dict]) -> dict[str, dict]:
         "value": above,
         "target": ">= 2 tables with mean AUROC above the best baseline's",
     }
-    s2 = summary.get("support2", {}).get("ehrprompt", {}).get("auroc", (float("nan"),))[0]
-    out["support2_hospdead_auroc_at_least_0.866"] = {
-        "pass": bool(s2 >= 0.866),
-        "value": round(float(s2), 4),
-        "target": ">= 0.866 (mean over 5 seeds)",
-    }
+    s2 = summary.get("support2", {})
+    if "ehrprompt" in s2:
+        row = s2["ehrprompt"]
+        fixed = row["auroc_per_seed"][row["seeds"].index(0)] if 0 in row["seeds"] else np.nan
+        lin = s2["logistic (tuned C)"]
+        lin0 = lin["auroc_per_seed"][lin["seeds"].index(0)] if 0 in lin["seeds"] else np.nan
+        # seed 0's test rows are load_support2()'s fixed split (the split of the 0.866 figure)
+        out["support2_hospdead_auroc_at_least_0.866_fixed_split"] = {
+            "pass": bool(fixed >= 0.866),
+            "value": round(float(fixed), 4),
+            "target": ">= 0.866 on the fixed 80/20 split (seed 0); tuned logistic there: "
+            f"{lin0:.4f}",
+        }
+        out["support2_hospdead_auroc_at_least_0.866_mean_of_5_seeds"] = {
+            "pass": bool(row["auroc"][0] >= 0.866),
+            "value": round(float(row["auroc"][0]), 4),
+            "target": f">= 0.866 as the mean of 5 splits; tuned logistic's mean: "
+            f"{lin['auroc'][0]:.4f}",
+        }
     written = sorted(p.stem for p in TEMPLATES.glob("*.yaml"))
     out["templates_written"] = {
         "pass": set(written) >= set(tables()),

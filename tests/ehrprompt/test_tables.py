@@ -252,3 +252,20 @@ def test_cli_bad_input_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixt
     bad.write_bytes("a,outcome\n\xe9,1\n".encode("latin-1"))
     assert main(_fit_args(bad, out, tmp_path / "cache", "--set", "target=outcome")) == 2
     assert "encoding" in capsys.readouterr().err and not out.exists()
+
+
+def test_cli_offset_and_value_paths_reload_to_the_same_scores(tmp_path: Path) -> None:
+    """With the linear offset and the value encoding, a reloaded run (its linear path refitted
+    on the same training rows) scores the test rows exactly as the fit did."""
+    path = _write(_cohort(500), tmp_path / "cohort.csv")
+    out = tmp_path / "run"
+    extra = ["--set", "target=outcome", "--set", "linear_path=offset", "--set",
+             "value_encoding=ple", "--set", "column_dropout=0.1", "--set", "epochs=3"]  # fmt: skip
+    assert main(_fit_args(path, out, tmp_path / "cache", *extra)) == 0
+    fitted = json.loads((out / "metrics.json").read_text())
+    assert "valid_outcome_auroc" in fitted
+    assert main(["-q", "evaluate", "ehrprompt", "--run", str(out), "--data", str(path)]) == 0
+    again = json.loads((out / "evaluations" / "test-clean.json").read_text())["metrics"]
+    assert again["outcome_auroc"] == pytest.approx(fitted["test_outcome_auroc"], abs=1e-9)
+    # the offset starts the model at a tuned logistic model: it is not far below it
+    assert fitted["test_outcome_auroc"] > fitted["test_linear_outcome_auroc"] - 0.05
