@@ -653,3 +653,30 @@ def test_bootstrap_refit_carries_the_model_variance_into_the_fqe_interval() -> N
         for r in (False, True)
     )  # fmt: skip
     assert (a["ci_low"], a["ci_high"]) == (b["ci_low"], b["ci_high"])
+
+
+@pytest.mark.parametrize("horizon", [None, 5])
+def test_tabular_bootstrap_refit_by_episode_weights_equals_the_refit_on_copies(horizon) -> None:
+    """The tabular refit counts each episode's copies as row weights; the same fit on the
+    materialised resample (the copies as separate patients, each in its episode's fold) gives
+    the same action values."""
+    from clinfuse.rl.ope import _bootstrap_refit, _refit_q, _resample, patient_folds
+
+    mdp = random_mdp(6, 3, 3, gamma=0.9, p_terminate=0.1, horizon=horizon)
+    pi_b = softmax_policy(2 * np.random.default_rng(0).normal(size=(6, 3)))
+    traj = mdp.sample(pi_b, 50, seed=1)
+    pe = mix_policies(pi_b, uniform_policy(6, 3), 0.5)[traj.meta["state"]]
+    model = fqe(traj, pe, 0.9, "tabular", 200, None, 5, (-10.0, 10.0), 3)
+    assert model.horizon == horizon
+    fast = _bootstrap_refit(traj, pe, model, "tabular", 200, None, 0.9, 3)
+    ep_fold = patient_folds(traj, 5, 3)[traj.starts]
+    lengths = traj.ends - traj.starts
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        eps = rng.integers(0, traj.n_episodes, traj.n_episodes)
+        boot, rows = _resample(traj, eps)
+        folds = np.repeat(ep_fold[eps], lengths[eps])
+        q = _refit_q(boot, pe[rows], folds, model, "tabular", 200, FQEConfig(), 0.9)
+        q1, v1 = fast(eps, rows)
+        np.testing.assert_allclose(q1[:, 0], q[np.arange(len(boot)), boot.action], atol=1e-12)
+        np.testing.assert_allclose(v1, (pe[rows] * q).sum(1), atol=1e-12)

@@ -502,6 +502,19 @@ class _FQEInput:
     lo: float
     hi: float
     horizon: int | None = None
+    weights: np.ndarray | None = None
+    """Tabular: ``(N,)`` row weights (a bootstrap resample's copies of each episode, 0 outside
+    the fitting folds); equal to fitting on the rows repeated that many times."""
+    index: _RowIndex | None = None
+    """Tabular: the row index of ``traj.obs`` when already built."""
+
+    def row_weights(self) -> np.ndarray:
+        if self.weights is None:
+            return np.ones(len(self.traj))
+        return np.asarray(self.weights, dtype=np.float64)
+
+    def row_index(self) -> _RowIndex:
+        return self.index if self.index is not None else _RowIndex(self.traj.obs)
 
     def next_rows(self) -> np.ndarray:
         return np.minimum(np.arange(len(self.traj)) + 1, len(self.traj) - 1)
@@ -572,7 +585,7 @@ def _fqe_tabular_horizon(
     at every step. ``q_fn(obs, t)`` reads :math:`\hat Q_t` (``t`` defaults to 0; steps at or
     beyond :math:`H` read :math:`\hat Q_{H-1}`)."""
     traj, A, H = inp.traj, inp.traj.n_actions, int(inp.horizon or 1)
-    index = _RowIndex(traj.obs)
+    index = inp.row_index()
     sid = index.inverse
     nxt = inp.next_rows()
     sid_next, pi_next = sid[nxt], inp.pi[nxt]
@@ -581,19 +594,21 @@ def _fqe_tabular_horizon(
     last[traj.ends - 1] = True
     cont = np.where(last, 0.0, inp.gamma)
     usable = ~last | traj.done  # next state logged, or terminal
-    counts_all = np.bincount(cell, minlength=len(index) * A).reshape(-1, A).astype(np.float64)
-    counts_use = (
-        np.bincount(cell[usable], minlength=len(index) * A).reshape(-1, A).astype(np.float64)
-    )
+    w = inp.row_weights()
+    w_use = w * usable
+    size = len(index) * A
+    counts_all = np.bincount(cell, weights=w, minlength=size).reshape(-1, A)
+    counts_use = np.bincount(cell, weights=w_use, minlength=size).reshape(-1, A)
+    live = np.bincount(sid, weights=w, minlength=len(index)) > 0  # states in the fitting data
     pi_state = np.zeros((len(index), A))
-    np.add.at(pi_state, sid, inp.pi)
+    np.add.at(pi_state, sid, inp.pi * w[:, None])
     r = traj.reward.astype(np.float64)
     tables = np.zeros((H, len(index), A))
     q_next = np.zeros((len(index), A))  # \hat Q_H = 0
     for t in range(H - 1, -1, -1):
-        rows, counts = (slice(None), counts_all) if t == H - 1 else (usable, counts_use)
+        wt, counts = (w, counts_all) if t == H - 1 else (w_use, counts_use)
         y = r + cont * (pi_next * q_next[sid_next]).sum(1)
-        sums = np.bincount(cell[rows], weights=y[rows], minlength=len(index) * A).reshape(-1, A)
+        sums = np.bincount(cell, weights=wt * y, minlength=size).reshape(-1, A)
         mean = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
         q_next = np.clip(_fill_unseen(mean, counts, pi_state, rule, inp.lo, inp.hi), inp.lo, inp.hi)
         tables[t] = q_next
@@ -604,6 +619,7 @@ def _fqe_tabular_horizon(
 
     def q_fn(obs: np.ndarray, t: np.ndarray | int | None = None) -> np.ndarray:
         ids = index.lookup(obs)
+        ids = np.where(live[np.maximum(ids, 0)], ids, -1)
         step = np.zeros(len(ids), dtype=np.int64) if t is None else np.broadcast_to(t, ids.shape)
         step = np.clip(np.asarray(step, dtype=np.int64), 0, H - 1)
         return np.where(
@@ -624,25 +640,27 @@ def _fqe_tabular(
     if inp.horizon is not None:
         return _fqe_tabular_horizon(inp, cfg, rule)
     traj, A = inp.traj, inp.traj.n_actions
-    index = _RowIndex(traj.obs)
+    index = inp.row_index()
     sid = index.inverse
     nxt = inp.next_rows()
     sid_next, pi_next = sid[nxt], inp.pi[nxt]
     cell = sid * A + traj.action
-    counts = np.bincount(cell, minlength=len(index) * A).reshape(-1, A)
+    w = inp.row_weights()
+    counts = np.bincount(cell, weights=w, minlength=len(index) * A).reshape(-1, A)
+    live = np.bincount(sid, weights=w, minlength=len(index)) > 0  # states in the fitting data
     # the target's mean probabilities per observed state (weights of the ``model`` fill)
     pi_state = np.zeros((len(index), A))
-    np.add.at(pi_state, sid, inp.pi)
+    np.add.at(pi_state, sid, inp.pi * w[:, None])
     cont, r = inp.cont(), traj.reward.astype(np.float64)
     Q = np.zeros((len(index), A))
     it = 0
     while it < inp.iterations:
         it += 1
         y = r + cont * (pi_next * Q[sid_next]).sum(1)
-        sums = np.bincount(cell, weights=y, minlength=len(index) * A).reshape(-1, A)
+        sums = np.bincount(cell, weights=w * y, minlength=len(index) * A).reshape(-1, A)
         new = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
         new = np.clip(_fill_unseen(new, counts, pi_state, rule, inp.lo, inp.hi), inp.lo, inp.hi)
-        delta = float(np.abs(new - Q).max())
+        delta = float(np.abs(new - Q)[live].max()) if live.any() else 0.0
         Q = new
         if delta < cfg.tol:
             break
@@ -654,6 +672,7 @@ def _fqe_tabular(
 
     def q_fn(obs: np.ndarray) -> np.ndarray:
         ids = index.lookup(obs)
+        ids = np.where(live[np.maximum(ids, 0)], ids, -1)
         return np.where((ids >= 0)[:, None], Q[np.maximum(ids, 0)], unseen_q[None, :])
 
     def seen(obs: np.ndarray) -> np.ndarray:
@@ -1639,8 +1658,33 @@ def _bootstrap_refit(
     Each original episode keeps its fold (every copy of a patient lands in the same fold, so a
     resample never fits a patient's Q on that patient's own copies)."""
     cfg = config or FQEConfig()
-    ep_fold = patient_folds(traj, model.folds, seed)[traj.starts]
+    row_fold = patient_folds(traj, model.folds, seed)
+    ep_fold = row_fold[traj.starts]
     lengths = traj.ends - traj.starts
+    if kind == "tabular":
+        # a resample is a count per original episode: the tabular fit with those row weights
+        # equals the fit on the materialised copies (one row index for every resample)
+        index, steps = _RowIndex(traj.obs), traj.step_index
+        ep_of_row = np.repeat(np.arange(traj.n_episodes), lengths)
+        lo, hi = model.value_range
+
+        def refit_weighted(episodes: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            copies = np.bincount(episodes, minlength=traj.n_episodes)[ep_of_row].astype(float)
+            q = np.zeros((len(traj), traj.n_actions))
+            for f in range(model.folds):
+                test = (row_fold == f) & (copies > 0)
+                if not test.any():
+                    continue
+                w = copies * (row_fold != f) if model.folds > 1 else copies
+                inp = _FQEInput(traj, pi_e, gamma, iterations, lo, hi, model.horizon, w, index)
+                q_fn, _ = _fqe_tabular(inp, cfg, cfg.unseen)
+                q[test] = (
+                    q_fn(traj.obs[test], steps[test]) if model.horizon else q_fn(traj.obs[test])
+                )
+            qb, pi = q[rows], pi_e[rows]
+            return qb[np.arange(len(rows)), traj.action[rows]][:, None], (pi * qb).sum(1)
+
+        return refit_weighted
 
     def refit(episodes: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         boot, _ = _resample(traj, episodes)
