@@ -25,7 +25,7 @@ SKSURV = {
     "actg320": ("load_aids", {"endpoint": "aids"}, "censor", "time", None),
     "actg320_death": ("load_aids", {"endpoint": "death"}, "censor_d", "time_d", None),
 }
-# sizes and event counts measured once with the sksurv/lifelines loaders (notes §3 lists sizes)
+# sizes and event counts measured once with the sksurv/lifelines loaders
 SIZES = {
     "whas500": (500, 215),
     "veteran": (137, 128),

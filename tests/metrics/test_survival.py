@@ -2,7 +2,7 @@
 
 Real data: WHAS500, GBSG2 and veteran from the scikit-survival wheel, CoxPH (alpha=1e-4) on a
 75/25 split (random_state=0), survival curves on a 50-point grid over the 10-80th percentiles of
-the test event times (notes/surv_ehr.md section 3, whose table gives the reference numbers).
+the test event times.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from clinfuse.metrics.survival import (
 
 DATASETS = ("whas500", "gbsg2", "veteran")
 
-# notes/surv_ehr.md section 3 (measured with sksurv 0.28 and pycox 0.3.0 + simps shim)
+# reference numbers (measured with sksurv 0.28 and pycox 0.3.0 + simps shim)
 REFERENCE = {
     # harrell, uno, antolini, adj_antolini, ibs sksurv (train KM), ibs pycox (test KM, Simpson)
     "whas500": (0.8071, 0.7814, 0.8071, 0.8065, 0.1287, 0.1293),

@@ -6,7 +6,7 @@ falls in bin :math:`b_j = \#\{e \in E_j : e \le v_j\}` of dimension :math:`j`
 :math:`[E_{j,k-1}, E_{j,k})`). The bin vector :math:`b` is an action when it is one of the
 admissible ``cells``; action ids number the admissible cells in row-major order of their bins.
 
-:meth:`ActionGrid.fit` is the DeepEN recipe of the notes (§1.3, inferred): per dimension a bin
+:meth:`ActionGrid.fit` is the DeepEN recipe (inferred): per dimension a bin
 for exact zero, then quantile bins of the non-zero doses, then only the bin combinations seen at
 least ``min_support`` times are kept (AI Clinician / ICU-Sepsis "admissible actions").
 """

@@ -1,4 +1,4 @@
-r"""Composable reward terms, weighted in config (DeepEN reward; notes §1.4, weights inferred).
+r"""Composable reward terms, weighted in config (DeepEN reward; weights inferred).
 
 A term maps per-step features to one reward per step. It is called with
 
@@ -293,7 +293,7 @@ class CompositeReward:
 
 @dataclass(frozen=True)
 class RewardSpec:
-    """Weights and ranges of the DeepEN-style reward (notes §1.4; every default is [inferred]).
+    """Weights and ranges of the DeepEN-style reward (every default is [inferred]).
 
     A term with weight 0 is left out of the composite (its columns are not required).
     """

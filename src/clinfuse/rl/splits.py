@@ -3,7 +3,7 @@ r"""Patient-level train/valid/test splits of :class:`~clinfuse.rl.data.Trajector
 Every patient (= one episode) lands in exactly one split, so no state of a test patient is seen in
 training. The split is stratified on a per-episode label, by default the outcome (died or not,
 see :func:`episode_died`), so that mortality is about the same in each split (DeepEN and AI
-Clinician practice: 70/10/20 stratified on mortality; notes §1.5).
+Clinician practice: 70/10/20 stratified on mortality).
 
 Within each stratum the patients are shuffled with ``numpy.random.default_rng(seed)`` and cut in
 proportion to ``fractions``, the counts rounded by largest remainder (ties to the earlier split):

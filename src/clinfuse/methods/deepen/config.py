@@ -35,9 +35,9 @@ class DeepENConfig:
     n_patients: int = 2000
     """Simulated admissions in the logged clinician data set [inferred]."""
     split: tuple[float, ...] = (0.7, 0.1, 0.2)
-    """Patient-level train/valid/test fractions, stratified on mortality (notes §1.5) [inferred]."""
+    """Patient-level train/valid/test fractions, stratified on mortality [inferred]."""
 
-    # -- reward (notes §1.4; every weight [inferred]) --------------------------------------
+    # -- reward (every weight [inferred]) --------------------------------------
     terminal: float = 15.0
     """+terminal at the last step if the patient survived, -terminal if died (Raghu: 15)."""
     sofa_lactate: float = 1.0
@@ -85,7 +85,7 @@ class DeepENConfig:
     """Model of the clinician policy pi_b (temperature-calibrated) [inferred]."""
     eval_epsilon: float = 0.01
     """The learned policy is evaluated as (1 - eps) greedy + eps uniform over allowed actions
-    (OPE needs a soft target policy, notes §1.6) [inferred]."""
+    (OPE needs a soft target policy) [inferred]."""
     near_share: float = 0.1
     """Share of the near-behaviour policy (used to check OPE) that is not the clinician's:
     (1 - share) pi_b + share U_s [inferred]."""

@@ -74,7 +74,7 @@ class DeepENData:
 
 
 def reward_fn(cfg: DeepENConfig, sofa_column: str = "sofa") -> Callable[[pd.DataFrame], np.ndarray]:
-    """The reward of the config as ``frame -> (rows,)`` (notes §1.4; weights [inferred])."""
+    """The reward of the config as ``frame -> (rows,)`` (weights [inferred])."""
     spec = RewardSpec(
         terminal=cfg.terminal,
         sofa_lactate=cfg.sofa_lactate,
@@ -161,7 +161,7 @@ def _one_hot(ids: np.ndarray, n: int) -> np.ndarray:
 def mortality_calibration(
     returns: np.ndarray, died: np.ndarray, kind: str = "linear"
 ) -> Callable[[np.ndarray], np.ndarray]:
-    r"""Map an expected return to a mortality, fitted on logged episodes (notes §1.6) [inferred].
+    r"""Map an expected return to a mortality, fitted on logged episodes [inferred].
 
     ``linear``: least squares :math:`m(V) = a + bV` of the death indicator on the return,
     clipped to [0, 1]. Under a terminal :math:`\pm R_T` reward the return is nearly a step

@@ -92,7 +92,7 @@ Outcome = Literal["in_hospital", "90_day"]
 
 @dataclass(frozen=True)
 class MimicConfig:
-    """Cohort and binning of the DeepEN MDP (defaults marked [inf] in notes §1 are guesses)."""
+    """Cohort and binning of the DeepEN MDP (defaults marked [inferred] are guesses)."""
 
     bin_hours: float = 4.0
     """Length of a decision step in hours (DeepEN: 4)."""
@@ -247,7 +247,7 @@ STATE_FEATURES: tuple[str, ...] = (
 """Time-varying state features (each also has a ``d_`` trend column)."""
 
 REWARD_FEATURES: tuple[str, ...] = ("sofa_lite", "lactate", "glucose", "phosphate", "sodium")
-"""Features whose next-bin value is returned as ``next_<feature>`` (reward inputs, notes §1.4)."""
+"""Features whose next-bin value is returned as ``next_<feature>`` (reward inputs)."""
 
 _UOMS: dict[str, list[str]] = {"mL": ["ml"], "g": ["g", "gm", "gram", "grams"]}
 

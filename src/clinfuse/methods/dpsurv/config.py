@@ -1,5 +1,5 @@
 """DPsurv configuration. Fields marked [inferred] are our choices where the paper/code is silent
-or inconsistent (notes §1); [code] follows the official repository's defaults."""
+or inconsistent; [code] follows the official repository's defaults."""
 
 from __future__ import annotations
 

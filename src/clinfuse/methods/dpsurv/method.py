@@ -1,6 +1,6 @@
 r"""DPsurv as a clinfuse learner: ``clinfuse fit | evaluate | predict dpsurv``.
 
-Pipeline of one outer fold (notes §1):
+Pipeline of one outer fold:
 
 1. Patch prototypes: k-means (C clusters) over the training cases' patches and the frozen
    DirNIW prior; per case the PANTHER MAP-EM summary :math:`(\pi, \mu, \Sigma)` and the patch

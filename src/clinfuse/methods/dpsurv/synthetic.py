@@ -1,7 +1,7 @@
 r"""A seeded synthetic WSI survival cohort with planted morphologies, proportions and hazard.
 
-No real slide features can be shipped, so tests, demos and benchmarks of DPsurv use this cohort
-(notes §5 item 1). Its generative model:
+No real slide features can be shipped, so tests, demos and benchmarks of DPsurv use this cohort.
+Its generative model:
 
 * ``C`` "morphologies" with means :math:`m_c = s\,q_c \in \mathbb{R}^D`, where the :math:`q_c`
   are orthonormal (QR of a Gaussian matrix) and :math:`s` is ``separation``: every mean has norm

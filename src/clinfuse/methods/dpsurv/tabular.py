@@ -5,7 +5,7 @@ ships CSVs in ``lifelines/datasets/``. The files are located with
 :func:`clinfuse.core.packages.package_file` (found, never imported) and parsed with
 :func:`scipy.io.arff.loadarff` / :func:`pandas.read_csv`, **without importing either package**,
 so no GPL code runs inside clinfuse. They serve DPsurv's evidential head on tabular features
-(one component, notes §1.3) and the survival metrics.
+(one component) and the survival metrics.
 
 Each set's time and event columns are mapped explicitly in ``_SETS``. Features: categorical
 columns (ARFF nominal attributes, text CSV columns and the columns a spec names) are one-hot

@@ -1,7 +1,7 @@
 r"""A small in-memory trainer shared by DPsurv and its baselines.
 
 AdamW with a linear warm-up over ``warmup`` of the steps and a cosine decay after it (the
-official DPsurv schedule, notes §1.6), minibatches of case indices, early stopping on a
+official DPsurv schedule), minibatches of case indices, early stopping on a
 validation score with the best weights restored. The models are small (a few thousand
 parameters over per-case summaries), so the whole state lives in memory; what is expensive
 (the PANTHER summaries of the bags) is cached by the learner, not here.
@@ -64,15 +64,16 @@ class TrainResult:
 def inner_split(
     time: np.ndarray, event: np.ndarray, fraction: float = 0.15, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Hold out ``fraction`` of the cases, stratified by event x time quartile (notes §1.6).
+    """Hold out ``fraction`` of the cases, stratified by event x time quartile (rounded per
+    stratum, so the held-out share is only close to ``fraction``).
 
     Shape:
         time, event ``(N,)``. Output: (fit indices, validation indices), disjoint, covering 0..N-1.
 
     Example:
         >>> fit, val = inner_split(np.arange(1.0, 41.0), np.tile([0, 1], 20), 0.25)
-        >>> len(fit), len(val), len(set(fit) & set(val))
-        (30, 10, 0)
+        >>> len(fit), len(val), len(set(fit) & set(val))  # 8 strata of 5, round(1.25) = 1 each
+        (32, 8, 0)
     """
     n = len(time)
     rng = np.random.default_rng(seed)
