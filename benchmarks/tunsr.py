@@ -119,6 +119,7 @@ def _reachability(learner, kg, rows, batch: int = 20) -> dict[str, float]:
     import torch
 
     from clinfuse.methods.tunsr.graph import expand
+    from clinfuse.methods.tunsr.model import reached as in_graph
 
     cfg = learner.config
     model = learner.model.eval()
@@ -141,9 +142,8 @@ def _reachability(learner, kg, rows, batch: int = 20) -> dict[str, float]:
             hit_full = torch.zeros(len(q), dtype=torch.bool)
             hit_full[fin.query[fin.entity == q[fin.query, 2]]] = True
             out = model(q, graph)
-            hit = torch.zeros(len(q), dtype=torch.bool)
-            for nodes in (out["nodes"], out.get("far_nodes", out["nodes"])):  # both tiebreak graphs
-                hit[nodes["query"][nodes["entity"] == q[nodes["query"], 2]]] = True
+            mask = in_graph(out) | (in_graph(out, "far_nodes") if "far_nodes" in out else False)
+            hit = mask[torch.arange(len(q)), q[:, 2]]
             within += int(hit_full.sum())
             reached += int((hit & hit_full).sum())
     return {

@@ -30,7 +30,6 @@ Nothing here loops over queries or nodes in Python: gathers use the CSR ``indptr
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -55,6 +54,10 @@ __all__ = [
 ]
 
 
+_TIME_SPAN = 1 << 32
+"""Stride of the ``head * span + time`` keys that locate a time window in the CSR."""
+
+
 class Adjacency(NamedTuple):
     """Out-edges grouped by head (CSR), inverse edges included, sorted by time within a head."""
 
@@ -66,6 +69,16 @@ class Adjacency(NamedTuple):
     """``(M,)`` int64 tail entity of each edge."""
     time: Tensor
     """``(M,)`` int64 timestamp index of each edge (0 in static KGs)."""
+    key: Tensor
+    """``(M,)`` int64 ``head * 2**32 + time``, ascending: the edges of a head within a time
+    window are one run, found by binary search (derived once with the CSR, not per step)."""
+
+    @staticmethod
+    def time_keys(indptr: Tensor, time: Tensor) -> Tensor:
+        """The :attr:`key` of a CSR sorted by ``(head, time)``."""
+        deg = indptr[1:] - indptr[:-1]
+        head = torch.repeat_interleave(torch.arange(len(deg), device=deg.device), deg)
+        return head * _TIME_SPAN + time
 
     @classmethod
     def from_triples(cls, triples: np.ndarray | Tensor, n_entities: int) -> Adjacency:
@@ -91,17 +104,19 @@ class Adjacency(NamedTuple):
         counts = torch.bincount(t[:, 0], minlength=n_entities)
         indptr = torch.zeros(n_entities + 1, dtype=torch.int64)
         indptr[1:] = torch.cumsum(counts, 0)
-        return cls(indptr, t[:, 1].contiguous(), t[:, 2].contiguous(), t[:, 3].contiguous())
+        key = t[:, 0] * _TIME_SPAN + t[:, 3]
+        return cls(indptr, t[:, 1].contiguous(), t[:, 2].contiguous(), t[:, 3].contiguous(), key)
 
     @classmethod
     def coerce(cls, graph: Any, device: torch.device | str | None = None) -> Adjacency:
         """An :class:`Adjacency` from anything with ``indptr``, ``rel``, ``tail``, ``time``.
 
         Accepts numpy or torch arrays (e.g. ``clinfuse.methods.tunsr.data.CSR``) and moves them
-        to ``device``; an :class:`Adjacency` already there is returned as is.
+        to ``device``; an :class:`Adjacency` already there is returned as is. The :attr:`key`
+        is derived when ``graph`` has none.
         """
         fields = []
-        for name in cls._fields:
+        for name in ("indptr", "rel", "tail", "time"):
             value = getattr(graph, name, None)
             if value is None:
                 raise DataError(
@@ -111,7 +126,10 @@ class Adjacency(NamedTuple):
                     fix="pass Adjacency.from_triples(add_inverse(facts, R), n_entities)",
                 )
             fields.append(torch.as_tensor(value).to(device=device, dtype=torch.int64))
-        return cls(*fields)
+        key = getattr(graph, "key", None)
+        if key is None:
+            key = cls.time_keys(fields[0], fields[3])
+        return cls(*fields, torch.as_tensor(key).to(device=device, dtype=torch.int64))
 
     @property
     def n_entities(self) -> int:
@@ -182,26 +200,6 @@ def root_nodes(queries: Tensor, constraint: Constraint) -> Nodes:
     b = len(queries)
     time = queries[:, 3] if constraint != "monotone" else torch.zeros_like(queries[:, 3])
     return Nodes(torch.arange(b, device=queries.device), queries[:, 0].clone(), time.clone())
-
-
-def _keep_any(t_edge: Tensor, t_parent: Tensor, t_query: Tensor) -> Tensor:
-    return torch.ones_like(t_edge, dtype=torch.bool)
-
-
-def _keep_before(t_edge: Tensor, t_parent: Tensor, t_query: Tensor) -> Tensor:
-    return t_edge < t_query
-
-
-def _keep_monotone(t_edge: Tensor, t_parent: Tensor, t_query: Tensor) -> Tensor:
-    return (t_edge < t_query) & (t_edge >= t_parent)
-
-
-CONSTRAINTS: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
-    "any": _keep_any,
-    "before_query": _keep_before,
-    "monotone": _keep_monotone,
-}
-"""Edge filter ``keep(t', t_parent, t_q) -> bool mask`` of each temporal constraint."""
 
 
 def take(x: Tensor, index: Tensor) -> Tensor:
@@ -283,10 +281,6 @@ def _topk_sorted(
     return torch.cat([idx_f[~big], idx_b[rank < k]])
 
 
-_TIME_SPAN = 1 << 32
-"""Stride of the ``head * span + time`` keys that locate a time window in the CSR."""
-
-
 def _gather_out_edges(
     nodes: Nodes, adj: Adjacency, constraint: Constraint = "any", t_query: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
@@ -298,18 +292,17 @@ def _gather_out_edges(
     only admissible edges are gathered (``before_query``: time < t_q; ``monotone``:
     t_parent <= time < t_q), in CSR order. ``t_query`` holds each node's query time.
     """
+    if constraint not in ("any", "before_query", "monotone"):
+        raise ValueError(f"unknown temporal constraint {constraint!r}")
     start = take(adj.indptr, nodes.entity)
     end = take(adj.indptr, nodes.entity + 1)
-    if constraint in ("before_query", "monotone") and len(adj.time):
+    if constraint != "any" and len(adj.time):
         if t_query is None:
             raise ValueError(f"constraint {constraint!r} needs the query time of every node")
-        deg_all = adj.indptr[1:] - adj.indptr[:-1]
-        head = torch.repeat_interleave(torch.arange(len(deg_all), device=deg_all.device), deg_all)
-        key = head * _TIME_SPAN + adj.time
         base = nodes.entity * _TIME_SPAN
-        end = torch.minimum(end, torch.searchsorted(key, base + t_query))
+        end = torch.minimum(end, torch.searchsorted(adj.key, base + t_query))
         if constraint == "monotone":
-            start = torch.maximum(start, torch.searchsorted(key, base + nodes.time))
+            start = torch.maximum(start, torch.searchsorted(adj.key, base + nodes.time))
     deg = (end - start).clamp_min(0)
     parent = torch.repeat_interleave(torch.arange(len(deg), device=deg.device), deg)
     offset = torch.cumsum(deg, 0) - deg
@@ -340,17 +333,15 @@ def candidate_edges(
     parent, edge = _gather_out_edges(nodes, adj, constraint, take(queries[:, 3], nodes.query))
     query = take(nodes.query, parent)
     rel, tail, time = take(adj.rel, edge), take(adj.tail, edge), take(adj.time, edge)
-    q = take(queries, query)
-    keep = CONSTRAINTS[constraint](time, take(nodes.time, parent), q[:, 3])  # all True now
-    if exclude_query:
+    if exclude_query:  # the gather already applied the temporal constraint
+        q = take(queries, query)
         head = take(nodes.entity, parent)
         same_time = time == q[:, 3]
         forward = (head == q[:, 0]) & (rel == q[:, 1]) & (tail == q[:, 2])
         backward = (head == q[:, 2]) & (rel == inverse_relation(q[:, 1], n_relations))
         backward &= tail == q[:, 0]
-        keep &= ~(same_time & (forward | backward))
-    kept = torch.nonzero(keep).squeeze(1)
-    parent, query, rel, tail, time = (take(x, kept) for x in (parent, query, rel, tail, time))
+        kept = torch.nonzero(~(same_time & (forward | backward))).squeeze(1)
+        parent, query, rel, tail, time = (take(x, kept) for x in (parent, query, rel, tail, time))
     if sample_nodes is not None and len(parent):
         gumbel = gumbel_noise(len(parent), generator, parent.device)
         logits = sample_temperature * (time - queries[query, 3]).to(gumbel.dtype)

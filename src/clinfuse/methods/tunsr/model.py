@@ -638,11 +638,12 @@ def _answer_balls(
     return balls
 
 
-def reached(out: dict[str, Any]) -> Tensor:
-    """``(B, E)`` bool: the entities in each query's final reasoning graph of a forward pass."""
+def reached(out: dict[str, Any], graph: str = "nodes") -> Tensor:
+    """``(B, E)`` bool: the entities in each query's final reasoning graph of a forward pass
+    (``graph = "far_nodes"``: the wider graph of a tie-break evaluation)."""
     b, n_e = out["scores"].shape
     mask = torch.zeros(b * n_e, dtype=torch.bool, device=out["scores"].device)
-    mask[out["nodes"]["query"] * n_e + out["nodes"]["entity"]] = True
+    mask[out[graph]["query"] * n_e + out[graph]["entity"]] = True
     return mask.view(b, n_e)
 
 
