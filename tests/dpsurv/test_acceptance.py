@@ -1,4 +1,4 @@
-"""DPsurv acceptance on the planted synthetic cohort (issue 5, item 6).
+"""DPsurv acceptance on the planted synthetic cohort.
 
 The quick preset is fitted on each of the 5 outer folds (400 cases, seed 0); every check reads
 the out-of-fold predictions of all 400 cases, so that one 80-case test fold's noise (the oracle
