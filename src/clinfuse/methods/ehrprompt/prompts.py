@@ -284,33 +284,16 @@ class TemplateSet(Mapping[str, Template]):
         A column may also map straight to its template string. Unknown keys, a template without
         ``{value}`` and malformed YAML raise :class:`ConfigError` naming the file and column.
         """
-        yaml = require("yaml", "ehr")
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(
-                f"template file not found: {path}",
-                expected="a YAML file with a top-level 'columns:' mapping",
-                found="no such file",
-                fix="check the path, or build templates with auto_templates(frame, specs)",
-            )
-        try:
-            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(
-                f"{path}: not valid YAML",
-                expected="YAML (quote templates that start with '{')",
-                found=str(exc).splitlines()[0],
-                fix='write template: "{value} ..." with quotes',
-            ) from exc
-        if not isinstance(doc, dict) or not isinstance(doc.get("columns"), dict):
-            raise ConfigError(
-                f"{path}: no top-level 'columns:' mapping",
-                expected="columns: {name: {template: ..., unit: ..., kind: ...}}",
-                found=f"top-level keys: {list(doc) if isinstance(doc, dict) else type(doc)}",
-                fix="put the per-column templates under a 'columns:' key",
-            )
+        columns = read_columns_yaml(
+            path,
+            what="template file",
+            missing_fix="check the path, or build templates with auto_templates(frame, specs)",
+            syntax_expected="YAML (quote templates that start with '{')",
+            syntax_fix='write template: "{value} ..." with quotes',
+            entries="{name: {template: ..., unit: ..., kind: ...}}",
+        )
         out: dict[str, Template] = {}
-        for name, entry in doc["columns"].items():
+        for name, entry in columns.items():
             entry = {"template": entry} if isinstance(entry, str) else entry
             where = f"{path}: column {name!r}"
             if not isinstance(entry, dict) or "template" not in entry:
@@ -419,6 +402,47 @@ def readable_name(column: str) -> str:
     words = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", str(column))
     words = re.sub(r"[\s._\-/]+", " ", words).strip().lower().split()
     return " ".join(_ABBREVIATIONS.get(w, w) for w in words) or str(column)
+
+
+def read_columns_yaml(
+    path: str | Path,
+    *,
+    what: str,
+    missing_fix: str,
+    syntax_expected: str,
+    syntax_fix: str,
+    entries: str,
+) -> dict[Any, Any]:
+    """The top-level ``columns:`` mapping of a YAML file (template files, column
+    dictionaries); a missing file, text that is not UTF-8 YAML, or no such mapping raise
+    :class:`ConfigError` naming the file."""
+    yaml = require("yaml", "ehr")
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"{what} not found: {path}",
+            expected="a YAML file with a top-level 'columns:' mapping",
+            found="no such file",
+            fix=missing_fix,
+        )
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"{path}: not valid YAML (UTF-8)",
+            expected=syntax_expected,
+            found=str(exc).splitlines()[0],
+            fix=syntax_fix,
+        ) from None
+    columns = doc.get("columns") if isinstance(doc, dict) else None
+    if not isinstance(columns, dict):
+        raise ConfigError(
+            f"{path}: no top-level 'columns:' mapping",
+            expected=f"columns: {entries}",
+            found=f"top-level keys: {list(doc) if isinstance(doc, dict) else type(doc).__name__}",
+            fix="put the per-column entries under a 'columns:' key",
+        )
+    return columns
 
 
 def _cap(s: str) -> str:

@@ -53,6 +53,7 @@ from clinfuse.methods.ehrprompt.prompts import (
     ColumnSpec,
     Template,
     TemplateSet,
+    read_columns_yaml,
 )
 
 __all__ = [
@@ -346,32 +347,14 @@ def read_dictionary(path: str | Path | None) -> dict[str, dict[str, Any]]:
     """
     if path is None:
         return {}
-    yaml = require("yaml", "ehr")
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(
-            f"column dictionary not found: {path}",
-            expected="a YAML file with a top-level 'columns:' mapping",
-            found="no such file",
-            fix="check --set dictionary=PATH, or leave it out to use the built-in names",
-        )
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(
-            f"{path}: not a valid UTF-8 YAML file",
-            expected="columns: {name: {label: ..., unit: ..., codes: {1: male}}}",
-            found=str(exc).splitlines()[0],
-            fix="fix the YAML syntax",
-        ) from None
-    cols = doc.get("columns") if isinstance(doc, dict) else None
-    if not isinstance(cols, dict):
-        raise ConfigError(
-            f"{path}: no top-level 'columns:' mapping",
-            expected="columns: {name: {label: ..., unit: ..., kind: ..., codes: {...}}}",
-            found=type(doc).__name__ if not isinstance(doc, dict) else f"keys {list(doc)}",
-            fix="put the column entries under 'columns:'",
-        )
+    cols = read_columns_yaml(
+        path,
+        what="column dictionary",
+        missing_fix="check --set dictionary=PATH, or leave it out to use the built-in names",
+        syntax_expected="columns: {name: {label: ..., unit: ..., codes: {1: male}}}",
+        syntax_fix="fix the YAML syntax",
+        entries="{name: {label: ..., unit: ..., kind: ..., codes: {...}}}",
+    )
     out: dict[str, dict[str, Any]] = {}
     for name, entry in cols.items():
         entry = {"label": entry} if isinstance(entry, str) else entry
