@@ -105,6 +105,23 @@ def test_evaluate_predict_sweep(trained, small_pickle, capsys) -> None:
     assert list((trained / "sweeps").glob("*.csv")) and list((trained / "sweeps").glob("*.png"))
 
 
+@pytest.mark.parametrize(
+    ("command", "flag", "words"),
+    [("predict", "--explain", "has no explanations"), ("evaluate", "--arena", "no Report Arena")],
+)
+def test_capability_a_method_lacks_is_refused(
+    trained, small_pickle, capsys, command, flag, words
+) -> None:
+    """The learner's default capability refuses with a fix, before anything is written."""
+    before = sorted(p.name for p in trained.rglob("*"))
+    argv = [command, "dib", "--run", str(trained), "--data", str(small_pickle), flag]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert words in err and "drop " + flag in err
+    if command == "predict":
+        assert sorted(p.name for p in trained.rglob("*")) == before
+
+
 def test_resume_extends_a_run(trained, small_pickle, tmp_path) -> None:
     import shutil
 

@@ -75,19 +75,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
             print(f"{', '.join(request.names)} logs written inside {rd.path}")
     metrics = rd.read_metrics()
     shown = {k: v for k, v in metrics.items() if k.startswith("test_")}
-    table = _report_table(learner)
+    table = learner.report_table()
     if table:
         print(table)
     elif shown:
         print(f"test metrics:\n{_fmt_metrics(shown)}")
     print(f"results written to {rd.path}")
     return 0
-
-
-def _report_table(learner: object) -> str:
-    """A method's own summary table (e.g. DeepEN's policy comparison), if it has one."""
-    fn = getattr(learner, "report_table", None)
-    return fn() if callable(fn) else ""
 
 
 def _load(args: argparse.Namespace):
@@ -109,20 +103,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         / f"{args.split}-{_slug(args.corrupt or 'clean')}.json"
     )
     atomic_write_json(out, {"split": args.split, "corrupt": args.corrupt, "metrics": metrics})
-    table = _report_table(learner)
-    shown = table or _fmt_metrics(metrics)
+    shown = learner.report_table() or _fmt_metrics(metrics)
     print(f"{args.name} on {args.split} ({args.corrupt or 'clean'}):\n{shown}")
-    writer = getattr(learner, "write_report", None)
-    if callable(writer):
-        folder = out.with_suffix("")
-        writer(folder)
+    folder = out.with_suffix("")
+    if learner.write_report(folder):
         print(f"tables and plots written to {folder}")
-    if getattr(args, "arena", False):
-        arena = getattr(learner, "arena", None)
-        if not callable(arena):
-            raise ConfigError(f"{args.name} has no Report Arena", expected="deepmedix",
-                              found=args.name, fix="drop --arena")  # fmt: skip
-        table, paths = arena(out.with_suffix("") / "arena")
+    if args.arena:
+        table, paths = learner.arena(folder / "arena")
         print(f"Report Arena leaderboard:\n{table}")
         print(f"arena tables and plot written to {paths[0].parent if paths else out.parent}")
     print(f"results written to {out}")
@@ -130,20 +117,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import inspect
-
     from clinfuse.core.runs import RunDir
 
     learner, data = _load(args)
     if args.explain:
-        if "explain" not in inspect.signature(learner.predict).parameters:
-            raise ConfigError(
-                f"{args.name} has no explanations",
-                expected="a method whose predict() takes explain (e.g. tunsr)",
-                found=args.name,
-                fix="drop --explain",
-            )
-        df = learner.predict(data, args.split, explain=True)
+        df = learner.predict_explained(data, args.split)
         for _, row in df.head(args.show).iterrows():
             print(f"{row['head']} {row['relation']} ? (answer {row['answer']}):")
             for part in str(row["explanation"]).split(" | "):
@@ -152,10 +130,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         df = learner.predict(data, args.split)
     path = RunDir(args.run).write_predictions(df, name=f"predictions-{args.split}")
     print(f"{len(df)} predictions written to {path}")
-    figures = getattr(learner, "write_prediction_report", None)
-    if callable(figures):  # per-case figures (dpsurv: curve with band, assignment map, bars)
-        folder = Path(args.run) / f"predictions-{args.split}"
-        written = figures(data, args.split, folder, n_cases=args.show)
+    folder = Path(args.run) / f"predictions-{args.split}"
+    written = learner.write_prediction_report(data, args.split, folder, n_cases=args.show)
+    if written:  # per-case figures (dpsurv: curve with band, assignment map, bars)
         print(f"{len(written)} per-case figures for {args.show} cases written to {folder}")
     return 0
 

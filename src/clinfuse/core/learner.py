@@ -99,6 +99,44 @@ class Learner(abc.ABC):
     def demo(self, data: Any, run: RunDir) -> DemoResult:
         """Run after ``fit`` on the quick preset: the row and plots of the demo report."""
 
+    # -- optional capabilities (the CLI calls these; the defaults say "none") ------------
+    def report_table(self) -> str:
+        """The method's own summary table after ``evaluate`` (e.g. a policy comparison); ``""``
+        when it has none and the CLI prints the metrics instead."""
+        return ""
+
+    def write_report(self, folder: str | Path) -> list[Path]:
+        """Tables and plots of the last ``evaluate`` written under ``folder``; the paths
+        written (none by default)."""
+        return []
+
+    def write_prediction_report(
+        self, data: Any, split: str, folder: str | Path, n_cases: int = 5
+    ) -> list[Path]:
+        """Per-case figures of ``n_cases`` predictions under ``folder``; the paths written
+        (none by default)."""
+        return []
+
+    def predict_explained(self, data: Any, split: str = "test") -> Any:
+        """``predict`` with an ``explanation`` column (the evidence behind each answer), for
+        methods that can explain; the others refuse."""
+        raise ConfigError(
+            f"{self.name} has no explanations",
+            expected="a method that explains its predictions (e.g. tunsr)",
+            found=self.name,
+            fix="drop --explain",
+        )
+
+    def arena(self, folder: str | Path) -> tuple[str, list[Path]]:
+        """A pairwise LLM-judge leaderboard of the method's outputs: (table, paths written)
+        under ``folder``, for methods that have one; the others refuse."""
+        raise ConfigError(
+            f"{self.name} has no Report Arena",
+            expected="a method with an arena (e.g. deepmedix)",
+            found=self.name,
+            fix="drop --arena",
+        )
+
     # -- shared --------------------------------------------------------------------------
     def _require_model(self) -> Any:
         """``self.model``, or a clear error when the learner is neither trained nor loaded."""

@@ -347,6 +347,10 @@ class Tunsr(Learner):
         scores = self._scores(self._require_model(), kg, split, queries)
         return self._predictions(kg, split, queries, scores, top=top, explain=explain)
 
+    def predict_explained(self, kg: KG, split: str = "test") -> pd.DataFrame:
+        """``predict`` with the top paths behind each of the three best answers, as rules."""
+        return self.predict(kg, split, explain=True)
+
     def _predictions(
         self,
         kg: KG,
