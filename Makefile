@@ -20,6 +20,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow and not gpu" -q
+	$(PY) -m pytest --doctest-modules src -q -p no:cacheprovider
 
 bench: $(STAMP)
 	$(PY) benchmarks/renyi.py
