@@ -134,60 +134,24 @@ class MedBanana(Builder):
             return self._make(read_manifest(manifest))
         return self._make(self._user_sources())
 
-    # -- executors ----------------------------------------------------------------------------
-    def _local(self, todo: Sequence[Task], root: str) -> Iterator[dict[str, Any]]:
-        from concurrent.futures import ThreadPoolExecutor, as_completed
+    # -- executor ----------------------------------------------------------------------------
+    def _results(self, todo: Sequence[Task], root: str) -> Iterator[dict[str, Any]]:
+        """The tasks' results in completion order: serial and thread executors share the
+        roles and attempt hook of this process; process and Ray workers rebuild them from the
+        config (:func:`run_one`)."""
+        from clinfuse.core.executor import run_tasks
 
-        from clinfuse.builders.medbanana.roles import make_roles
+        cfg = self.config
+        if cfg.executor in ("serial", "thread"):
+            from clinfuse.builders.medbanana.roles import make_roles
 
-        roles = make_roles(self.config, root)
-        hook = self.attempt_hook
-        if self.config.executor == "serial" or self.config.workers == 1:
-            for t in todo:
-                yield run_task(t, self.config, root, roles, hook)
+            roles = make_roles(cfg, root)
+            yield from run_tasks(run_task, todo, args=(cfg, root, roles, self.attempt_hook),
+                                 executor=cfg.executor, workers=cfg.workers)  # fmt: skip
             return
-        with ThreadPoolExecutor(max_workers=self.config.workers) as pool:
-            futs = [pool.submit(run_task, t, self.config, root, roles, hook) for t in todo]
-            try:
-                for fut in as_completed(futs):
-                    yield fut.result()
-            finally:
-                for f in futs:
-                    f.cancel()
-
-    def _process(self, todo: Sequence[Task], root: str) -> Iterator[dict[str, Any]]:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        cfg = asdict(self.config)
-        ctx = mp.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=self.config.workers, mp_context=ctx) as pool:
-            futs = [pool.submit(run_one, t.to_dict(), cfg, root) for t in todo]
-            try:
-                for fut in as_completed(futs):
-                    yield fut.result()
-            finally:  # a failed build does not wait for the tasks not yet started
-                pool.shutdown(wait=True, cancel_futures=True)
-
-    def _ray(self, todo: Sequence[Task], root: str) -> Iterator[dict[str, Any]]:
-        from clinfuse.core.errors import require
-
-        ray = require("ray", "ray")
-        started = not ray.is_initialized()
-        if started:
-            kw = ({"address": self.config.ray_address} if self.config.ray_address
-                  else {"num_cpus": self.config.workers, "include_dashboard": False})  # fmt: skip
-            ray.init(ignore_reinit_error=True, log_to_driver=False, **kw)
-        try:
-            remote = ray.remote(run_one)
-            cfg = asdict(self.config)
-            pending = [remote.remote(t.to_dict(), cfg, root) for t in todo]
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                yield ray.get(done[0])
-        finally:
-            if started:
-                ray.shutdown()
+        yield from run_tasks(run_one, [t.to_dict() for t in todo], args=(asdict(cfg), root),
+                             executor=cfg.executor, workers=cfg.workers,
+                             ray_address=cfg.ray_address)  # fmt: skip
 
     # -- build --------------------------------------------------------------------------------
     def build(self, run: RunDir, *, resume: bool = False) -> DatasetCard:
@@ -206,13 +170,11 @@ class MedBanana(Builder):
         todo = [t for t in tasks if t.task_id not in done]
         skipped = len(tasks) - len(todo)
         log.info("medbanana: %d tasks, %d done, %d to run", len(tasks), skipped, len(todo))
-        executors = {"thread": self._local, "serial": self._local, "process": self._process,
-                     "ray": self._ray}  # fmt: skip
         t0 = time.perf_counter()
         n_ok = n = 0
         bar = tqdm(total=len(todo), desc="medbanana", unit="task",
                    disable=not progress_enabled(cfg.progress))  # fmt: skip
-        for res in executors[cfg.executor](todo, str(root)):
+        for res in self._results(todo, str(root)):
             n += 1
             n_ok += res["status"] == "success"
             bar.update(1)

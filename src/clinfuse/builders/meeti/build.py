@@ -24,7 +24,7 @@ import logging
 import math
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +35,7 @@ import pandas as pd
 from clinfuse.core.builder import BUILDERS, Builder, DatasetCard
 from clinfuse.core.config import check_fields
 from clinfuse.core.errors import ClinfuseError, ConfigError, DataError
+from clinfuse.core.executor import run_tasks
 from clinfuse.core.learner import DemoResult
 from clinfuse.core.loop import progress_enabled
 from clinfuse.core.paths import Slugs, output_path
@@ -255,48 +256,6 @@ def process_record(ref: Any, cfg_dict: dict[str, Any], root: str) -> dict[str, A
 
 
 # ------------------------------------------------------------------------------------------
-# executors
-# ------------------------------------------------------------------------------------------
-def _serial(refs: Sequence[Any], cfg: dict[str, Any], root: str, workers: int) -> Iterator[dict]:
-    for ref in refs:
-        yield process_record(ref, cfg, root)
-
-
-def _process_pool(
-    refs: Sequence[Any], cfg: dict[str, Any], root: str, workers: int
-) -> Iterator[dict]:
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(process_record, ref, cfg, root) for ref in refs]
-        for fut in as_completed(futures):
-            yield fut.result()
-
-
-def _ray(
-    refs: Sequence[Any], cfg: dict[str, Any], root: str, workers: int, address: str | None = None
-) -> Iterator[dict]:
-    from clinfuse.core.errors import require
-
-    ray = require("ray", "ray")
-    started = False
-    if not ray.is_initialized():
-        kw = {"address": address} if address else {"num_cpus": workers, "include_dashboard": False}
-        ray.init(ignore_reinit_error=True, log_to_driver=False, **kw)
-        started = True
-    try:
-        task = ray.remote(process_record)
-        pending = [task.remote(ref, cfg, root) for ref in refs]
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            yield ray.get(done[0])
-    finally:
-        if started:
-            ray.shutdown()
-
-
-# ------------------------------------------------------------------------------------------
 # the builder
 # ------------------------------------------------------------------------------------------
 @BUILDERS.register("meeti")
@@ -378,16 +337,15 @@ class MEETI(Builder):
                 fix="add --resume to continue this build",
             )
         log.info("meeti: %d records, %d already done, %d to build", len(refs), skipped, len(todo))
-        executors = {"serial": _serial, "process": _process_pool, "ray": _ray}
-        run_fn = executors[cfg.executor]
-        kwargs = {"address": cfg.ray_address} if cfg.executor == "ray" else {}
         failures: dict[str, str] = {}
         t0 = time.perf_counter()
         done = 0
         bar = tqdm(
             total=len(todo), desc="meeti", unit="rec", disable=not progress_enabled(cfg.progress)
         )
-        for res in run_fn(todo, asdict(cfg), root, cfg.workers, **kwargs):
+        results = run_tasks(process_record, todo, args=(asdict(cfg), root), executor=cfg.executor,
+                            workers=cfg.workers, ray_address=cfg.ray_address)  # fmt: skip
+        for res in results:
             if res["status"] == "done":
                 done += 1
             else:
