@@ -154,7 +154,7 @@ def test_resume_extends_a_run(trained, small_pickle, tmp_path) -> None:
     [
         (["fit", "dbi"], "did you mean: dib"),
         (["fit", "dib", "--set", "fusoin=mbt"], "did you mean: fusion"),
-        (["fit", "dib", "--set", "fusion=mtb"], "did you mean 'mbt'"),
+        (["fit", "dib", "--set", "fusion=mtb"], "did you mean: mbt"),
         (["fit", "dib", "--set", "epochs=many"], "wrong type"),
         (["fit", "dib", "--preset", "quik"], "did you mean: quick"),
         (["evaluate", "dib", "--run", "/nonexistent/run"], "not a directory"),

@@ -138,7 +138,7 @@ def test_drop_columns_removes_specs_and_note_flags() -> None:
     assert d.columns == ("age", "diabetes")
     assert [s.name for s in d.specs] == ["age", "diabetes"] and d.note_columns == ()
     assert t.columns == ("age", "sex", "diabetes", "note")  # the original is untouched
-    with pytest.raises(DataError, match="did you mean age"):
+    with pytest.raises(DataError, match="did you mean: age"):
         t.drop_columns("agee")
 
 

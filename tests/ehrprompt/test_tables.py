@@ -145,7 +145,7 @@ def test_longitudinal_first_visit_and_grouped_stratified_split() -> None:
 # -- bad input -------------------------------------------------------------------------------------
 def test_unknown_target_suggests_close_names(tmp_path: Path) -> None:
     path = _write(_cohort(), tmp_path / "c.csv")
-    with pytest.raises(DataError, match="did you mean outcome") as err:
+    with pytest.raises(DataError, match="did you mean: outcome") as err:
         load_user_table(path, target="outcom")
     assert "not in the table" in str(err.value)
     with pytest.raises(ConfigError, match="target=COLUMN"):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import difflib
 import inspect
 import json
 import math
@@ -22,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
-from clinfuse.core.errors import ConfigError
+from clinfuse.core.errors import ConfigError, suggest
 
 C = TypeVar("C")
 
@@ -54,12 +53,11 @@ def preset_path(method: str, preset: str) -> Path:
         if p.is_file():
             return p
     known = preset_names(method)
-    close = difflib.get_close_matches(preset, known, n=3, cutoff=0.5)
     raise ConfigError(
         f"unknown preset {preset!r} for {method}",
         expected=f"one of: {', '.join(known) or '(none)'}",
         found=repr(preset),
-        fix=f"did you mean: {', '.join(close)}?" if close else "pass a TOML file with --config",
+        fix=suggest(preset, known, "pass a TOML file with --config"),
     )
 
 
@@ -140,12 +138,11 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             for c in choices:
                 if str(c) == value.strip():
                     return c
-        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=3, cutoff=0.4)
         raise ConfigError(
             f"config key {key!r} must be one of {list(choices)}",
             expected=" | ".join(repr(c) for c in choices),
             found=repr(value),
-            fix=f"did you mean {close[0]!r}?" if close else f"--set {key}={choices[0]}",
+            fix=suggest(str(value), map(str, choices), f"--set {key}={choices[0]}", cutoff=0.4),
         )
     if origin is tuple:
         (inner, *_rest) = get_args(tp)
@@ -206,15 +203,14 @@ def _check_keys(cls: type, keys: Iterable[str], source: str) -> None:
     fields = [f.name for f in dataclasses.fields(cls)]
     for key in keys:
         if key not in fields:
-            close = difflib.get_close_matches(key, fields, n=3, cutoff=0.5)
             raise ConfigError(
                 f"unknown config key {key!r} in {source}",
                 expected=f"a field of {cls.__name__}",
                 found=repr(key),
                 fix=(
-                    f"did you mean: {', '.join(close)}?"
-                    if close
-                    else f"`clinfuse ls` lists the fields; known: {', '.join(fields)}"
+                    suggest(
+                        key, fields, f"`clinfuse ls` lists the fields; known: {', '.join(fields)}"
+                    )
                 ),
             )
 

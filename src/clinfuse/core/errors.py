@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class ClinfuseError(Exception):
     """Base class of every error clinfuse raises on bad input.
@@ -135,3 +138,23 @@ def reads_untrusted(expected: str):
         return reader
 
     return wrap
+
+
+def suggest(name: str, known: Iterable[str], otherwise: str = "", *, cutoff: float = 0.5) -> str:
+    """``"did you mean: a, b?"`` naming up to three of ``known`` close to ``name`` (the ones
+    equal up to case first), or ``otherwise`` when none is close. Every "unknown name" error
+    builds its ``fix`` with it.
+
+    Example:
+        >>> suggest("gausian", ["gaussian", "drop", "missing"])
+        'did you mean: gaussian?'
+        >>> suggest("Outcome", ["outcome", "age"])
+        'did you mean: outcome?'
+        >>> suggest("zzz", ["a", "b"], "use one of: a, b")
+        'use one of: a, b'
+    """
+    names = [str(k) for k in known]
+    same_case = [k for k in names if k.lower() == str(name).lower() and k != name]
+    close = difflib.get_close_matches(str(name), names, n=3, cutoff=cutoff)
+    hits = list(dict.fromkeys(same_case + close))[:3]
+    return f"did you mean: {', '.join(hits)}?" if hits else otherwise

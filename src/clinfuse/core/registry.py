@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from clinfuse.core.errors import UnknownNameError
+from clinfuse.core.errors import UnknownNameError, suggest
 
 T = TypeVar("T")
 
@@ -49,8 +48,7 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            close = difflib.get_close_matches(name, list(self._items), n=3, cutoff=0.5)
-            fix = f"did you mean: {', '.join(close)}?" if close else "`clinfuse ls` lists them"
+            fix = suggest(name, self._items, "`clinfuse ls` lists them")
             raise UnknownNameError(
                 f"unknown {self.kind} {name!r}",
                 expected=f"one of: {', '.join(sorted(self._items)) or '(none registered)'}",

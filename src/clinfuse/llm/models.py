@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import difflib
 import logging
 import os
 import re
@@ -34,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from clinfuse.core.errors import ConfigError, DataError, MissingExtraError, require
+from clinfuse.core.errors import ConfigError, DataError, MissingExtraError, require, suggest
 from clinfuse.core.packages import package_dir as _package_dir
 
 log = logging.getLogger(__name__)
@@ -338,8 +337,8 @@ def load_model(
 
 
 def _close(name: str, known: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=3)
-    return f" (did you mean {', '.join(close)}?)" if close else ""
+    hint = suggest(name, known, cutoff=0.6)
+    return f" ({hint})" if hint else ""
 
 
 # --------------------------------------------------------------------------------------------

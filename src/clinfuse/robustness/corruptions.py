@@ -30,7 +30,6 @@ CLI specs (:func:`parse_corruption`)::
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import re
 from abc import ABC, abstractmethod
@@ -40,7 +39,7 @@ from typing import ClassVar, Self
 
 import numpy as np
 
-from clinfuse.core.errors import ClinfuseError, ConfigError, DataError
+from clinfuse.core.errors import ClinfuseError, ConfigError, DataError, suggest
 from clinfuse.core.registry import Registry
 
 __all__ = [
@@ -83,8 +82,7 @@ SPEC_GRAMMAR = (
 
 
 def _close(name: str, known: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
-    return f"did you mean: {', '.join(close)}?" if close else f"use one of: {', '.join(known)}"
+    return suggest(name, known, f"use one of: {', '.join(known)}")
 
 
 def _as_modalities(modalities: str | Sequence[str], who: str) -> tuple[str, ...]:

@@ -38,7 +38,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 from collections.abc import Callable
@@ -47,7 +46,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from clinfuse.core.errors import ConfigError, UnknownNameError
+from clinfuse.core.errors import ConfigError, UnknownNameError, suggest
 from clinfuse.methods.dib.data import MODALITIES, MSAData, MSASplit, save_mmsa_pickle
 from clinfuse.methods.dib.synthetic_hard import synthetic_mosi_hard
 
@@ -335,12 +334,11 @@ def write_synthetic(name: str, path: str | os.PathLike[str], **overrides: Any) -
         'sims'
     """
     if name not in SYNTHETIC_PRESETS:
-        close = difflib.get_close_matches(name, list(SYNTHETIC_PRESETS), n=3)
         raise UnknownNameError(
             f"unknown synthetic preset {name!r}",
             expected=f"one of: {', '.join(SYNTHETIC_PRESETS)}",
             found=repr(name),
-            fix=f"did you mean: {', '.join(close)}?" if close else "use one of the known names",
+            fix=suggest(name, SYNTHETIC_PRESETS, "use one of the known names", cutoff=0.6),
         )
     data = SYNTHETIC_PRESETS[name](**overrides)
     return save_mmsa_pickle(data, path)

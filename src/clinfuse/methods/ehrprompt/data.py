@@ -19,7 +19,6 @@ MAE 12.260 (``tests/ehrprompt/test_data.py`` checks them).
 
 from __future__ import annotations
 
-import difflib
 import logging
 import numbers
 from collections.abc import Callable, Iterable, Sequence
@@ -30,7 +29,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from clinfuse.core.errors import DataError, MissingExtraError, reads_untrusted, require
+from clinfuse.core.errors import DataError, MissingExtraError, reads_untrusted, require, suggest
 from clinfuse.core.packages import package_dir, package_file
 from clinfuse.methods.ehrprompt.prompts import SUPPORT2_COLUMNS, ColumnSpec
 
@@ -119,8 +118,7 @@ _EXPECTED_VALUES: dict[str, str] = {
 
 
 def _close(name: str, known: Iterable[str]) -> str:
-    matches = difflib.get_close_matches(name, list(known), n=3)
-    return f"did you mean {', '.join(matches)}?" if matches else "check the column names"
+    return suggest(name, known, "check the column names", cutoff=0.6)
 
 
 @dataclass

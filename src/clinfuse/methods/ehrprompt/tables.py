@@ -46,7 +46,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from clinfuse.core.errors import ConfigError, DataError, require
+from clinfuse.core.errors import ConfigError, DataError, require, suggest
 from clinfuse.methods.ehrprompt.data import EHRTable
 from clinfuse.methods.ehrprompt.prompts import (
     SUPPORT2_COLUMNS,
@@ -385,10 +385,7 @@ def read_dictionary(path: str | Path | None) -> dict[str, dict[str, Any]]:
 
 # -- 2. target -------------------------------------------------------------------------------------
 def _close(name: str, known: Sequence[str]) -> str:
-    matches = difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
-    lower = [k for k in known if k.lower() == name.lower()]
-    matches = list(dict.fromkeys(lower + matches))
-    return f"did you mean {', '.join(matches)}?" if matches else f"columns: {list(known)[:30]}"
+    return suggest(name, known, f"columns: {list(known)[:30]}")
 
 
 def _prepare_target(
