@@ -1,4 +1,5 @@
-"""clinfuse.robustness: seeded test-time corruptions and severity sweeps (numpy only).
+"""clinfuse.robustness: seeded test-time corruptions (feature tensors, table cells) and
+severity sweeps.
 
 Never imports ``clinfuse.methods``: any model is evaluated through a callback.
 """

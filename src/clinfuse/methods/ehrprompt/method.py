@@ -575,7 +575,7 @@ class EHRPrompt(Learner):
     def _corrupt(
         self, data: EHRData, frame: pd.DataFrame, mode: str, rate: float, seed: int = 0
     ) -> pd.DataFrame:
-        from clinfuse.methods.ehrprompt.corrupt import corrupt_cells
+        from clinfuse.robustness.tables import corrupt_cells
 
         reference = data.table.frame.iloc[data.train]
         out, _ = corrupt_cells(
@@ -589,7 +589,7 @@ class EHRPrompt(Learner):
         return out
 
     def _report(self, data: EHRData, run: RunDir | None) -> dict[str, float]:
-        from clinfuse.methods.ehrprompt.corrupt import bootstrap_ci
+        from clinfuse.metrics.bootstrap import bootstrap_ci
 
         cfg = self.config
         table, rows = data.table, data.test
