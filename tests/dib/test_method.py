@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-import clinfuse
 from clinfuse.api import make_config
 from clinfuse.methods.dib.method import DIB, _EpochCorrupted, corrupt_split, fit_ridge
 from clinfuse.methods.dib.synthetic import make_synthetic_msa
@@ -42,17 +41,3 @@ def test_ridge_baseline_recovers_the_linear_signal() -> None:
     y = data.splits["test"].labels
     keep = y != 0
     assert np.mean((pred[keep] > 0) == (y[keep] > 0)) > 0.9
-
-
-def test_reload_gives_identical_predictions(tmp_path) -> None:
-    data_path = tmp_path / "d.pkl"
-    from clinfuse.methods.dib.data import save_mmsa_pickle
-
-    save_mmsa_pickle(_small(), data_path)
-    learner, run = clinfuse.run(
-        "dib", overrides=["epochs=1", "progress=false"], data=data_path, out=tmp_path / "r"
-    )
-    again = clinfuse.load(run.path)
-    data = again.load_data(str(data_path))
-    assert np.allclose(again.predict(data)["pred"], learner.predict(data)["pred"])
-    assert again.evaluate(data) == learner.evaluate(data)
