@@ -12,6 +12,9 @@ from clinfuse.methods.dpsurv import plots
 from clinfuse.methods.dpsurv.calibrate import (
     BandCalibration,
     fit_calibration,
+    km_noise_band,
+    km_noise_z,
+    recentre,
     scale_band,
     tercile_groups,
 )
@@ -59,7 +62,10 @@ def test_calibration_reaches_the_nominal_level_on_fresh_cases():
     x, t, e, _ = _cohort(3000, seed=0)
     risk, s, lo, up = _biased_model(x)
     cal = fit_calibration("scale", _band_fn(s, lo, up), risk, t, e, GRID, 0.9)
-    assert all(k > 1.0 for k in cal.kappa)  # the raw band was too narrow in every tercile
+    _, clo0, cup0, _ = cal.apply(_band_fn(s, lo, up), risk)
+    for g in range(3):  # the raw band was too narrow in every tercile
+        i = tercile_groups(risk, cal.cuts) == g
+        assert np.mean(cup0[i] - clo0[i]) > 2 * np.mean(up[i] - lo[i])
     # recentring: the model's hazard is too high for low risk and too low for high risk
     assert cal.centre[0] < 1.0 < cal.centre[2]
     raw_cov, cal_cov, case_cov, raw_case = [], [], [], []
@@ -106,21 +112,30 @@ def test_typical_fresh_group_is_covered_at_the_nominal_share(nominal):
     assert np.median(raw) < 0.5
 
 
-def test_width_is_not_chosen_on_times_before_a_groups_first_event():
-    """Before a group's first event its Kaplan-Meier is exactly 1, outside any band whose upper
-    edge is below 1: those grid times must not drive the width (they would push it to the
-    largest candidate). Prepending such times to the grid leaves every kappa unchanged."""
-    x, t, e, _ = _cohort(900, seed=3)
-    t = t + 0.5  # no event before 0.5
+def _late_events(seed: int = 3):
+    """No event before 0.5; a model close to the truth after 0.5 and below 1 from the start."""
+    x, t, e, _ = _cohort(900, seed=seed)
     late = np.linspace(0.55, 2.5, 60)
     early = np.concatenate([np.linspace(0.05, 0.45, 20), late])
+
+    def model(grid):
+        s = np.exp(-np.outer(np.exp(x), 0.04 * np.minimum(grid, 0.5) + np.maximum(grid - 0.5, 0)))
+        return s, np.clip(s - 0.05, 0, 1), np.clip(s + 0.05, 0, 1)
+
+    return x, t + 0.5, e, late, early, model
+
+
+def test_without_noise_term_width_is_not_chosen_on_times_before_a_groups_first_event():
+    """Before a group's first event its Kaplan-Meier is exactly 1, outside any band whose upper
+    edge is below 1: without the Kaplan-Meier noise term those grid times must not drive the
+    width (they would push it to the largest candidate). Prepending such times to the grid
+    leaves every kappa unchanged."""
+    x, t, e, late, early, model = _late_events()
     kappas = []
     for grid in (late, early):
-        # close to the truth after 0.5, and below 1 from the start
-        s = np.exp(-np.outer(np.exp(x), 0.04 * np.minimum(grid, 0.5) + np.maximum(grid - 0.5, 0)))
-        lo, up = np.clip(s - 0.05, 0, 1), np.clip(s + 0.05, 0, 1)
+        s, lo, up = model(grid)
         cal = fit_calibration("scale", _band_fn(s, lo, up), x, t, e, grid, 0.9,
-                              recentre_groups=False)  # fmt: skip
+                              recentre_groups=False, km_noise=False)  # fmt: skip
         kappas.append(cal.kappa)
         _, _, cup, _ = cal.apply(_band_fn(s, lo, up), x)
     assert kappas[0] == kappas[1]
@@ -129,15 +144,54 @@ def test_width_is_not_chosen_on_times_before_a_groups_first_event():
     assert np.all(cup[:, :20].mean(0) < 1.0)
 
 
+def test_noise_term_covers_a_groups_stretch_without_events():
+    """With the Kaplan-Meier noise term of a group of the tercile's size, the upper edge is
+    exactly 1 where the model gives such a group a survival close to 1, so the Kaplan-Meier of 1
+    before the first event is inside the band there; the low and mid terciles are covered at
+    the nominal share of the whole grid without an absurd width."""
+    x, t, e, _, early, model = _late_events()
+    s, lo, up = model(early)
+    cal = fit_calibration("scale", _band_fn(s, lo, up), x, t, e, early, 0.9,
+                          recentre_groups=False)  # fmt: skip
+    assert cal.z == pytest.approx(1.6449, abs=1e-4) and cal.group_size == (300.0,) * 3
+    _, clo, cup, _ = cal.apply(_band_fn(s, lo, up), x)
+    groups = tercile_groups(x, cal.cuts)
+    for g in (0, 1):
+        i = groups == g
+        assert np.all(cup[i][:, :20].mean(0) == 1.0)
+        assert interval_coverage(t[i], e[i], clo[i], cup[i], early) >= 0.9
+        assert cal.kappa[g] < 10.0
+
+
+def test_noise_term_and_recentring_slope():
+    s = np.array([[0.99, 0.9, 0.5, 0.1]])
+    lo, up = s - 0.005, s + 0.005
+    lo2, up2 = km_noise_band(s, lo, up, 1.645, 50)
+    sd = np.sqrt(s * (1 - s) / 50)
+    np.testing.assert_allclose(up2, np.minimum(up + 1.645 * sd, 1.0))
+    np.testing.assert_allclose(lo2, lo - 1.645 * sd)
+    assert up2[0, 0] == 1.0  # clipped: a group of 50 at S = 0.99 may well have no event
+    assert km_noise_band(s, lo, up, 0.0, 50)[1] is up
+    assert km_noise_z(0.9) == pytest.approx(1.6449, abs=1e-4)
+    # a slope keeps each curve monotone and the band ordered; slope 1 is the power S^c
+    for c, p in ((0.5, 0.6), (2.0, 1.7)):
+        rs, rlo, rup = recentre(s, lo, up, c, p)
+        assert np.all(np.diff(rs) < 0) and np.all((rlo <= rs) & (rs <= rup))
+    np.testing.assert_allclose(recentre(s, lo, up, 2.0, 1.0)[0], s**2.0)
+
+
 def test_identity_and_round_trip():
     cal = BandCalibration.identity(0.8)
     assert cal.family == "none" and cal.alpha == pytest.approx((0.2, 0.2, 0.2))
     kappa, alpha, centre = cal.per_case(np.array([-5.0, 0.0, 5.0]))
     assert np.all(kappa == 1.0) and np.allclose(alpha, 0.2) and np.all(centre == 1.0)
     fitted = BandCalibration(
-        "scale", 0.9, (0.1, 0.2), (1.0, 2.0, 3.0), (0.1, 0.2, 0.3), 0.4, (0.5, 1.0, 2.0)
+        "scale", 0.9, (0.1, 0.2), (1.0, 2.0, 3.0), (0.1, 0.2, 0.3), 0.4, (0.5, 1.0, 2.0),
+        (0.8, 1.0, 1.3), (40.0, 41.0, 40.0), 1.645,
     )
     assert BandCalibration.from_dict(fitted.to_dict()) == fitted
+    older = {k: v for k, v in fitted.to_dict().items() if k not in ("slope", "group_size", "z")}
+    assert BandCalibration.from_dict(older).z == 0.0  # saved before the noise term: none
     with pytest.raises(ConfigError, match="nominal"):
         fit_calibration("scale", lambda k: None, np.zeros(3), np.ones(3), np.ones(3), GRID, 1.0)
 

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Literal
 
 import numpy as np
@@ -70,6 +71,7 @@ __all__ = [
     "BandCalibration",
     "Family",
     "fit_calibration",
+    "km_noise_band",
     "recentre",
     "scale_band",
     "tercile_groups",
@@ -86,9 +88,11 @@ _KAPPAS: dict[str, np.ndarray] = {
 }
 """Candidate :math:`\\kappa` of each family, increasing (wider bands)."""
 _ALPHAS = np.linspace(0.0025, 1.0, 400)
-_CENTRES = np.geomspace(1 / 20, 20, 241)
-"""Candidate proportional-hazards exponents of the recentring, :math:`S \to S^c`."""
 """Candidate interval miss levels, increasing (narrower intervals)."""
+_CENTRES = np.geomspace(1 / 20, 20, 241)
+"""Candidate intercepts c of the recentring (cumulative hazard times c)."""
+_SLOPES = np.geomspace(0.4, 2.5, 17)
+"""Candidate slopes p of the recentring (cumulative hazard to the power p)."""
 _EPS = 1e-12
 _BOOT = 40
 """Bootstrap resamples of each calibration group behind the Kaplan-Meier coverage."""
@@ -136,25 +140,79 @@ def tercile_groups(risk: np.ndarray, cuts: tuple[float, float]) -> np.ndarray:
 
 
 def recentre(
-    s: np.ndarray, s_low: np.ndarray, s_up: np.ndarray, c: np.ndarray | float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    r"""Raise curve and band to the per-case power ``c``, :math:`S \to S^{c}` (the cumulative
-    hazard times ``c``: a proportional-hazards correction that keeps every curve monotone and
-    the band ordered).
+    s: np.ndarray, s_low: np.ndarray, s_up: np.ndarray, c: np.ndarray | float,
+    slope: np.ndarray | float = 1.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    r"""Recalibrate curve and band on the complementary log-log scale, per case:
+    :math:`\Lambda \to c\,\Lambda^{p}` for the cumulative hazard :math:`\Lambda = -\log S`, i.e.
+    :math:`\log(-\log S') = \log c + p \log(-\log S)` (the calibration intercept and slope of
+    a survival model on that scale; van Houwelingen 2000). With ``slope`` :math:`p = 1` it is the
+    proportional-hazards power :math:`S \to S^{c}`. The map is increasing in :math:`S`, so every
+    curve stays monotone and the band ordered.
 
     Example:
         >>> [float(v[0, 0]) for v in recentre(np.array([[0.5]]), np.array([[0.25]]),
         ...                                    np.array([[1.0]]), 2.0)]
         [0.25, 0.0625, 1.0]
+        >>> [round(float(v[0, 0]), 4) for v in recentre(np.array([[0.5]]), np.array([[0.25]]),
+        ...                                              np.array([[1.0]]), 1.0, 2.0)]
+        [0.6185, 0.1463, 1.0]
     """
-    p = np.broadcast_to(np.asarray(c, dtype=np.float64), (s.shape[0],))[:, None]
-    return s**p, s_low**p, s_up**p
+    n = s.shape[0]
+    c_ = np.broadcast_to(np.asarray(c, dtype=np.float64), (n,))[:, None]
+    p_ = np.broadcast_to(np.asarray(slope, dtype=np.float64), (n,))[:, None]
+    if np.all(p_ == 1.0):
+        return s**c_, s_low**c_, s_up**c_
+
+    def f(x: np.ndarray) -> np.ndarray:
+        return np.exp(-c_ * (-np.log(np.clip(x, 1e-300, 1.0))) ** p_)
+
+    return f(s), f(s_low), f(s_up)
+
+
+def km_noise_band(
+    s: np.ndarray, s_low: np.ndarray, s_up: np.ndarray, z: float, size: np.ndarray | float
+) -> tuple[np.ndarray, np.ndarray]:
+    r"""The band widened by the sampling noise of a group's Kaplan-Meier: each edge moves out by
+    :math:`z\sqrt{S(1-S)/m}` (the binomial standard error of a Kaplan-Meier of :math:`m` cases
+    without censoring; Greenwood's formula reduces to it) and is clipped to [0, 1].
+
+    The band is then a prediction band for the Kaplan-Meier of a group of :math:`m` cases, not
+    only for its survival probability. Where a group of that size is likely to have had no event
+    yet (:math:`S` close to 1) the upper edge reaches 1, where its Kaplan-Meier is exactly 1.
+
+    Shape:
+        s, s_low, s_up: ``(n, T)``; size: scalar or ``(n,)``. Output: ``(s_low, s_up)``.
+
+    Example:
+        >>> lo, up = km_noise_band(np.array([[0.99]]), np.array([[0.98]]),
+        ...                        np.array([[0.995]]), 1.645, 100)
+        >>> round(float(lo[0, 0]), 4), float(up[0, 0])
+        (0.9636, 1.0)
+    """
+    if z <= 0.0:
+        return s_low, s_up
+    m = np.broadcast_to(np.asarray(size, dtype=np.float64), (s.shape[0],))[:, None]
+    sd = np.sqrt(np.clip(s * (1.0 - s), 0.0, None) / m)
+    return np.clip(s_low - z * sd, 0.0, 1.0), np.clip(s_up + z * sd, 0.0, 1.0)
+
+
+def km_noise_z(nominal: float) -> float:
+    r"""The two-sided pointwise normal quantile of the nominal level :math:`1-\alpha`,
+    :math:`\Phi^{-1}(1 - \alpha/2)` (1.645 at 0.9).
+
+    Example:
+        >>> round(km_noise_z(0.9), 3)
+        1.645
+    """
+    return float(NormalDist().inv_cdf(0.5 * (1.0 + nominal)))
 
 
 @dataclass(frozen=True)
 class BandCalibration:
     """A fitted calibration: the family, the risk cut points and, per tercile, the recentring
-    exponent, the band parameter kappa and the interval miss level alpha."""
+    intercept and slope, the band parameter kappa, the interval miss level alpha and the group
+    size whose Kaplan-Meier noise widens the band."""
 
     family: Family
     nominal: float
@@ -164,7 +222,14 @@ class BandCalibration:
     width: float = float("nan")
     """Mean band width on the calibration cases after calibration."""
     centre: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    """Proportional-hazards exponent that recentres each tercile on its Kaplan-Meier."""
+    """Recentring intercept c of each tercile (cumulative hazard times c)."""
+    slope: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """Recentring slope p of each tercile (cumulative hazard to the power p)."""
+    group_size: tuple[float, float, float] = (np.inf, np.inf, np.inf)
+    """Cases per calibration tercile: the group size m of the Kaplan-Meier noise term
+    (infinite: no noise term)."""
+    z: float = 0.0
+    """Normal quantile of the Kaplan-Meier noise term (0: none)."""
 
     @classmethod
     def identity(cls, nominal: float) -> BandCalibration:
@@ -181,8 +246,12 @@ class BandCalibration:
         self, band_fn: BandFn, risk: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``(s, s_low, s_up, alpha)`` of all cases of ``band_fn`` after calibration."""
+        g = tercile_groups(risk, self.cuts)
         kappa, alpha, centre = self.per_case(risk)
-        s, lo, up = recentre(*band_fn(kappa, np.arange(len(kappa))), centre)
+        s, lo, up = recentre(
+            *band_fn(kappa, np.arange(len(kappa))), centre, np.asarray(self.slope)[g]
+        )
+        lo, up = km_noise_band(s, lo, up, self.z, np.asarray(self.group_size)[g])
         return s, lo, up, alpha
 
     def to_dict(self) -> dict[str, object]:
@@ -194,6 +263,9 @@ class BandCalibration:
             "alpha": [float(a) for a in self.alpha],
             "width": float(self.width),
             "centre": [float(c) for c in self.centre],
+            "slope": [float(c) for c in self.slope],
+            "group_size": [float(m) for m in self.group_size],
+            "z": float(self.z),
         }
 
     @classmethod
@@ -201,17 +273,41 @@ class BandCalibration:
         return cls(
             d["family"], float(d["nominal"]), tuple(d["cuts"]), tuple(d["kappa"]),
             tuple(d["alpha"]), float(d.get("width", float("nan"))),
-            tuple(d.get("centre", (1.0, 1.0, 1.0))),
+            tuple(d.get("centre", (1.0, 1.0, 1.0))), tuple(d.get("slope", (1.0, 1.0, 1.0))),
+            tuple(float(m) for m in d.get("group_size", (np.inf, np.inf, np.inf))),
+            float(d.get("z", 0.0)),
         )  # fmt: skip
 
 
-def _centre(s: np.ndarray, time: np.ndarray, event: np.ndarray, grid: np.ndarray) -> float:
-    """The exponent c whose mean curve of the group, mean(S^c), is closest (least squares over
-    the grid) to the group's Kaplan-Meier."""
+def _centre(
+    s: np.ndarray, time: np.ndarray, event: np.ndarray, grid: np.ndarray, slope: bool = True
+) -> tuple[float, float]:
+    """The intercept c and slope p of :func:`recentre` whose mean curve of the group,
+    mean(exp(-c Λ^p)), is closest (least squares over the grid) to the group's Kaplan-Meier: a
+    grid search, then a finer one around the best pair (``slope=False``: p = 1)."""
     km = km_at(time, event, grid)
-    logs = np.log(np.clip(s, 1e-300, 1.0))
-    err = [np.sum((np.exp(c * logs).mean(0) - km) ** 2) for c in _CENTRES]
-    return float(_CENTRES[int(np.argmin(err))])
+    cum = -np.log(np.clip(s, 1e-300, 1.0))
+
+    def search(cs: np.ndarray, ps: np.ndarray) -> tuple[float, float, float]:
+        best = (np.inf, 1.0, 1.0)
+        for p in ps:
+            cp = cum**p
+            # (len(cs), T) mean curves, in chunks of cases to bound the memory
+            mean = np.zeros((len(cs), len(grid)))
+            for a in range(0, cum.shape[0], 256):
+                mean += np.exp(-cs[:, None, None] * cp[None, a : a + 256]).sum(1)
+            err = np.sum((mean / cum.shape[0] - km) ** 2, axis=1)
+            j = int(np.argmin(err))
+            if err[j] < best[0]:
+                best = (float(err[j]), float(cs[j]), float(p))
+        return best
+
+    if not slope:
+        return search(_CENTRES, np.ones(1))[1], 1.0
+    _, c0, p0 = search(_CENTRES[::4], _SLOPES)
+    step_c, step_p = _CENTRES[4] / _CENTRES[0], _SLOPES[1] / _SLOPES[0]
+    _, c, p = search(c0 * step_c ** np.linspace(-1, 1, 17), p0 * step_p ** np.linspace(-1, 1, 9))
+    return c, p
 
 
 def _bisect(ok: Callable[[int], bool], n: int) -> int:
@@ -229,8 +325,9 @@ def _bisect(ok: Callable[[int], bool], n: int) -> int:
 
 
 def _smallest_kappa(
-    band_fn: BandFn, idx: np.ndarray, c: float, time: np.ndarray, event: np.ndarray,
-    grid: np.ndarray, kappas: np.ndarray, nominal: float, rng: np.random.Generator,
+    band_fn: BandFn, idx: np.ndarray, c: float, p: float, z: float, time: np.ndarray,
+    event: np.ndarray, grid: np.ndarray, kappas: np.ndarray, nominal: float,
+    rng: np.random.Generator, every_time: bool,
 ) -> float:  # fmt: skip
     """The first increasing candidate whose group coverage, the median over bootstrap
     resamples of the group, reaches ``nominal``.
@@ -240,32 +337,36 @@ def _smallest_kappa(
     when the band's edge runs along the curve). The median over resamples targets the coverage
     of a typical new group instead (why not the mean: see the module docstring).
 
-    Each resample's coverage counts the grid times from its first event on (and, when every
-    case has had its event, before the Kaplan-Meier reaches 0). Before the first event the
-    Kaplan-Meier is exactly 1, and a band contains it only where every case's upper edge is 1
-    to the last bit; a width chosen to get there is absurd (on pbc2 the band parameter grew to
-    11-16 times the raw one, and the evidential family to its largest candidate), and a fresh
-    group with a later first event still misses those times. The same holds for a Kaplan-Meier
-    of exactly 0 and the lower edge. A group with no such time on the grid keeps the raw width
+    With ``every_time`` the share counts every grid time, as
+    :func:`~clinfuse.metrics.survival.tercile_coverage` does. Otherwise it counts the times from
+    the resample's first event on (and, when every case has had its event, before the
+    Kaplan-Meier reaches 0): before the first event the Kaplan-Meier is exactly 1, and a band
+    without the Kaplan-Meier noise term (``z = 0``) contains it only where every case's upper
+    edge is 1 to the last bit; a width chosen to get there is absurd (on pbc2 the band parameter
+    grew to 11-16 times the raw one, and the evidential family to its largest candidate). With
+    the noise term the upper edge reaches 1 where a group of this size is likely to have had no
+    event yet, so those times can be counted. A group with no counted time keeps the raw width
     (1.0).
     """
     n = len(idx)
     boots = [np.arange(n)] + [rng.integers(0, n, n) for _ in range(_BOOT)]
     kms = [km_at(time[idx][b], event[idx][b], grid) for b in boots]
-    # the times at which the Kaplan-Meier is strictly inside (0, 1): from the resample's first
-    # event on, and before every case of it has had its event
-    after = [(km < 1.0) & (km > 0.0) for km in kms]
-    kept = [k for k, a in enumerate(after) if a.any()]
+    if every_time:
+        counted = [np.ones(len(grid), dtype=bool) for _ in kms]
+    else:  # the times at which the Kaplan-Meier is strictly inside (0, 1)
+        counted = [(km < 1.0) & (km > 0.0) for km in kms]
+    kept = [k for k, a in enumerate(counted) if a.any()]
     if not kept:  # no event on the grid: nothing to calibrate the width on
         return 1.0
 
     def covered(j: int) -> bool:
-        _, lo, up = recentre(*band_fn(np.full(n, kappas[j]), idx), c)
+        s, lo, up = recentre(*band_fn(np.full(n, kappas[j]), idx), c, p)
+        lo, up = km_noise_band(s, lo, up, z, n)
         cov = []
         for k in kept:
             b, km = boots[k], kms[k]
             inside = (km >= lo[b].mean(0)) & (km <= up[b].mean(0))
-            cov.append(np.mean(inside[after[k]]))
+            cov.append(np.mean(inside[counted[k]]))
         return float(np.median(cov)) >= nominal
 
     return float(kappas[_bisect(covered, len(kappas))])
@@ -298,13 +399,18 @@ def fit_calibration(
     nominal: float,
     seed: int = 0,
     recentre_groups: bool = True,
+    recentre_slope: bool = True,
+    km_noise: bool = True,
 ) -> BandCalibration:
     """Fit one family's per-tercile recentring, ``kappa`` and ``alpha`` on calibration cases.
 
-    Per tercile: (1) with ``recentre_groups``, the exponent ``c`` that brings the group's mean
-    raw curve to its Kaplan-Meier (:func:`recentre`); (2) the smallest ``kappa`` whose
-    Kaplan-Meier coverage from the group's first event on, the median over bootstrap resamples,
-    reaches ``nominal``; (3) the largest ``alpha`` whose IPCW interval hit rate reaches it.
+    Per tercile: (1) with ``recentre_groups``, the intercept ``c`` (and with ``recentre_slope``
+    the slope ``p``) that bring the group's mean raw curve to its Kaplan-Meier
+    (:func:`recentre`); (2) with ``km_noise``, the Kaplan-Meier noise term of a group of the
+    tercile's size at the nominal pointwise level (:func:`km_noise_band`); (3) the smallest
+    ``kappa`` whose Kaplan-Meier coverage, the median over bootstrap resamples, reaches
+    ``nominal`` (every grid time counted with the noise term; from the group's first event on
+    without it); (4) the largest ``alpha`` whose IPCW interval hit rate reaches it.
     """
     if not 0.5 <= nominal < 1.0:
         raise ConfigError(
@@ -319,25 +425,36 @@ def fit_calibration(
     cuts = (float(q[0]), float(q[1]))
     groups = tercile_groups(risk, cuts)
     rng = np.random.default_rng(seed)
-    chosen_c, chosen_k, chosen_a, widths = [], [], [], []
+    z = km_noise_z(nominal) if km_noise else 0.0
+    chosen_c, chosen_p, chosen_k, chosen_a, sizes, widths = [], [], [], [], [], []
     for g in range(3):
         idx = np.flatnonzero(groups == g)
         if len(idx) < 3:
             chosen_c.append(1.0)
+            chosen_p.append(1.0)
             chosen_k.append(1.0)
             chosen_a.append(1.0 - nominal)
+            sizes.append(np.inf)
             continue
         t, e = time[idx], event[idx]
-        c = _centre(band_fn(np.ones(len(idx)), idx)[0], t, e, grid) if recentre_groups else 1.0
-        k = _smallest_kappa(band_fn, idx, c, time, event, grid, _KAPPAS[family], nominal, rng)
-        _, lo, up = recentre(*band_fn(np.full(len(idx), k), idx), c)
+        c, p = 1.0, 1.0
+        if recentre_groups:
+            c, p = _centre(band_fn(np.ones(len(idx)), idx)[0], t, e, grid, recentre_slope)
+        k = _smallest_kappa(
+            band_fn, idx, c, p, z, time, event, grid, _KAPPAS[family], nominal, rng,
+            every_time=km_noise,
+        )  # fmt: skip
+        s, lo, up = recentre(*band_fn(np.full(len(idx), k), idx), c, p)
+        lo, up = km_noise_band(s, lo, up, z, len(idx))
         chosen_c.append(c)
+        chosen_p.append(p)
         chosen_k.append(k)
         chosen_a.append(_largest_alpha(lo, up, t, e, grid, nominal))
+        sizes.append(float(len(idx)))
         widths.append(float(np.sum(up - lo)))
     return BandCalibration(
         family, nominal, cuts, tuple(chosen_k), tuple(chosen_a),
-        sum(widths) / (len(risk) * len(grid)), tuple(chosen_c),
+        sum(widths) / (len(risk) * len(grid)), tuple(chosen_c), tuple(chosen_p), tuple(sizes), z,
     )  # fmt: skip
 
 

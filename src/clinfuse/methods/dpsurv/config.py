@@ -106,9 +106,19 @@ class DPsurvConfig:
     calibration-set IBS stays within 0.005 of the raw curve's, `none` keeps the raw band
     [inferred]."""
     recentre: bool = True
-    """Before scaling the band, raise each risk tercile's curves to the power that brings their
-    mean to the tercile's Kaplan-Meier on the calibration cases (a proportional-hazards
-    correction; without it a band whose edge runs along a biased curve covers erratically)
+    """Before scaling the band, recalibrate each risk tercile's curves on the complementary
+    log-log scale, cumulative hazard -> c * hazard^p, with the intercept c (and the slope p,
+    `recentre_slope`) that bring their mean closest to the tercile's Kaplan-Meier on the
+    calibration cases (without it a band whose edge runs along a biased curve covers
+    erratically) [inferred]."""
+    recentre_slope: bool = True
+    """Fit the slope p of the recentring as well as the intercept c; off: p = 1, the
+    proportional-hazards power S -> S^c [inferred]."""
+    km_noise: bool = True
+    """Widen the band by the binomial sampling noise of the Kaplan-Meier of a group of the
+    calibration tercile's size, at the nominal pointwise level, so that the band is a
+    prediction band for a group's Kaplan-Meier (its upper edge reaches 1 where such a group
+    is likely to have had no event yet); the group coverage then counts every grid time
     [inferred]."""
     nominal: float = 0.9
     """Nominal coverage of the calibrated band (risk groups) and case intervals."""

@@ -504,7 +504,8 @@ class DPsurv(Learner):
             fn = self._band_fn(fam, oof, self.cov_grid)
             cal = fit_calibration(
                 fam, fn, oof["risk"], time, event, self.cov_grid, cfg.nominal, seed=cfg.seed,
-                recentre_groups=cfg.recentre,
+                recentre_groups=cfg.recentre, recentre_slope=cfg.recentre_slope,
+                km_noise=cfg.km_noise,
             )  # fmt: skip
             ibs = calibration_ibs(fn, cal, oof["risk"], time, event, self.cov_grid)
             fitted.append((cal, ibs))
@@ -514,6 +515,7 @@ class DPsurv(Learner):
                 **{f"calibration_{fam}_kappa_{g}": v for g, v in enumerate(cal.kappa)},
                 **{f"calibration_{fam}_alpha_{g}": v for g, v in enumerate(cal.alpha)},
                 **{f"calibration_{fam}_centre_{g}": v for g, v in enumerate(cal.centre)},
+                **{f"calibration_{fam}_slope_{g}": v for g, v in enumerate(cal.slope)},
             })  # fmt: skip
         self.calibrations = {c.family: c for c, _ in fitted}
         self.calibrations["none"] = BandCalibration.identity(cfg.nominal)
