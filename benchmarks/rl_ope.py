@@ -98,14 +98,26 @@ from clinfuse.rl.ope import evaluate_policy, fit_behaviour, format_estimate, val
 
 OUT = Path(__file__).resolve().parent / "results"
 CACHE = Path(__file__).resolve().parents[1] / "runs" / "bench" / "rl_ope"
-CACHE_VERSION = {"ope": 3, "cql": 2, "deepen": 2, "demo": 2}
+CACHE_VERSION = {"ope": 4, "cql": 2, "deepen": 2, "demo": 2}
 """Per part, bumped whenever an estimator or a case of that part changes (older cached results
 are then ignored). ``ope`` 3: per-step tabular FQE under a step cap, nutrition's behaviour model
-chosen by held-out NLL. ``cql`` stays at 2: its results were computed before the per-step FQE
+chosen by held-out NLL; 4: on the tabular MDPs the DR/WDR/FQE intervals of the checked targets
+refit the FQE on every resample (every other row is computed as in 3 and is read from a
+version-3 entry of the same seed when there is one: :data:`REUSED_FROM`). ``cql`` stays at
+2: its results were computed before the per-step FQE
 (the WDR that scored its checkpoints used a stationary tabular FQE); ``deepen`` and ``demo``
 use the linear FQE, which did not change."""
 ESTIMATORS = ["wis", "cwpdis", "dr", "wdr", "fqe"]
+MODEL_ESTIMATORS = ("dr", "wdr", "fqe")
+"""The estimators whose intervals the bootstrap refit changes."""
 CHECKED = ("random", "sepsis", "nutrition")
+CHECKED_TARGETS = ("behaviour", "near_support", "near_all")
+TABULAR = ("random", "sepsis", "sepsis_pomdp")
+"""MDPs with a tabular FQE: their checked targets' model-based intervals refit it on every
+bootstrap resample (``evaluate_policy``'s default ``bootstrap_refit="auto"``); the ``bc`` and
+``cql`` targets (information) keep the fixed-model bootstrap, which saves a third of the run."""
+REUSED_FROM = 3
+"""Cache version whose entries hold every row that version 4 computes the same way."""
 COVERAGE_GOAL = 0.9
 MIN_SEEDS = 50
 """Coverage counts as measured only over at least this many data seeds."""
@@ -126,11 +138,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cql-episodes", type=int, default=2000, help="physician episodes per seed")
     p.add_argument("--deepen-seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument(
-        "--refit",
-        action="store_true",
-        help="refit the cross-fitted tabular FQE on every bootstrap resample (bootstrap_refit; "
-        "random and sepsis: the nutrition simulator's linear FQE would take about 2,000 s per "
-        "policy)",
+        "--no-refit",
+        dest="refit",
+        action="store_false",
+        help="hold the fitted tabular FQE fixed in the bootstrap (the default refits it on every "
+        "resample for the checked targets of random and sepsis; the nutrition simulator's linear "
+        "FQE is always held fixed: a refit would take about 2,000 s per policy)",
     )
     p.add_argument("--fresh", action="store_true", help="ignore cached results")
     p.add_argument("--out", type=Path, default=OUT)
@@ -276,22 +289,36 @@ def nutrition_case(seed: int, cql: bool, truth: dict[str, tuple[float, float]]) 
 
 
 # -- evaluation -----------------------------------------------------------------------------
+def _refits(mdp: str, target: str, refit: bool) -> bool:
+    return refit and mdp in TABULAR and target in CHECKED_TARGETS
+
+
 def evaluate_case(
-    mdp: str, seed: int, case: Case, n_boot: int, refit: bool = False
-) -> list[dict[str, Any]]:
+    mdp: str, seed: int, case: Case, n_boot: int, refit: bool = True,
+    only: tuple[str, ...] | None = None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Rows of every target (``only``: the refitted model-based rows alone, see :func:`_merge`)."""
     rows = []
     for target, (pe, truth) in case.targets.items():
         common = {"n_boot": n_boot, "seed": seed, "value_range": case.value_range}
+        boot_refit = _refits(mdp, target, refit)
+        if only is not None and not boot_refit:
+            continue
         table = evaluate_policy(
-            case.traj, pe, case.pb_hat, case.gamma, estimators=ESTIMATORS,
-            behaviour=case.behaviour, bootstrap_refit=refit, **common,
+            case.traj, pe, case.pb_hat, case.gamma, estimators=list(only or ESTIMATORS),
+            behaviour=case.behaviour, bootstrap_refit=boot_refit, **common,
         )  # fmt: skip
-        base = evaluate_policy(
-            case.traj, pe, case.pb_hat, case.gamma, estimators=["dr", "wdr"], cross_fit=1,
-            **common,
-        )  # fmt: skip
-        base["estimator"] = base["estimator"] + "_insample"
-        for t in (table, base):
+        table["refit"] = boot_refit & table["estimator"].isin(MODEL_ESTIMATORS)
+        tables = [table]
+        if only is None:  # baseline: the in-sample model, held fixed in the bootstrap
+            base = evaluate_policy(
+                case.traj, pe, case.pb_hat, case.gamma, estimators=["dr", "wdr"], cross_fit=1,
+                bootstrap_refit=False, **common,
+            )  # fmt: skip
+            base["estimator"] = base["estimator"] + "_insample"
+            base["refit"] = False
+            tables.append(base)
+        for t in tables:
             for _, r in t.iterrows():
                 rows.append(
                     {
@@ -304,9 +331,20 @@ def evaluate_case(
                         "n_episodes": int(case.traj.n_episodes),
                         "low_support_mass": t.attrs["positivity"]["low_support_mass"],
                         "temperature": float(case.behaviour.report["temperature"]),
+                        "bootstrap_refit": bool(r["refit"]),
                     }
                 )  # fmt: skip
     return rows
+
+
+def _merge(previous: list[dict[str, Any]], refitted: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A version-3 entry's rows with the refitted model-based rows in place of its own (every
+    other row is computed by the same code with the same seeds)."""
+    new = {(r["target"], r["estimator"]): r for r in refitted}
+    out = [new.get((r["target"], r["estimator"]), {**r, "bootstrap_refit": False})
+           for r in previous]  # fmt: skip
+    assert sum((r["target"], r["estimator"]) in new for r in previous) == len(new)
+    return out
 
 
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
@@ -321,6 +359,7 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
         mean_ess=("ess", "mean"),
         n=("n_episodes", "mean"),
         flagged=("flags", lambda f: float(np.mean([bool(x) for x in f]))),
+        refit=("bootstrap_refit", "all"),
     ).reset_index()
     err = df["value"] - df["truth"]
     keys = [df["mdp"], df["target"], df["estimator"]]
@@ -734,9 +773,12 @@ def markdown(summary: pd.DataFrame, chk: dict[str, Any], meta: dict[str, Any],
             "`*_insample` is the same model fitted in sample (baseline). `CI width` is the mean "
             "width of the clipped 95% CI; `error SD / (CI width / 3.92)` the spread of the "
             "errors over the seeds against the standard error the intervals imply (about 1 "
-            "when the CI is as wide as the sampling spread, above 1 when it is too narrow: the "
-            "bootstrap holds the fitted FQE fixed unless `--refit`); `flagged` the share of "
-            "seeds whose estimate carries a flag (low ESS, positivity, out of range).",
+            "when the CI is as wide as the sampling spread, above 1 when it is too narrow); "
+            "`flagged` the share of seeds whose estimate carries a flag (low ESS, positivity, "
+            "out of range). On random and sepsis the DR/WDR/FQE intervals of the behaviour and "
+            "near-behaviour targets refit the tabular FQE on every resample (`bootstrap_refit`, "
+            "column `refit`); bc and cql, and nutrition's linear FQE, hold the fitted model "
+            "fixed.",
         ]
         if "nutrition_truth" in meta:
             t = meta["nutrition_truth"]
@@ -748,15 +790,15 @@ def markdown(summary: pd.DataFrame, chk: dict[str, Any], meta: dict[str, Any],
         lines += [
             "",
             "| mdp | target | estimator | seeds | truth | mean estimate | bias | RMSE | coverage "
-            "| CI width | error SD / (CI width / 3.92) | mean ESS / n | flagged |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| CI width | error SD / (CI width / 3.92) | mean ESS / n | flagged | refit |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in summary.itertuples():
             lines.append(
                 f"| {r.mdp} | {r.target} | {r.estimator} | {r.seeds} | {r.truth:.3f} | "
                 f"{r.mean_estimate:.3f} | {r.bias:+.3f} | {r.rmse:.3f} | {r.coverage:.2f} | "
                 f"{r.ci_width:.3f} | {r.spread_over_ci:.2f} | {r.mean_ess:.0f} / {r.n:.0f} | "
-                f"{r.flagged:.2f} |"
+                f"{r.flagged:.2f} | {'yes' if r.refit else ''} |"
             )
     if cql:
         lines += [
@@ -831,12 +873,12 @@ def markdown(summary: pd.DataFrame, chk: dict[str, Any], meta: dict[str, Any],
 
 
 # -- driver ---------------------------------------------------------------------------------
-def _key(args: argparse.Namespace, part: str) -> str:
-    knobs: dict[str, Any] = {"version": CACHE_VERSION[part], "part": part}
+def _key(args: argparse.Namespace, part: str, version: int | None = None) -> str:
+    knobs: dict[str, Any] = {"version": version or CACHE_VERSION[part], "part": part}
     if part == "ope":
         knobs |= {"n_boot": args.n_boot, "cql_seeds": args.cql_seeds}
-        if args.refit:
-            knobs["refit"] = True
+        if not args.refit:
+            knobs["refit"] = False
     elif part == "cql":
         knobs |= {"episodes": args.cql_episodes, "alphas": CQL_ALPHAS, "steps": CQL_STEPS,
                   "every": CQL_CHECKPOINT_EVERY, "floor": CQL_ESS_FLOOR,
@@ -879,6 +921,7 @@ def main(argv: list[str] | None = None) -> int:
         meta["readme"] = readme_check()
     if "ope" in args.parts:
         cache = CACHE / _key(args, "ope")
+        previous = CACHE / _key(args, "ope", REUSED_FROM)
         truth = None
         if "nutrition" in args.mdps:
             truth = cached(cache / "nutrition_truth.json", args.fresh, nutrition_truth)
@@ -896,9 +939,16 @@ def main(argv: list[str] | None = None) -> int:
                 t1 = time.time()
 
                 def compute(mdp: str = mdp, seed: int = seed) -> list[dict[str, Any]]:
+                    old = previous / f"{mdp}_{seed:03d}.json"
+                    if args.refit and old.exists() and not args.fresh:
+                        rows = json.loads(old.read_text())
+                        if mdp not in TABULAR:  # nothing refitted: the same rows
+                            return [{**r, "bootstrap_refit": False} for r in rows]
+                        case = makers[mdp](seed, False)  # the cql target is not refitted
+                        new = evaluate_case(mdp, seed, case, args.n_boot, True, MODEL_ESTIMATORS)
+                        return _merge(rows, new)
                     case = makers[mdp](seed, seed < args.cql_seeds)
-                    refit = args.refit and mdp != "nutrition"  # tabular FQE only
-                    return evaluate_case(mdp, seed, case, args.n_boot, refit)
+                    return evaluate_case(mdp, seed, case, args.n_boot, args.refit)
 
                 state["rows"] += cached(cache / f"{mdp}_{seed:03d}.json", args.fresh, compute)
                 log.info("seed %d %s done (%.0f s, %.0f s in all)", seed, mdp, time.time() - t1,

@@ -672,6 +672,7 @@ def test_tabular_bootstrap_refit_by_episode_weights_equals_the_refit_on_copies(h
     ep_fold = patient_folds(traj, 5, 3)[traj.starts]
     lengths = traj.ends - traj.starts
     rng = np.random.default_rng(0)
+    draws: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     for _ in range(5):
         eps = rng.integers(0, traj.n_episodes, traj.n_episodes)
         boot, rows = _resample(traj, eps)
@@ -680,3 +681,9 @@ def test_tabular_bootstrap_refit_by_episode_weights_equals_the_refit_on_copies(h
         q1, v1 = fast(eps, rows)
         np.testing.assert_allclose(q1[:, 0], q[np.arange(len(boot)), boot.action], atol=1e-12)
         np.testing.assert_allclose(v1, (pe[rows] * q).sum(1), atol=1e-12)
+        draws.append((eps, rows, q1[:, 0], v1))
+    # the batched refit (every resample at once, as the bootstrap runs it) gives the same values
+    qb, vb = fast.batch([d[0] for d in draws])  # type: ignore[attr-defined]
+    for k, (_, rows, q1, v1) in enumerate(draws):
+        np.testing.assert_allclose(qb[k, rows], q1, atol=1e-12)
+        np.testing.assert_allclose(vb[k, rows], v1, atol=1e-12)

@@ -684,6 +684,125 @@ def _fqe_tabular(
     return q_fn, it
 
 
+class _BatchFill:
+    """:func:`_fill_unseen` over a trailing batch axis for fixed counts ``(S, A, B)`` (rules
+    ``advantage``, ``low``, ``high``, ``zero``): the counts' modal actions and deviation
+    weights are computed once, each call then fills a ``(S, A, B)`` table."""
+
+    def __init__(self, counts: np.ndarray, rule: Unseen, lo: float, hi: float,
+                 shrink: float = 5.0) -> None:  # fmt: skip
+        self.rule, self.lo, self.hi, self.shrink = rule, lo, hi, shrink
+        self.seen = counts > 0
+        self.modal = counts.argmax(1)[:, None, :]  # (S, 1, B)
+        dev = counts * self.seen
+        np.put_along_axis(dev, self.modal, 0.0, 1)
+        self.dev = dev
+        weight = dev.sum(0)  # (A, B)
+        self.tot = weight.sum(0)  # (B,)
+        self.denom = weight + shrink
+
+    def __call__(self, Q: np.ndarray) -> np.ndarray:
+        if self.rule in ("low", "high", "zero"):
+            return np.where(self.seen, Q, {"low": self.lo, "high": self.hi, "zero": 0.0}[self.rule])
+        ref = np.take_along_axis(Q, self.modal, 1)  # (S, 1, B)
+        per_action = np.einsum("sab,sab->ab", self.dev, Q) - np.einsum(
+            "sab,sb->ab", self.dev, ref[:, 0]
+        )  # fmt: skip
+        pooled = np.divide(
+            per_action.sum(0), self.tot, out=np.zeros_like(self.tot), where=self.tot > 0
+        )  # fmt: skip
+        adv = (per_action + self.shrink * pooled[None, :]) / self.denom
+        return np.where(self.seen, Q, np.clip(ref + adv[None], self.lo, self.hi))
+
+
+def _fqe_tabular_batch(
+    inp: _FQEInput, W: np.ndarray, cfg: FQEConfig, rule: Unseen, sel: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    r"""The tabular FQE of :func:`_fqe_tabular` (one stationary table, or one per step under
+    ``inp.horizon``) fitted once per column of the row weights ``W`` ``(N, B)``, all at once
+    (sparse products over the rows instead of a loop over fits). Returns, at the rows ``sel``
+    ``(N,)`` bool of ``inp.traj``, each fit's value of the logged action and
+    :math:`\sum_a \pi(a|s) \hat Q(s, a)` under ``inp.pi``, both ``(n_sel, B)`` (its own step's
+    table under a horizon; the count-weighted mean where the row's state is absent from that
+    fit's data), as ``q_fn`` of the fit with ``weights=W[:, b]`` gives them."""
+    from scipy import sparse
+
+    traj, A = inp.traj, inp.traj.n_actions
+    index = inp.row_index()
+    sid, S, N = index.inverse, len(index), len(traj)
+    K, B = S * A, W.shape[1]
+    rows = np.arange(N)
+    cell = sid * A + traj.action
+    to_cells = sparse.csr_matrix((np.ones(N), (cell, rows)), shape=(K, N))
+    live = sparse.csr_matrix((np.ones(N), (sid, rows)), shape=(S, N)) @ W > 0  # (S, B)
+
+    def policy_rows(at: np.ndarray) -> Any:
+        """sparse ``(len(at), K)``: row j sums pi(a | row at[j]) Q(state of at[j], a)."""
+        cells = (sid[at] * A)[:, None] + np.arange(A)[None, :]
+        return sparse.csr_matrix(
+            (inp.pi[at].ravel(), (np.repeat(np.arange(len(at)), A), cells.ravel())),
+            shape=(len(at), K),
+        )  # fmt: skip
+
+    to_next = policy_rows(inp.next_rows())
+    r = traj.reward.astype(np.float64)[:, None]
+    W = np.ascontiguousarray(W, dtype=np.float64)
+
+    def counts_of(w: np.ndarray) -> np.ndarray:
+        return np.asarray(to_cells @ w).reshape(S, A, B)
+
+    def mean_of(w: np.ndarray, y: np.ndarray, counts: np.ndarray, fill: _BatchFill) -> np.ndarray:
+        sums = np.asarray(to_cells @ (w * y)).reshape(S, A, B)
+        mean = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
+        return np.clip(fill(mean), inp.lo, inp.hi)
+
+    def glob_of(Q: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        if rule in ("advantage", "state_mean"):
+            return (counts * Q).sum((0, 1)) / np.maximum(counts.sum((0, 1)), 1.0)
+        return np.full(B, {"low": inp.lo, "high": inp.hi, "zero": 0.0}[rule])
+
+    def read(Q: np.ndarray, glob: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        flat = Q.reshape(K, B)
+        here = live[sid[at]]
+        q = np.where(here, flat[cell[at]], glob[None, :])
+        v = np.where(here, np.asarray(policy_rows(at) @ flat), glob[None, :])
+        return q, v
+
+    if inp.horizon is None:
+        counts = counts_of(W)
+        fill = _BatchFill(counts, rule, inp.lo, inp.hi)
+        cont = inp.cont()[:, None]
+        Q = np.zeros((S, A, B))
+        active = np.ones(B, dtype=bool)
+        for _ in range(inp.iterations):
+            new = mean_of(W, r + cont * (to_next @ Q.reshape(K, B)), counts, fill)
+            delta = np.where(live[:, None, :], np.abs(new - Q), 0.0).max((0, 1))
+            Q = np.where(active[None, None, :], new, Q)
+            active &= ~(delta < cfg.tol)
+            if not active.any():
+                break
+        return read(Q, glob_of(Q, counts), rows[sel])
+    H = int(inp.horizon)
+    last = np.zeros(N, dtype=bool)
+    last[traj.ends - 1] = True
+    cont = np.where(last, 0.0, inp.gamma)[:, None]
+    W_use = W * (~last | traj.done)[:, None]
+    counts_all, counts_use = counts_of(W), counts_of(W_use)
+    fills = {True: _BatchFill(counts_all, rule, inp.lo, inp.hi),
+             False: _BatchFill(counts_use, rule, inp.lo, inp.hi)}  # fmt: skip
+    step = np.clip(traj.step_index, 0, H - 1)
+    at_sel = rows[sel]
+    q_out, v_out = np.zeros((len(at_sel), B)), np.zeros((len(at_sel), B))
+    Q = np.zeros((S, A, B))
+    for t in range(H - 1, -1, -1):
+        w, counts = (W, counts_all) if t == H - 1 else (W_use, counts_use)
+        Q = mean_of(w, r + cont * (to_next @ Q.reshape(K, B)), counts, fills[t == H - 1])
+        j = np.flatnonzero(step[at_sel] == t)
+        if len(j):
+            q_out[j], v_out[j] = read(Q, glob_of(Q, counts_all), at_sel[j])
+    return q_out, v_out
+
+
 def _fqe_linear(
     inp: _FQEInput, cfg: FQEConfig, rule: Unseen
 ) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
@@ -1524,13 +1643,21 @@ def _bootstrap_many(
         raise ConfigError("bootstrap needs n_boot >= 2 and alpha in (0, 1)", found=(n_boot, alpha))
     rng = np.random.default_rng(seed)
     n = traj.n_episodes
+    draws = [rng.integers(0, n, size=n) for _ in range(n_boot)]
+    batch = getattr(refit, "batch", None)  # refits many resamples at once (tabular FQE)
+    chunk = getattr(refit, "chunk", n_boot)
     vals = np.empty((len(runs), n_boot))
-    for b in range(n_boot):
-        episodes = rng.integers(0, n, size=n)
-        boot, rows = _resample(traj, episodes)
-        model = refit(episodes, rows) if refit is not None else None
-        for j, run in enumerate(runs.values()):
-            vals[j, b] = run(boot, rows, model).value
+    for start in range(0, n_boot, chunk):
+        part = draws[start : start + chunk]
+        pre = batch(part) if batch is not None else None
+        for k, episodes in enumerate(part):
+            boot, rows = _resample(traj, episodes)
+            if pre is not None:
+                model = (pre[0][k, rows][:, None], pre[1][k, rows])
+            else:
+                model = refit(episodes, rows) if refit is not None else None
+            for j, run in enumerate(runs.values()):
+                vals[j, start + k] = run(boot, rows, model).value
     q = np.quantile(vals, [alpha / 2, 1 - alpha / 2], axis=1)
     return {k: (float(q[0, j]), float(q[1, j])) for j, k in enumerate(runs)}
 
@@ -1557,7 +1684,7 @@ def evaluate_policy(
     fqe_iterations: int = 200,
     fqe_config: FQEConfig | None = None,
     horizon: int | Literal["auto"] | None = "auto",
-    bootstrap_refit: bool = False,
+    bootstrap_refit: bool | Literal["auto"] = "auto",
 ) -> pd.DataFrame:
     """One row per estimator: ``estimator, value, ess, ci_low, ci_high, value_raw, flags``.
 
@@ -1570,7 +1697,10 @@ def evaluate_policy(
     refitted on every resample (each patient keeps its fold), so the intervals of ``dr``,
     ``wdr`` and ``fqe`` carry the model's own sampling variance (the bootstrap of FQE, Hao et
     al. 2021, arXiv 2102.03607); otherwise the model is held fixed and only the weights and
-    rewards are resampled.
+    rewards are resampled. ``auto`` (default) refits a tabular FQE, whose refits on all
+    resamples run at once (:func:`_fqe_tabular_batch`, a few seconds for 200 resamples of
+    10,000 rows), and holds a linear or MLP one fixed (a refit per resample costs a full fit
+    each: about 2,000 s for 200 resamples of the nutrition simulator's linear FQE).
 
     Every ``value`` and interval is clipped to the return range (``value_range``, default:
     :func:`value_range` of the data); ``value_raw`` keeps the estimate and ``flags`` says why it
@@ -1611,6 +1741,8 @@ def evaluate_policy(
     narrow, pe1, pb1, q1, v1 = _logged_columns(traj, pi_e, pi_b, q_hat, v_hat)
     runs = {e: _estimator_run(e, pe1, pb1, gamma, q1, v1, model, narrow) for e in estimators}
     refit = None
+    if bootstrap_refit == "auto":
+        bootstrap_refit = model is not None and kind == "tabular"
     if bootstrap_refit and model is not None:
         refit = _bootstrap_refit(traj, pi_e, model, kind, fqe_iterations, fqe_config, gamma, seed)
     cis = _bootstrap_many(narrow, runs, n_boot, alpha, seed, refit)
@@ -1684,6 +1816,25 @@ def _bootstrap_refit(
             qb, pi = q[rows], pi_e[rows]
             return qb[np.arange(len(rows)), traj.action[rows]][:, None], (pi * qb).sum(1)
 
+        def refit_batch(draws: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+            """``(B, N)`` logged-action values and ``(B, N)`` state values at every original
+            row, one row per resample (the refits of ``refit_weighted``, all at once)."""
+            copies = np.stack(
+                [np.bincount(e, minlength=traj.n_episodes)[ep_of_row] for e in draws], axis=1
+            ).astype(np.float64)  # fmt: skip
+            q = np.zeros((len(traj), len(draws)))
+            v = np.zeros((len(traj), len(draws)))
+            inp = _FQEInput(traj, pi_e, gamma, iterations, lo, hi, model.horizon, None, index)
+            for f in range(model.folds):
+                test = row_fold == f
+                w = copies * (row_fold != f)[:, None] if model.folds > 1 else copies
+                q[test], v[test] = _fqe_tabular_batch(inp, w, cfg, cfg.unseen, test)
+            return q.T, v.T
+
+        if cfg.unseen != "state_mean":  # the batched fill covers the other rules
+            refit_weighted.batch = refit_batch  # type: ignore[attr-defined]
+            # resamples per batch: about 4 million action values in memory at once
+            refit_weighted.chunk = max(1, 4_000_000 // (len(traj) * traj.n_actions))  # type: ignore[attr-defined]
         return refit_weighted
 
     def refit(episodes: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
