@@ -142,7 +142,7 @@ def _reachability(learner, kg, rows, batch: int = 20) -> dict[str, float]:
             hit_full = torch.zeros(len(q), dtype=torch.bool)
             hit_full[fin.query[fin.entity == q[fin.query, 2]]] = True
             out = model(q, graph)
-            mask = in_graph(out) | (in_graph(out, "far_nodes") if "far_nodes" in out else False)
+            mask = in_graph(out) | in_graph(out, far=True)
             hit = mask[torch.arange(len(q)), q[:, 2]]
             within += int(hit_full.sum())
             reached += int((hit & hit_full).sum())

@@ -48,10 +48,10 @@ def test_messages_are_computed_only_for_the_kept_edges(monkeypatch) -> None:
     torch.manual_seed(0)
     model = TunsrModel(TunsrConfig(max_nodes=5, dropout=0.0, score="emd"), E, R, 1).eval()
     out = model(facts[:8], adj, train=True)
-    kept = [len(s["rel"]) for s in out["steps"]]
+    kept = [len(s["rel"]) for s in out.steps]
     assert seen == kept
-    assert all(k < c for k, c in zip(kept[1:], out["candidates"][1:], strict=True))
-    for step in out["steps"]:
+    assert all(k < c for k, c in zip(kept[1:], out.candidates[1:], strict=True))
+    for step in out.steps:
         real = step["rel"] < 2 * R
         assert int(torch.bincount(step["query"][real], minlength=8).max()) <= 5
 
@@ -63,10 +63,10 @@ def test_full_expansion_equals_the_unpruned_graph() -> None:
     model = TunsrModel(TunsrConfig(max_nodes=None, fol=False, score="emd"), E, R, 1).eval()
     out = model(q, adj, train=True)
     nodes, steps = expand(q, adj, 3, n_relations=R, exclude_query=True)
-    assert [len(s["rel"]) for s in out["steps"]] == [len(s.rel) for s in steps]
-    assert torch.equal(out["nodes"]["entity"], nodes[-1].entity)
+    assert [len(s["rel"]) for s in out.steps] == [len(s.rel) for s in steps]
+    assert torch.equal(out.nodes.entity, nodes[-1].entity)
     assert model.prune_logit is None
-    assert torch.all(out["steps"][0]["beta"] == 0)  # no first-order part
+    assert torch.all(out.steps[0]["beta"] == 0)  # no first-order part
 
 
 def test_evaluation_width_applies_only_in_eval_mode_and_only_when_pruning() -> None:
@@ -76,8 +76,7 @@ def test_evaluation_width_applies_only_in_eval_mode_and_only_when_pruning() -> N
     def per_query_max(model: TunsrModel) -> int:
         out = model(q, adj, train=True)
         return max(
-            int(torch.bincount(s["query"][s["rel"] < 2 * R], minlength=8).max())
-            for s in out["steps"]
+            int(torch.bincount(s["query"][s["rel"] < 2 * R], minlength=8).max()) for s in out.steps
         )
 
     torch.manual_seed(0)
@@ -90,7 +89,7 @@ def test_evaluation_width_applies_only_in_eval_mode_and_only_when_pruning() -> N
     assert model.cfg is cfg
     full = TunsrModel(dataclasses.replace(cfg, max_nodes=None, fol=False), E, R, 1).eval()
     nodes, _ = expand(q, adj, 3, n_relations=R, exclude_query=True)
-    assert torch.equal(full(q, adj, train=True)["nodes"]["entity"], nodes[-1].entity)
+    assert torch.equal(full(q, adj, train=True).nodes.entity, nodes[-1].entity)
 
 
 def test_the_selection_key_receives_gradient_and_learns_to_keep_the_useful_relation() -> None:
@@ -112,21 +111,21 @@ def test_the_selection_key_receives_gradient_and_learns_to_keep_the_useful_relat
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(0)
     out = model(queries, adj, generator=gen)
-    tunsr_loss(out["scores"], queries[:, 2], cfg).backward()  # straight-through alone
+    tunsr_loss(out.scores, queries[:, 2], cfg).backward()  # straight-through alone
     assert model.prune_logit.grad is not None and model.prune_logit.grad.abs().sum() > 0
     model.zero_grad()
 
     def reached() -> float:
         with torch.no_grad():
-            nodes = model.eval()(queries, adj)["nodes"]
+            nodes = model.eval()(queries, adj).nodes
         model.train()
-        hit = nodes["entity"] == queries[nodes["query"], 2]
-        return float(torch.zeros(n).index_add(0, nodes["query"], hit.float()).clamp_max(1).mean())
+        hit = nodes.entity == queries[nodes.query, 2]
+        return float(torch.zeros(n).index_add(0, nodes.query, hit.float()).clamp_max(1).mean())
 
     before = reached()
     for _ in range(100):
         out = model(queries, adj, generator=gen)
-        loss = tunsr_loss(out["scores"], queries[:, 2], cfg) + out["selection_loss"]
+        loss = tunsr_loss(out.scores, queries[:, 2], cfg) + out.selection_loss
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -170,7 +169,7 @@ def test_first_order_state_of_a_node_with_one_incoming_edge_is_one_gru_step() ->
     q = torch.tensor([[0, 2, 1, 0]])
     g_root = model.fol_init(q[:, 1])
     expected = model.fol_cell(model.rel_emb(torch.tensor([1])), g_root)
-    g1_to_step2 = model(q, adj)["steps"][1]
+    g1_to_step2 = model(q, adj).steps[1]
     # the beta of node 1's self-loop at step 2 reads that state
     loop = (g1_to_step2["child_entity"] == 1) & (g1_to_step2["rel"] == 2 * R)
     beta = model.fol_beta(expected, torch.tensor([2 * R]))

@@ -27,8 +27,8 @@ def test_cuda_scores_equal_cpu_scores(score: str) -> None:
     adj = Adjacency.from_triples(add_inverse(kg.facts, kg.n_relations), kg.n_entities)
     q = torch.as_tensor(kg.queries["test"][:64])
     with torch.no_grad():
-        cpu = model(q, adj)["scores"]
-        gpu = model.to("cuda")(q.cuda(), Adjacency.coerce(adj, "cuda"))["scores"].cpu()
+        cpu = model(q, adj).scores
+        gpu = model.to("cuda")(q.cuda(), Adjacency.coerce(adj, "cuda")).scores.cpu()
     torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=1e-5)
 
 

@@ -54,7 +54,7 @@ def test_attention_sums_to_one_per_query_and_topk_cap_holds() -> None:
         model = make(TunsrConfig(max_nodes=k, dropout=0.0)).eval()
         out = model(queries, adj, train=True)
         counts = []
-        for step in out["steps"]:
+        for step in out.steps:
             per_query = torch.zeros(6).index_add(0, step["query"], step["a"])
             assert torch.allclose(per_query, torch.ones(6), atol=1e-5)
             real = step["rel"] < 2 * R  # self-loops are kept on top of the k real edges
@@ -64,8 +64,8 @@ def test_attention_sums_to_one_per_query_and_topk_cap_holds() -> None:
         assert max(int(c.max()) for c in counts) <= k
         assert (max(int(c.max()) for c in counts) > 7) == (not binding)
         assert max(int(c.max()) for c in counts) == 7 or not binding
-        assert torch.allclose(out["scores"].sum(1), torch.ones(6), atol=1e-5)
-        assert torch.all(out["scores"] >= 0)
+        assert torch.allclose(out.scores.sum(1), torch.ones(6), atol=1e-5)
+        assert torch.all(out.scores >= 0)
 
 
 def test_two_hop_answer_scores_and_unreached_entities_score_zero() -> None:
@@ -75,7 +75,7 @@ def test_two_hop_answer_scores_and_unreached_entities_score_zero() -> None:
     query = torch.tensor([[0, 2, 2, 0]])
     for layers in (1, 2):
         model = make(TunsrConfig(n_layers=layers, dropout=0.0)).eval()
-        scores = model(query, adj)["scores"][0]
+        scores = model(query, adj).scores[0]
         assert (scores[2] > 0) == (layers == 2)
         reached = {0, 1, 2} if layers == 2 else {0, 1}
         for e in range(E):
@@ -91,15 +91,15 @@ def test_inductive_scores_are_invariant_to_relabelling_entities() -> None:
     relabel = facts.clone()
     relabel[:, 0], relabel[:, 2] = perm[facts[:, 0]], perm[facts[:, 2]]
     rq = relabel[:5]
-    s = model(queries, Adjacency.from_triples(with_inverse(facts, R), E), train=True)["scores"]
-    s2 = model(rq, Adjacency.from_triples(with_inverse(relabel, R), E), train=True)["scores"]
+    s = model(queries, Adjacency.from_triples(with_inverse(facts, R), E), train=True).scores
+    s2 = model(rq, Adjacency.from_triples(with_inverse(relabel, R), E), train=True).scores
     assert torch.allclose(s2[:, perm], s, atol=1e-5)
     assert (s != 0).sum() > 20  # non-trivial
     # with entity embeddings the same relabelling changes the scores
     with_ent = TunsrConfig(score="both", max_nodes=10_000, dropout=0.0, use_entity_embeddings=True)
     model_t = make(with_ent).eval()
-    st = model_t(queries, Adjacency.from_triples(with_inverse(facts, R), E))["scores"]
-    st2 = model_t(rq, Adjacency.from_triples(with_inverse(relabel, R), E))["scores"]
+    st = model_t(queries, Adjacency.from_triples(with_inverse(facts, R), E)).scores
+    st2 = model_t(rq, Adjacency.from_triples(with_inverse(relabel, R), E)).scores
     assert not torch.allclose(st2[:, perm], st, atol=1e-5)
 
 
@@ -122,7 +122,7 @@ def test_every_parameter_changes_after_a_training_step(cfg: TunsrConfig) -> None
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     out = model(queries, adj, train=True)
-    loss = tunsr_loss(out["scores"], queries[:, 2], cfg)
+    loss = tunsr_loss(out.scores, queries[:, 2], cfg)
     loss.backward()
     opt.step()
     unchanged = [n for n, p in model.named_parameters() if torch.equal(p, before[n])]
@@ -138,8 +138,8 @@ def test_batch_equals_single_query_calls() -> None:
     adj = Adjacency.from_triples(with_inverse(facts, R), E)
     queries = facts[:8].clone()
     queries[:, 3] = 6
-    batch = model(queries, adj, train=True)["scores"]
-    singles = torch.cat([model(q[None], adj, train=True)["scores"] for q in queries])
+    batch = model(queries, adj, train=True).scores
+    singles = torch.cat([model(q[None], adj, train=True).scores for q in queries])
     assert torch.allclose(batch, singles, atol=1e-6)
     assert (batch != 0).sum(1).min() > 1
 
@@ -149,7 +149,7 @@ def test_fari_interface_reproduces_first_step_beta() -> None:
     facts = random_kg(4)
     adj = Adjacency.from_triples(with_inverse(facts, R), E)
     queries = facts[:4]
-    step = model(queries, adj)["steps"][0]
+    step = model(queries, adj).steps[0]
     assert model.rel_emb.num_embeddings == 2 * R + 1
     assert isinstance(model.fol_cell, torch.nn.GRUCell)
     g0 = model.fol_init(queries[:, 1])
@@ -212,7 +212,7 @@ def test_training_learns_a_composition_rule() -> None:
 
     def hits1() -> float:
         with torch.no_grad():
-            s = model.eval()(test, adj)["scores"]
+            s = model.eval()(test, adj).scores
         gold = s[torch.arange(len(test)), test[:, 2]]
         others = s.clone()
         others[torch.arange(len(test)), test[:, 2]] = -1.0
@@ -222,7 +222,7 @@ def test_training_learns_a_composition_rule() -> None:
     model.train()
     for _ in range(100):
         batch = train[torch.randint(0, len(train), (16,), generator=g)]
-        loss = tunsr_loss(model(batch, adj, train=True)["scores"], batch[:, 2], cfg)
+        loss = tunsr_loss(model(batch, adj, train=True).scores, batch[:, 2], cfg)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
@@ -264,16 +264,16 @@ def test_fol_scores_depend_on_beta_alone_and_fol_loss_trains_only_the_first_orde
     # one layer, no pruning: from layer 2 on g_c merges edge states with the mixed attention a
     model = make(TunsrConfig(n_layers=1, max_nodes=10_000, dropout=0.0)).eval()
     out = model(queries, adj, train=True)
-    assert torch.allclose(out["fol_scores"].sum(1), torch.ones(5), atol=1e-5)
+    assert torch.allclose(out.fol_scores.sum(1), torch.ones(5), atol=1e-5)
     with torch.no_grad():  # change the propositional attention: scores move, fol_scores do not
         for layer in model.layers:
             layer.w_alpha.bias.add_(3.0)
             layer.w_q.weight.mul_(-2.0)
     again = model(queries, adj, train=True)
-    assert not torch.allclose(again["scores"], out["scores"])
-    assert torch.allclose(again["fol_scores"], out["fol_scores"])
+    assert not torch.allclose(again.scores, out.scores)
+    assert torch.allclose(again.fol_scores, out.fol_scores)
     model.zero_grad()
-    fol_loss(again["fol_scores"], queries[:, 2]).backward()
+    fol_loss(again.fol_scores, queries[:, 2]).backward()
     assert model.w_beta.weight.grad is not None and model.w_beta.weight.grad.abs().sum() > 0
     assert model.layers[0].w_alpha.weight.grad is None
 
@@ -323,12 +323,12 @@ def test_tiebreak_evaluation_ranks_reached_entities_as_the_training_width_graph(
         far.load_state_dict(model.state_dict())
         wide = far(queries, adj)
     mask = reached(near)
-    assert torch.equal(out["scores"][mask], near["scores"][mask])
-    assert torch.equal(reached(out, "far_nodes"), reached(wide))
+    assert torch.equal(out.scores[mask], near.scores[mask])
+    assert torch.equal(reached(out, far=True), reached(wide))
     assert bool((reached(wide) & ~mask).any())  # the far graph reaches more: the test bites
     # entities only the far graph reaches rank above those neither reaches
     for i in range(len(queries)):
         only_far = reached(wide)[i] & ~mask[i]
         neither = ~reached(wide)[i] & ~mask[i]
         if only_far.any() and neither.any():
-            assert out["scores"][i][only_far].min() > out["scores"][i][neither].max()
+            assert out.scores[i][only_far].min() > out.scores[i][neither].max()

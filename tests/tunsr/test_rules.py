@@ -541,26 +541,26 @@ def test_fari_paths_on_tunsr_steps_sum_to_answer_attention() -> None:
     queries = facts[:8].clone()[:, [0, 1, 2, 3]]
     with torch.no_grad():
         out = model(queries, adj)
-    answers = out["scores"].argmax(1)  # reached entities, so paths exist
-    weights = path_weights(out["steps"], queries, answers, n_rel, 3, "a", "cumulative")
+    answers = out.scores.argmax(1)  # reached entities, so paths exist
+    weights = path_weights(out.steps, queries, answers, n_rel, 3, "a", "cumulative")
     for n in range(len(queries)):
         total = sum(weights[n].values())
-        assert total == pytest.approx(float(out["scores"][n, answers[n]]), rel=1e-4)
+        assert total == pytest.approx(float(out.scores[n, answers[n]]), rel=1e-4)
         assert all(2 * n_rel not in seq and len(seq) <= 3 for seq in weights[n])
-    naive = path_weights(out["steps"], queries, answers, n_rel, 3, "a", "per_edge")
+    naive = path_weights(out.steps, queries, answers, n_rel, 3, "a", "per_edge")
     assert any(  # reading cumulative attentions as per-edge ones breaks the identity
-        abs(sum(naive[n].values()) - float(out["scores"][n, answers[n]])) > 1e-3
+        abs(sum(naive[n].values()) - float(out.scores[n, answers[n]])) > 1e-3
         for n in range(len(queries))
     )
-    rules = fari_paths(out["steps"], queries, answers, n_rel, 3, attention="cumulative")
+    rules = fari_paths(out.steps, queries, answers, n_rel, 3, attention="cumulative")
     for head, rs in rules.items():
         assert sum(r.confidence for r in rs) == pytest.approx(1.0)
         assert all(r.head == head for r in rs)
     # a walk cap bounds memory: a cap above every node's count changes nothing, a cap of 1
     # keeps one walk per node, so an answer keeps at most its single heaviest weight
-    big = path_weights(out["steps"], queries, answers, n_rel, 3, "a", "cumulative", max_paths=10**6)
+    big = path_weights(out.steps, queries, answers, n_rel, 3, "a", "cumulative", max_paths=10**6)
     assert big == weights
-    one = path_weights(out["steps"], queries, answers, n_rel, 3, "a", "cumulative", max_paths=1)
+    one = path_weights(out.steps, queries, answers, n_rel, 3, "a", "cumulative", max_paths=1)
     for n in range(len(queries)):
         assert len(one[n]) <= len(weights[n])
         assert sum(one[n].values()) <= sum(weights[n].values()) + 1e-9

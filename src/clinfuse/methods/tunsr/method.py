@@ -166,10 +166,10 @@ class Tunsr(Learner):
             (q,) = batch
             q = q.to(acc.device)
             out = m(q, graph, train=True, generator=sample_gen)
-            loss = tunsr_loss(out["scores"], q[:, 2], cfg)
-            loss = loss + cfg.selection_loss_weight * out["selection_loss"]
+            loss = tunsr_loss(out.scores, q[:, 2], cfg)
+            loss = loss + cfg.selection_loss_weight * out.selection_loss
             if cfg.fol_loss_weight > 0:
-                aux = fol_loss(out["fol_scores"], q[:, 2])
+                aux = fol_loss(out.fol_scores, q[:, 2])
                 return loss + cfg.fol_loss_weight * aux, {"fol": float(aux)}
             return loss, {}
 
@@ -305,7 +305,7 @@ class Tunsr(Learner):
         queries = queries.to(device)
         try:
             out = [
-                m(queries[i : i + self.config.eval_batch_size], graph)["scores"].cpu()
+                m(queries[i : i + self.config.eval_batch_size], graph).scores.cpu()
                 for i in range(0, len(queries), self.config.eval_batch_size)
             ]
         finally:
@@ -390,7 +390,7 @@ class Tunsr(Learner):
         for i in range(0, len(queries), self.config.eval_batch_size):
             q = queries[i : i + self.config.eval_batch_size]
             with torch.no_grad():
-                steps = model.eval()(q, graph)["steps"]
+                steps = model.eval()(q, graph).steps
             per_answer = [
                 path_weights(
                     steps,
@@ -453,7 +453,7 @@ class Tunsr(Learner):
         for i in range(0, len(queries), self.config.eval_batch_size):
             q = queries[i : i + self.config.eval_batch_size]
             with model.training_width():
-                steps = model(q, graph, train=True)["steps"]
+                steps = model(q, graph, train=True).steps
             found = fari_paths(
                 steps,
                 q,

@@ -115,6 +115,29 @@ class TimeEncode(nn.Module):
         return self.proj(torch.cos(t.to(self.omega.dtype).unsqueeze(-1) * self.omega + self.phi))
 
 
+@dataclass
+class FinalNodes:
+    """The node table of a reasoning graph's last step, one row per (query, entity, time)."""
+
+    query: Tensor
+    entity: Tensor
+    time: Tensor
+    attention: Tensor
+
+
+@dataclass
+class TunsrOutput:
+    """What :meth:`TunsrModel.forward` returns (see its docstring for each field)."""
+
+    scores: Tensor
+    fol_scores: Tensor
+    selection_loss: Tensor
+    steps: list[dict[str, Tensor]]
+    candidates: list[int]
+    nodes: FinalNodes
+    far_nodes: FinalNodes | None = None
+
+
 class LogicLayer(nn.Module):
     """The weights of one expansion step: relation embeddings, the alpha attention, ``W_h``.
 
@@ -370,7 +393,7 @@ class TunsrModel(nn.Module):
         *,
         train: bool = False,
         generator: torch.Generator | None = None,
-    ) -> dict[str, Any]:
+    ) -> TunsrOutput:
         """Score every entity for each query.
 
         Args:
@@ -404,8 +427,8 @@ class TunsrModel(nn.Module):
             with self.training_width():
                 out = self._forward(queries, graph, train=train, generator=generator)
             far = self._forward(queries, graph, train=train, generator=generator)
-            out["scores"] = tiebreak(out["scores"], reached(out), far["scores"], reached(far))
-            out["far_nodes"] = far["nodes"]
+            out.scores = tiebreak(out.scores, reached(out), far.scores, reached(far))
+            out.far_nodes = far.nodes
             return out
         return self._forward(queries, graph, train=train, generator=generator)
 
@@ -416,7 +439,7 @@ class TunsrModel(nn.Module):
         *,
         train: bool = False,
         generator: torch.Generator | None = None,
-    ) -> dict[str, Any]:
+    ) -> TunsrOutput:
         """One pass of :meth:`forward` at the width in force."""
         cfg = self.cfg
         adj = Adjacency.coerce(graph, queries.device)
@@ -476,19 +499,14 @@ class TunsrModel(nn.Module):
             if selection and cfg.selection_loss_weight > 0
             else zeros.new_zeros(())
         )
-        return {
-            "scores": scores.view(b, self.n_entities),
-            "fol_scores": fol_scores.view(b, self.n_entities),
-            "selection_loss": selection_loss,
-            "steps": steps,
-            "candidates": n_candidates,
-            "nodes": {
-                "query": nodes.query,
-                "entity": nodes.entity,
-                "time": nodes.time,
-                "attention": state.mass.detach(),
-            },
-        }
+        return TunsrOutput(
+            scores=scores.view(b, self.n_entities),
+            fol_scores=fol_scores.view(b, self.n_entities),
+            selection_loss=selection_loss,
+            steps=steps,
+            candidates=n_candidates,
+            nodes=FinalNodes(nodes.query, nodes.entity, nodes.time, state.mass.detach()),
+        )
 
     def _selection_loss(
         self,
@@ -638,12 +656,14 @@ def _answer_balls(
     return balls
 
 
-def reached(out: dict[str, Any], graph: str = "nodes") -> Tensor:
+def reached(out: TunsrOutput, far: bool = False) -> Tensor:
     """``(B, E)`` bool: the entities in each query's final reasoning graph of a forward pass
-    (``graph = "far_nodes"``: the wider graph of a tie-break evaluation)."""
-    b, n_e = out["scores"].shape
-    mask = torch.zeros(b * n_e, dtype=torch.bool, device=out["scores"].device)
-    mask[out[graph]["query"] * n_e + out[graph]["entity"]] = True
+    (``far``: the wider graph of a tie-break evaluation; none reached when there was none)."""
+    b, n_e = out.scores.shape
+    mask = torch.zeros(b * n_e, dtype=torch.bool, device=out.scores.device)
+    nodes = out.far_nodes if far else out.nodes
+    if nodes is not None:
+        mask[nodes.query * n_e + nodes.entity] = True
     return mask.view(b, n_e)
 
 

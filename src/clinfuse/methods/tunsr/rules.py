@@ -808,6 +808,29 @@ def _path_weights_checked(
     self-loop would be dropped, so a path with a backtrack counts for the body of its reduced
     walk (``A, A^-1, A`` from ``x`` to ``y`` through ``x`` again is the body ``A``). Internally a
     walk is a stack of ``(atom, entity the atom left)``."""
+    q, ans = _checked_queries(queries, answers)
+    if max_len < 1 or weight not in ("a", "beta") or attention not in ("per_edge", "cumulative"):
+        raise ConfigError(
+            "bad FARI path options",
+            expected="max_len >= 1, weight in a|beta, attention in per_edge|cumulative",
+            found=f"max_len={max_len}, weight={weight!r}, attention={attention!r}",
+            fix="use max_len = number of reasoning steps",
+        )
+    steps = [StepEdges.coerce(s) for s in step_edges[:max_len]]
+    if not steps:
+        return q, [{} for _ in range(len(q))]
+    walk = _Walks(q, n_relations, weight == "a" and attention == "cumulative", reduce_backtracks)
+    for depth, s in enumerate(steps):
+        walk.advance(depth, _StepColumns.of(s, weight, time_order, q))
+        if max_paths is not None:
+            _keep_heaviest(walk.states, max_paths)
+    return q, walk.at_answers(ans)
+
+
+def _checked_queries(
+    queries: Tensor | np.ndarray, answers: Tensor | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Queries ``(N, >=2)`` and answers ``(N,)`` as numpy arrays, or a :class:`DataError`."""
     q = queries.detach().cpu().numpy() if isinstance(queries, Tensor) else np.asarray(queries)
     ans = answers.detach().cpu().numpy() if isinstance(answers, Tensor) else np.asarray(answers)
     if q.ndim != 2 or q.shape[1] < 2 or ans.shape != (len(q),):
@@ -817,25 +840,26 @@ def _path_weights_checked(
             found=f"queries {tuple(q.shape)}, answers {tuple(ans.shape)}",
             fix="pass the training queries the step edges were computed for and their gold tails",
         )
-    if max_len < 1 or weight not in ("a", "beta") or attention not in ("per_edge", "cumulative"):
-        raise ConfigError(
-            "bad FARI path options",
-            expected="max_len >= 1, weight in a|beta, attention in per_edge|cumulative",
-            found=f"max_len={max_len}, weight={weight!r}, attention={attention!r}",
-            fix="use max_len = number of reasoning steps",
-        )
-    self_id = 2 * int(n_relations)
-    steps = [StepEdges.coerce(s) for s in step_edges[:max_len]]
-    n_q = len(q)
-    if not steps:
-        return q, [{} for _ in range(n_q)]
-    root = ("root",)
-    # per query: node key -> {sequence: weight}; node key -> entity; node key -> inflow A
-    states: list[dict[Any, dict[tuple[Any, ...], float]]] = [{root: {(): 1.0}} for _ in range(n_q)]
-    entity_of: list[dict[Any, int]] = [{root: int(q[n, 0])} for n in range(n_q)]
-    inflow: list[dict[Any, float]] = [{root: 1.0} for _ in range(n_q)]
-    cumulative = weight == "a" and attention == "cumulative"
-    for depth, s in enumerate(steps):
+    return q, ans
+
+
+@dataclass
+class _StepColumns:
+    """One step's kept edges as aligned Python lists (``pt``/``ct``: parent and child times of
+    entity-named temporal nodes; ``dt``: child times when atoms carry a time offset)."""
+
+    query: list[Any]
+    parent: list[Any]
+    rel: list[Any]
+    child: list[Any]
+    w: list[Any]
+    ent: list[Any] | None
+    pt: list[Any] | None
+    ct: list[Any] | None
+    dt: list[Any] | None
+
+    @classmethod
+    def of(cls, s: StepEdges, weight: str, time_order: bool, q: np.ndarray) -> _StepColumns:
         if weight == "beta" and s.beta is None:
             raise DataError(
                 "weight='beta' needs the edges' beta",
@@ -844,7 +868,7 @@ def _path_weights_checked(
                 fix="pass weight='a' or edges with beta",
             )
         timed = s.parent_time is not None and s.child_time is not None
-        cols = {
+        lists = {
             "query": _flat(s.query),
             "parent": _flat(s.parent),
             "rel": _flat(s.rel),
@@ -855,27 +879,60 @@ def _path_weights_checked(
             "ct": _flat(s.child_time) if timed else None,
             "dt": _flat(s.child_time) if time_order else None,
         }
-        lengths = {len(v) for v in cols.values() if v is not None}
+        lengths = {len(v) for v in lists.values() if v is not None}
         if len(lengths) > 1:
             raise DataError(
                 "step edge fields have different lengths",
                 expected="1-D tensors of equal length K",
-                found={k: len(v) for k, v in cols.items() if v is not None},
+                found={k: len(v) for k, v in lists.items() if v is not None},
                 fix="pass the kept edges of each step with aligned fields",
             )
-        if time_order and (cols["dt"] is None or q.shape[1] < 4):
+        if time_order and (lists["dt"] is None or q.shape[1] < 4):
             raise DataError(
                 "time_order needs edge times and query times",
                 expected="StepEdges.child_time and queries (N, 4) [h, r_q, answer, t_q]",
-                found=f"child_time {'missing' if cols['dt'] is None else 'given'}, "
+                found=f"child_time {'missing' if lists['dt'] is None else 'given'}, "
                 f"queries {tuple(q.shape)}",
                 fix="pass the model's steps of a temporal KG, or time_order=False",
             )
-        by_index = cols["ent"] is not None
-        new_states: list[dict[Any, dict[tuple[Any, ...], float]]] = [{} for _ in range(n_q)]
-        new_entity: list[dict[Any, int]] = [{} for _ in range(n_q)]
-        new_inflow: list[dict[Any, float]] = [{} for _ in range(n_q)]
-        for k, n in enumerate(cols["query"]):  # type: ignore[arg-type]
+        return cls(**lists)  # type: ignore[arg-type]  # the four edge fields are never None
+
+
+class _Walks:
+    """Per query: node key -> {relation sequence: weight}, node key -> entity, node key ->
+    inflowing attention; :meth:`advance` extends every walk by one step's edges."""
+
+    ROOT = ("root",)
+
+    def __init__(
+        self, q: np.ndarray, n_relations: int, cumulative: bool, reduce_backtracks: bool
+    ) -> None:
+        self.q, self.n_relations = q, int(n_relations)
+        self.self_id = 2 * int(n_relations)
+        self.cumulative, self.reduce = cumulative, reduce_backtracks
+        n_q = len(q)
+        self.states: list[dict[Any, dict[tuple[Any, ...], float]]] = [
+            {self.ROOT: {(): 1.0}} for _ in range(n_q)
+        ]
+        self.entity_of: list[dict[Any, int]] = [{self.ROOT: int(q[n, 0])} for n in range(n_q)]
+        self.inflow: list[dict[Any, float]] = [{self.ROOT: 1.0} for _ in range(n_q)]
+
+    def _keys(self, cols: _StepColumns, k: int, depth: int) -> tuple[Any, Any, int]:
+        """(source node key, destination node key, destination entity) of edge ``k``."""
+        p, c = cols.parent[k], cols.child[k]
+        root = self.ROOT
+        if cols.ent is not None:  # nodes named by index
+            return (root if depth == 0 else int(p)), int(c), int(cols.ent[k])
+        if cols.ct is not None and cols.pt is not None:  # entity-named temporal nodes
+            return (root if depth == 0 else (int(p), cols.pt[k])), (int(c), cols.ct[k]), int(c)
+        return (root if depth == 0 else int(p)), int(c), int(c)
+
+    def advance(self, depth: int, cols: _StepColumns) -> None:
+        n_q = len(self.q)
+        states: list[dict[Any, dict[tuple[Any, ...], float]]] = [{} for _ in range(n_q)]
+        entity_of: list[dict[Any, int]] = [{} for _ in range(n_q)]
+        inflow: list[dict[Any, float]] = [{} for _ in range(n_q)]
+        for k, n in enumerate(cols.query):
             n = int(n)
             if not 0 <= n < n_q:
                 raise DataError(
@@ -884,58 +941,53 @@ def _path_weights_checked(
                     found=n,
                     fix="pass the queries the step edges were computed for",
                 )
-            p, c, w = cols["parent"][k], cols["child"][k], cols["w"][k]  # type: ignore[index]
-            r = int(cols["rel"][k])  # type: ignore[index]
-            if by_index:
-                src_key = root if depth == 0 else int(p)
-                dst_key, ent = int(c), int(cols["ent"][k])  # type: ignore[index]
-            elif cols["ct"] is not None:
-                src_key = root if depth == 0 else (int(p), cols["pt"][k])  # type: ignore[index]
-                dst_key, ent = (int(c), cols["ct"][k]), int(c)
-            else:
-                src_key = root if depth == 0 else int(p)
-                dst_key, ent = int(c), int(c)
-            if depth == 0 and not by_index and int(p) != int(q[n, 0]):
+            if depth == 0 and cols.ent is None and int(cols.parent[k]) != int(self.q[n, 0]):
                 continue  # step-1 edges must leave the query entity
-            new_entity[n][dst_key] = ent
-            new_inflow[n][dst_key] = new_inflow[n].get(dst_key, 0.0) + float(w)
-            src = states[n].get(src_key)
+            src_key, dst_key, ent = self._keys(cols, k, depth)
+            w, r = cols.w[k], int(cols.rel[k])
+            entity_of[n][dst_key] = ent
+            inflow[n][dst_key] = inflow[n].get(dst_key, 0.0) + float(w)
+            src = self.states[n].get(src_key)
             if not src or w == 0:
                 continue
             factor = float(w)
-            if cumulative:
-                a_parent = inflow[n].get(src_key, 0.0)
+            if self.cumulative:
+                a_parent = self.inflow[n].get(src_key, 0.0)
                 if a_parent <= 0:
                     continue
                 factor /= a_parent
-            dst = new_states[n].setdefault(dst_key, {})
-            atom: Any = r if not time_order else (r, int(cols["dt"][k]) - int(q[n, 3]))  # type: ignore[index]
-            left = entity_of[n].get(src_key, -1)
-            for seq, sw in src.items():
-                if r == self_id:
-                    key = seq
-                elif not reduce_backtracks:
-                    key = (*seq, atom)
-                elif seq and seq[-1][1] == ent and _inverse(seq[-1][0], n_relations) == atom:
-                    key = seq[:-1]  # u -r-> v -r^-1-> u: the two atoms cancel
-                else:
-                    key = (*seq, (atom, left))
-                dst[key] = dst.get(key, 0.0) + sw * factor
-        if max_paths is not None:
-            _keep_heaviest(new_states, max_paths)
-        states, entity_of, inflow = new_states, new_entity, new_inflow
-    per_query: list[dict[tuple[Any, ...], float]] = []
-    for n, st in enumerate(states):
-        acc: dict[tuple[Any, ...], float] = {}
-        for node, seqs in st.items():
-            if entity_of[n].get(node) != int(ans[n]):
-                continue
-            for seq, sw in seqs.items():
-                if reduce_backtracks:
-                    seq = tuple(x[0] for x in seq)
-                acc[seq] = acc.get(seq, 0.0) + sw
-        per_query.append(acc)
-    return q, per_query
+            atom: Any = r if cols.dt is None else (r, int(cols.dt[k]) - int(self.q[n, 3]))
+            self._extend(states[n].setdefault(dst_key, {}), src, r, atom, ent,
+                         self.entity_of[n].get(src_key, -1), factor)  # fmt: skip
+        self.states, self.entity_of, self.inflow = states, entity_of, inflow
+
+    def _extend(self, dst: dict, src: dict, r: int, atom: Any, ent: int, left: int, f: float):
+        """Adds every walk of ``src`` extended by ``atom`` (reaching ``ent`` from ``left``)."""
+        for seq, sw in src.items():
+            if r == self.self_id:
+                key = seq
+            elif not self.reduce:
+                key = (*seq, atom)
+            elif seq and seq[-1][1] == ent and _inverse(seq[-1][0], self.n_relations) == atom:
+                key = seq[:-1]  # u -r-> v -r^-1-> u: the two atoms cancel
+            else:
+                key = (*seq, (atom, left))
+            dst[key] = dst.get(key, 0.0) + sw * f
+
+    def at_answers(self, ans: np.ndarray) -> list[dict[tuple[Any, ...], float]]:
+        """Per query: the summed weight of each sequence over the nodes of its answer."""
+        per_query: list[dict[tuple[Any, ...], float]] = []
+        for n, st in enumerate(self.states):
+            acc: dict[tuple[Any, ...], float] = {}
+            for node, seqs in st.items():
+                if self.entity_of[n].get(node) != int(ans[n]):
+                    continue
+                for seq, sw in seqs.items():
+                    if self.reduce:
+                        seq = tuple(x[0] for x in seq)
+                    acc[seq] = acc.get(seq, 0.0) + sw
+            per_query.append(acc)
+        return per_query
 
 
 def _keep_heaviest(states: list[dict[Any, dict[tuple[Any, ...], float]]], m: int) -> None:
