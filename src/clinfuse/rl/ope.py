@@ -744,7 +744,15 @@ def _fqe_tabular_batch(
             shape=(len(at), K),
         )  # fmt: skip
 
-    to_next = policy_rows(inp.next_rows())
+    # V at the next row depends on (state, policy row) only: computed once per distinct pair
+    nxt = inp.next_rows()
+    pairs = np.concatenate([sid[:, None].astype(np.float64), inp.pi], axis=1)
+    _, first, inverse = np.unique(pairs, axis=0, return_index=True, return_inverse=True)
+    to_next_pairs, next_pair = policy_rows(first), inverse.ravel()[nxt]
+
+    def v_next(Q: np.ndarray) -> np.ndarray:
+        return np.asarray(to_next_pairs @ Q.reshape(K, B))[next_pair]
+
     r = traj.reward.astype(np.float64)[:, None]
     W = np.ascontiguousarray(W, dtype=np.float64)
 
@@ -775,7 +783,7 @@ def _fqe_tabular_batch(
         Q = np.zeros((S, A, B))
         active = np.ones(B, dtype=bool)
         for _ in range(inp.iterations):
-            new = mean_of(W, r + cont * (to_next @ Q.reshape(K, B)), counts, fill)
+            new = mean_of(W, r + cont * v_next(Q), counts, fill)
             delta = np.where(live[:, None, :], np.abs(new - Q), 0.0).max((0, 1))
             Q = np.where(active[None, None, :], new, Q)
             active &= ~(delta < cfg.tol)
@@ -796,7 +804,7 @@ def _fqe_tabular_batch(
     Q = np.zeros((S, A, B))
     for t in range(H - 1, -1, -1):
         w, counts = (W, counts_all) if t == H - 1 else (W_use, counts_use)
-        Q = mean_of(w, r + cont * (to_next @ Q.reshape(K, B)), counts, fills[t == H - 1])
+        Q = mean_of(w, r + cont * v_next(Q), counts, fills[t == H - 1])
         j = np.flatnonzero(step[at_sel] == t)
         if len(j):
             q_out[j], v_out[j] = read(Q, glob_of(Q, counts_all), at_sel[j])
