@@ -17,7 +17,7 @@ import textwrap
 import tomllib
 import types
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
@@ -106,93 +106,129 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         >>> coerce("a,b", tuple[str, ...], "modalities")
         ('a', 'b')
     """
-
-    def fail(why: str = "") -> ConfigError:
-        return ConfigError(
-            f"config key {key!r} has a value of the wrong type{': ' + why if why else ''}",
-            expected=_type_name(tp),
-            found=f"{value!r} ({type(value).__name__})",
-            fix=f"--set {key}=<{_type_name(tp)}>",
-        )
-
     origin = get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None or (isinstance(value, str) and value.strip().lower() in _NONE_WORDS):
-            if type(None) in args:
-                return None
-            raise fail()
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return coerce(value, arg, key)
-            except ConfigError:
-                continue
-        raise fail()
-    if origin is Literal:
-        choices = get_args(tp)
-        if value in choices:
-            return value
-        if isinstance(value, str):
-            for c in choices:
-                if str(c) == value.strip():
-                    return c
-        raise ConfigError(
-            f"config key {key!r} must be one of {list(choices)}",
-            expected=" | ".join(repr(c) for c in choices),
-            found=repr(value),
-            fix=suggest(str(value), map(str, choices), f"--set {key}={choices[0]}", cutoff=0.4),
-        )
-    if origin is tuple:
-        (inner, *_rest) = get_args(tp)
-        if isinstance(value, str):
-            items = [v.strip() for v in value.strip("()[] ").split(",") if v.strip()]
-        elif isinstance(value, list | tuple):
-            items = list(value)
-        else:
-            raise fail()
-        return tuple(coerce(v, inner, key) for v in items)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
-        raise fail()
-    if tp is int:
-        if isinstance(value, bool):
-            raise fail()
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                try:
-                    f = float(value)
-                except ValueError:
-                    raise fail() from None
-                if f.is_integer():
-                    return int(f)
-        raise fail()
-    if tp is float:
-        if isinstance(value, bool):
-            raise fail()
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                raise fail() from None
-        raise fail()
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise fail()
+    try:
+        if origin in (Union, types.UnionType):
+            return _to_union(value, tp, key)
+        if origin is Literal:
+            return _to_literal(value, get_args(tp), key)
+        if origin is tuple:
+            return _to_tuple(value, get_args(tp)[0], key)
+        if tp in _SCALARS:
+            return _SCALARS[tp](value)
+    except _Mismatch:
+        raise _wrong_type(value, tp, key) from None
     raise ConfigError(f"config key {key!r} has an unsupported annotation {tp!r}")
+
+
+class _Mismatch(Exception):
+    """A value that does not convert to the annotation (reported by :func:`coerce`)."""
+
+
+def _wrong_type(value: Any, tp: Any, key: str) -> ConfigError:
+    return ConfigError(
+        f"config key {key!r} has a value of the wrong type",
+        expected=_type_name(tp),
+        found=f"{value!r} ({type(value).__name__})",
+        fix=f"--set {key}=<{_type_name(tp)}>",
+    )
+
+
+def _to_union(value: Any, tp: Any, key: str) -> Any:
+    """``None`` (or a none-word) when the union admits it, else the first member that fits."""
+    args = get_args(tp)
+    if value is None or (isinstance(value, str) and value.strip().lower() in _NONE_WORDS):
+        if type(None) in args:
+            return None
+        raise _Mismatch
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return coerce(value, arg, key)
+        except ConfigError:
+            continue
+    raise _Mismatch
+
+
+def _to_literal(value: Any, choices: tuple[Any, ...], key: str) -> Any:
+    if value in choices:
+        return value
+    if isinstance(value, str):
+        for c in choices:
+            if str(c) == value.strip():
+                return c
+    raise ConfigError(
+        f"config key {key!r} must be one of {list(choices)}",
+        expected=" | ".join(repr(c) for c in choices),
+        found=repr(value),
+        fix=suggest(str(value), map(str, choices), f"--set {key}={choices[0]}", cutoff=0.4),
+    )
+
+
+def _to_tuple(value: Any, inner: Any, key: str) -> tuple[Any, ...]:
+    """``"a,b"`` / ``"(a, b)"`` / a list, each item converted to ``inner``."""
+    if isinstance(value, str):
+        items = [v.strip() for v in value.strip("()[] ").split(",") if v.strip()]
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        raise _Mismatch
+    return tuple(coerce(v, inner, key) for v in items)
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise _Mismatch
+
+
+def _to_int(value: Any) -> int:
+    """An int, an integral float, or a string of either (``"1e3"`` is 1000); never a bool."""
+    if isinstance(value, bool):
+        raise _Mismatch
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            try:
+                value = float(value)
+            except ValueError:
+                raise _Mismatch from None
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise _Mismatch
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise _Mismatch
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            raise _Mismatch from None
+    raise _Mismatch
+
+
+def _to_str(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    raise _Mismatch
+
+
+_SCALARS: dict[Any, Callable[[Any], Any]] = {
+    bool: _to_bool,
+    int: _to_int,
+    float: _to_float,
+    str: _to_str,
+}
 
 
 def _hints(cls: type) -> dict[str, Any]:
