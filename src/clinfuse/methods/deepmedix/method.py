@@ -262,7 +262,8 @@ class DeepMedix(Learner):
         run.write_metrics(metrics)
         run.write_predictions(pred)
         self._write_samples(pred, run.path / "samples.jsonl")
-        run.save_checkpoint("best", self.state_dict())
+        for kind in ("best", "last"):  # the policy after the last stage is the one kept
+            run.save_checkpoint(kind, self.state_dict())
         self.plot(run)
         log.info(
             "deepmedix %s: reward %.3f, format %.2f, params changed %.2f in %.0f s",

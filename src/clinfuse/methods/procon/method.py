@@ -307,7 +307,6 @@ class ProCon(Learner):
         require("trl", "llm")
         require("datasets", "llm")
         import datasets
-        from trl import SFTConfig
 
         from clinfuse.methods.procon.trainer import (
             DiffInMeansProbe,
@@ -333,20 +332,7 @@ class ProCon(Learner):
         metrics |= self._val_auroc(model, data)
         t_dir = _time.perf_counter() - t0
 
-        # training rows
-        tasks = cfg.task_list()
-        benign = benign_sft(cfg.n_benign, seed=cfg.seed, tasks=tasks)
-        benign_rows = [sft_row(tok, ex["prompt"], ex["completion"]) for ex in benign]
-        heldout = benign_sft(max(cfg.n_eval, 16), seed=cfg.seed + 10_000, tasks=tasks)
-        heldout_rows = [sft_row(tok, ex["prompt"], ex["completion"]) for ex in heldout]
-        safe = cfg.constraint == "procon_wu_safe"
-        per_batch = cfg.safe_per_batch if safe else 0
-        per_other = cfg.safe_other_per_batch if safe else 0
-        harmful_rows = [sft_row(tok, p, None) for p in data.harmful_train] if per_batch else []
-        other_rows = [sft_row(tok, p, None) for p in data.harmless_train] if per_other else []
-        rows = layout_rows(
-            benign_rows, harmful_rows, cfg.batch_size, per_batch, cfg.seed, other_rows, per_other
-        )
+        rows, benign_rows, heldout_rows, batch = self._training_rows(tok, data)
         pad = tok.pad_token_id
         metrics["task_nll_base"] = token_nll(model, benign_rows, pad)
         metrics["task_nll_heldout_base"] = token_nll(model, heldout_rows, pad)
@@ -383,28 +369,7 @@ class ProCon(Learner):
             margin=cfg.margin,
             anchor_source=cfg.anchor_source,
         )
-        args = SFTConfig(
-            output_dir=str(run.path / "trainer"),
-            per_device_train_batch_size=cfg.batch_size + per_batch + per_other,
-            gradient_accumulation_steps=cfg.grad_accum,
-            max_steps=cfg.steps,
-            learning_rate=cfg.lr,
-            lr_scheduler_type="constant",
-            weight_decay=0.0,
-            completion_only_loss=True,
-            max_length=None,  # trl drops rows left without labels after truncation
-            report_to=[],
-            save_strategy="no",
-            logging_steps=1,
-            use_cpu=not torch.cuda.is_available(),
-            seed=cfg.seed,
-            data_seed=cfg.seed,
-            train_sampling_strategy="sequential",
-            dataloader_drop_last=True,
-            disable_tqdm=not cfg.progress,
-            activation_checkpointing=False,
-            bf16=False,
-        )
+        args = self._sft_config(run, batch)
         dirs = {layer: self.directions[layer] for layer in layers}
         trainer = ProConSFTTrainer(
             model=model,
@@ -425,17 +390,8 @@ class ProCon(Learner):
             drift.history.append(drift.measure(model, trainer.state.global_step))
         self.drift_history = list(drift.history)
         self.log_history = [dict(h) for h in trainer.state.log_history]
-        final = self.drift_history[-1]
-        metrics |= {k: v for k, v in final.items() if k.startswith("drift_cos/")}
-        metrics["drift_cos/min_over_steps"] = min(h["drift_cos/mean"] for h in self.drift_history)
-        procon_log = [h["procon"] for h in self.log_history if "procon" in h]
-        metrics["procon_term_max"] = max(procon_log) if procon_log else 0.0
-        metrics["procon_term_last"] = procon_log[-1] if procon_log else 0.0
-        metrics["train_loss_last"] = next(
-            (h["loss"] for h in reversed(self.log_history) if "loss" in h), float("nan")
-        )
+        metrics |= self._training_metrics()
         model.eval()
-        metrics["task_nll"] = final["task_nll"]  # the last drift record is at the final step
         metrics["task_nll_heldout"] = token_nll(model, heldout_rows, pad)
         pred = None
         if cfg.generate_eval:
@@ -452,21 +408,92 @@ class ProCon(Learner):
             "seconds_train": t_train,
             "seconds_total": _time.perf_counter() - t0,
         }
-        self.metrics = metrics
-        frames = [p for p in (base_pred, pred) if p is not None]
-        self._predictions = pd.concat(frames) if frames else self._projection_frame(data)
-        for rec in self.drift_history:
-            run.log_epoch({"epoch": rec["step"], **rec})
-        run.write_metrics(metrics)
-        run.write_predictions(self._predictions)
-        run.save_checkpoint("best", self.state_dict())
-        self.plot(run)
+        self._save(run, data, metrics, [p for p in (base_pred, pred) if p is not None])
         log.info(
             "procon (%s): mean drift cos %.3f, refusal %s, task NLL %.3f in %.0f s",
             cfg.constraint, metrics["drift_cos/mean"], metrics.get("refusal_rate_harmful", "n/a"),
             metrics["task_nll"], metrics["seconds_total"],
         )  # fmt: skip
         return self
+
+    def _training_rows(self, tok: Any, data: SafetySplits) -> tuple[list, list, list, int]:
+        """The SFT rows laid out per batch (benign task rows, plus harmful-prompt refusal rows
+        and harmless rows under ``procon_wu_safe``), the benign rows alone, held-out benign
+        rows for the task NLL, and the per-device batch size."""
+        cfg = self.config
+        tasks = cfg.task_list()
+        benign = benign_sft(cfg.n_benign, seed=cfg.seed, tasks=tasks)
+        benign_rows = [sft_row(tok, ex["prompt"], ex["completion"]) for ex in benign]
+        heldout = benign_sft(max(cfg.n_eval, 16), seed=cfg.seed + 10_000, tasks=tasks)
+        heldout_rows = [sft_row(tok, ex["prompt"], ex["completion"]) for ex in heldout]
+        safe = cfg.constraint == "procon_wu_safe"
+        per_batch = cfg.safe_per_batch if safe else 0
+        per_other = cfg.safe_other_per_batch if safe else 0
+        harmful_rows = [sft_row(tok, p, None) for p in data.harmful_train] if per_batch else []
+        other_rows = [sft_row(tok, p, None) for p in data.harmless_train] if per_other else []
+        rows = layout_rows(
+            benign_rows, harmful_rows, cfg.batch_size, per_batch, cfg.seed, other_rows, per_other
+        )
+        return rows, benign_rows, heldout_rows, cfg.batch_size + per_batch + per_other
+
+    def _sft_config(self, run: RunDir, batch: int) -> Any:
+        """TRL's SFTConfig: constant learning rate, completion-only loss, rows in the laid-out
+        order (``sequential``), no trainer checkpoints (the run keeps its own)."""
+        from trl import SFTConfig
+
+        cfg = self.config
+        return SFTConfig(
+            output_dir=str(run.path / "trainer"),
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=cfg.grad_accum,
+            max_steps=cfg.steps,
+            learning_rate=cfg.lr,
+            lr_scheduler_type="constant",
+            weight_decay=0.0,
+            completion_only_loss=True,
+            max_length=None,  # trl drops rows left without labels after truncation
+            report_to=[],
+            save_strategy="no",
+            logging_steps=1,
+            use_cpu=not torch.cuda.is_available(),
+            seed=cfg.seed,
+            data_seed=cfg.seed,
+            train_sampling_strategy="sequential",
+            dataloader_drop_last=True,
+            disable_tqdm=not cfg.progress,
+            activation_checkpointing=False,
+            bf16=False,
+        )
+
+    def _training_metrics(self) -> dict[str, Any]:
+        """Drift at the final step and its minimum, the ProCon term, the last training loss and
+        the task NLL (the last drift record is at the final step)."""
+        final = self.drift_history[-1]
+        out: dict[str, Any] = {k: v for k, v in final.items() if k.startswith("drift_cos/")}
+        out["drift_cos/min_over_steps"] = min(h["drift_cos/mean"] for h in self.drift_history)
+        procon_log = [h["procon"] for h in self.log_history if "procon" in h]
+        out["procon_term_max"] = max(procon_log) if procon_log else 0.0
+        out["procon_term_last"] = procon_log[-1] if procon_log else 0.0
+        out["train_loss_last"] = next(
+            (h["loss"] for h in reversed(self.log_history) if "loss" in h), float("nan")
+        )
+        out["task_nll"] = final["task_nll"]
+        return out
+
+    def _save(
+        self, run: RunDir, data: SafetySplits, metrics: dict[str, Any], frames: list[pd.DataFrame]
+    ) -> None:
+        """Metrics, drift log, predictions (generations, or val-prompt projections without
+        generation), checkpoints and plots of the run."""
+        self.metrics = metrics
+        self._predictions = pd.concat(frames) if frames else self._projection_frame(data)
+        for rec in self.drift_history:
+            run.log_epoch({"epoch": rec["step"], **rec})
+        run.write_metrics(metrics)
+        run.write_predictions(self._predictions)
+        for kind in ("best", "last"):  # the model after the last step is the one kept
+            run.save_checkpoint(kind, self.state_dict())
+        self.plot(run)
 
     def _projection_frame(self, data: SafetySplits) -> pd.DataFrame:
         """Predictions of a run without generation: each val prompt's projection on the initial
