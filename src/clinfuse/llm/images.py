@@ -30,7 +30,6 @@ import json
 import logging
 import mimetypes
 import os
-import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -49,6 +48,7 @@ from clinfuse.llm.base import (
     _now,
     prompt_hash,
 )
+from clinfuse.llm.cache import DiskCache
 from clinfuse.llm.openai_compat import HTTPTransport, redact, resolve_base_url
 from clinfuse.llm.ratelimit import RateLimiter
 
@@ -425,7 +425,7 @@ def _openai_images(arg: str, **kw: Any) -> OpenAIImageBackend:
 # the disk cache
 
 
-class CachedImageBackend:
+class CachedImageBackend(DiskCache):
     """Wraps an editor; answers a repeated request from disk with ``EditedImage(cached=True)``.
 
     Layout, in 256 shards by the hash's first two hex digits (:func:`edit_prompt_hash`, which
@@ -469,15 +469,8 @@ class CachedImageBackend:
                 found=type(backend).__name__,
                 fix="e.g. CachedImageBackend(make_image_backend('gemini:...'), 'cache/')",
             )
-        self.backend = backend
-        self.directory = Path(directory)
-        self.model_id = backend.model_id
+        super().__init__(backend, directory)
         self.cache_unseeded = cache_unseeded
-        self._lock = threading.Lock()
-        self._stats = {"hits": 0, "misses": 0, "bypassed": 0, "write_errors": 0}
-
-    def __repr__(self) -> str:
-        return f"CachedImageBackend({self.backend!r}, directory={str(self.directory)!r})"
 
     def __getstate__(self) -> dict[str, Any]:
         return {"b": self.backend, "d": self.directory, "u": self.cache_unseeded}
@@ -485,27 +478,15 @@ class CachedImageBackend:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["b"], state["d"], cache_unseeded=state["u"])  # type: ignore[misc]
 
-    @property
-    def stats(self) -> dict[str, int]:
-        """Counts for this object: ``hits``, ``misses``, ``bypassed``, ``write_errors``."""
-        with self._lock:
-            return dict(self._stats)
-
-    def _count(self, key: str) -> None:
-        with self._lock:
-            self._stats[key] += 1
-
     def sidecar_for(self, digest: str) -> Path:
         """The JSON sidecar of a prompt hash."""
-        return self.directory / digest[:2] / f"{digest}.json"
+        return self.path_for(digest)
 
     def lookup(self, digest: str) -> EditedImage | None:
         """The cached edit of a prompt hash, or None (missing, partial or unreadable entry)."""
         sidecar = self.sidecar_for(digest)
         try:
-            entry = json.loads(sidecar.read_text(encoding="utf-8"))
-            if not (isinstance(entry, dict) and entry.get("prompt_hash") == digest):
-                raise DataError("entry is not for this prompt hash", found=sidecar.name)
+            entry = self._entry(digest)
             image, meta = entry["image"], entry["edited"]
             data = (sidecar.parent / Path(image["file"]).name).read_bytes()
             part = ImagePart(data, image["mime"])
@@ -525,18 +506,11 @@ class CachedImageBackend:
             self._count("bypassed")
             return self.backend.edit(image, instruction, seed=seed)
         digest = edit_prompt_hash(image, instruction, self.model_id, seed)
-        hit = self.lookup(digest)
-        if hit is not None:
-            self._count("hits")
-            return hit
-        self._count("misses")
-        result = self.backend.edit(image, instruction, seed=seed)
-        try:
-            self._store(digest, image, instruction, seed, result)
-        except OSError as exc:
-            self._count("write_errors")
-            log.warning("could not write image cache entry %s: %s", self.sidecar_for(digest), exc)
-        return result
+        return self._through(
+            digest,
+            lambda: self.backend.edit(image, instruction, seed=seed),
+            lambda result: self._store(digest, image, instruction, seed, result),
+        )
 
     def _store(
         self, digest: str, source: ImagePart, instruction: str, seed: int | None, r: EditedImage
