@@ -56,7 +56,7 @@ from clinfuse.llm.images import (
     no_image_error,
     strip_payloads,
 )
-from clinfuse.llm.openai_compat import HTTPTransport, redact
+from clinfuse.llm.openai_compat import HTTPTransport, KeyedHTTPBackend, redact
 from clinfuse.llm.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def generation_config(config: GenerationConfig) -> dict[str, Any]:
     return out
 
 
-class _GeminiREST:
+class _GeminiREST(KeyedHTTPBackend):
     """The shared part: endpoint, key, transport, and reading ``candidates[0]``."""
 
     backend = "gemini"
@@ -190,17 +190,6 @@ class _GeminiREST:
             fix=partial(_fix, key_env=api_key_env),
             retry_hint=retry_delay,
         )
-
-    def __repr__(self) -> str:  # never the key itself
-        key = "set" if self._api_key else "none"
-        return f"{type(self).__name__}(model_id={self.model_id!r}, api_key={key})"
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_api_key"}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._api_key = api_key(self.api_key_env, self.model_id, required=False)
 
     def _call(self, body: dict[str, Any]) -> dict[str, Any]:
         headers = {

@@ -49,7 +49,7 @@ from clinfuse.llm.base import (
     prompt_hash,
 )
 from clinfuse.llm.cache import DiskCache
-from clinfuse.llm.openai_compat import HTTPTransport, redact, resolve_base_url
+from clinfuse.llm.openai_compat import HTTPTransport, KeyedHTTPBackend, redact, resolve_base_url
 from clinfuse.llm.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -280,7 +280,7 @@ def multipart_body(
     return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
 
 
-class OpenAIImageBackend:
+class OpenAIImageBackend(KeyedHTTPBackend):
     """Image edits from an OpenAI-compatible ``POST {base_url}/images/edits`` endpoint.
 
     Sends ``multipart/form-data`` with the fields ``model``, ``prompt``, ``n=1``,
@@ -352,17 +352,6 @@ class OpenAIImageBackend:
         self.send_seed = send_seed
         self.extra_fields = dict(extra_fields or {})
         self.out_mime = out_mime
-
-    def __repr__(self) -> str:  # never the key itself
-        key = "set" if self._api_key else "none"
-        return f"OpenAIImageBackend(model_id={self.model_id!r}, api_key={key})"
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_api_key"}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._api_key = api_key(self.api_key_env, self.model_id, required=False)
 
     def form(self, image: ImagePart, instruction: str, seed: int | None = None) -> dict[str, str]:
         """The text fields of the multipart request."""

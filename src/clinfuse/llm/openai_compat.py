@@ -306,7 +306,29 @@ def _content(m: Message) -> str | list[dict[str, Any]]:
     return [encoders[type(p)](p) for p in parts]
 
 
-class OpenAICompatBackend:
+class KeyedHTTPBackend:
+    """Base of the HTTP backends: ``model_id`` and an API key read from ``api_key_env``. The
+    key is never printed (``repr`` says whether one is set) nor pickled: an unpickled backend
+    reads it from ``api_key_env`` again (a key passed in directly stays in its process)."""
+
+    model_id: str
+    api_key_env: str | None
+    _api_key: str | None
+
+    def __repr__(self) -> str:
+        key = "set" if self._api_key else "none"
+        return f"{type(self).__name__}(model_id={self.model_id!r}, api_key={key})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_api_key"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        env = self.api_key_env
+        self._api_key = (os.environ.get(env) if env else None) or None
+
+
+class OpenAICompatBackend(KeyedHTTPBackend):
     """Chat completions from an OpenAI-compatible HTTP server.
 
     Args:
@@ -373,20 +395,6 @@ class OpenAICompatBackend:
         self.backoff = self._transport.backoff
         self.max_wait = self._transport.max_wait
         self._headers = dict(headers or {})
-
-    def __repr__(self) -> str:  # never the key itself
-        key = "set" if self._api_key else "none"
-        return f"OpenAICompatBackend(model_id={self.model_id!r}, api_key={key})"
-
-    def __getstate__(self) -> dict[str, Any]:  # a pickle never holds the key
-        return {k: v for k, v in self.__dict__.items() if k != "_api_key"}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        """An unpickled backend reads its key from ``api_key_env`` again (a key passed as
-        ``api_key=`` stays in the process that was given it)."""
-        self.__dict__.update(state)
-        env = self.api_key_env
-        self._api_key = (os.environ.get(env) if env else None) or None
 
     # -- request ---------------------------------------------------------------------------------
     def request_body(
