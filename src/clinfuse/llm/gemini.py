@@ -159,18 +159,7 @@ class _GeminiREST(KeyedHTTPBackend):
         rate_limit_per_min: float | None = None,
         rate_limiter: RateLimiter | None = None,
     ) -> None:
-        if not (isinstance(model, str) and model.strip()):
-            raise ConfigError(
-                f"{type(self).__name__} needs a model name",
-                expected="e.g. 'gemini-2.5-pro' or 'gemini-2.5-flash-image'",
-                found=repr(model),
-            )
-        if not (isinstance(base_url, str) and base_url.startswith(("http://", "https://"))):
-            raise ConfigError(
-                "bad base_url for Gemini",
-                expected=f"an http(s) URL such as {DEFAULT_BASE_URL!r}",
-                found=repr(base_url),
-            )
+        self._check_endpoint(model, base_url, "Gemini", DEFAULT_BASE_URL)
         self.model = model.removeprefix("models/")
         self.base_url = base_url.rstrip("/")
         self.url = f"{self.base_url}/models/{self.model}:generateContent"

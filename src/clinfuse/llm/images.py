@@ -322,15 +322,13 @@ class OpenAIImageBackend(KeyedHTTPBackend):
         extra_fields: Mapping[str, str] | None = None,
         out_mime: str = "image/png",
     ) -> None:
-        if not (isinstance(model, str) and model.strip()):
-            raise ConfigError("OpenAIImageBackend needs a model name", found=repr(model))
-        if not (isinstance(base_url, str) and base_url.startswith(("http://", "https://"))):
-            raise ConfigError(
-                "bad base_url for an OpenAI-compatible image server",
-                expected="an http(s) URL such as 'http://127.0.0.1:8000/v1'",
-                found=repr(base_url),
-                fix="write the spec as 'openai:<model>@<url>'",
-            )
+        self._check_endpoint(
+            model,
+            base_url,
+            "an OpenAI-compatible image server",
+            "http://127.0.0.1:8000/v1",
+            "write the spec as 'openai:<model>@<url>'",
+        )
         self.model = model
         self.base_url = base_url.rstrip("/")
         self.url = f"{self.base_url}/images/edits"

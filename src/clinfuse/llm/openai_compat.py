@@ -315,6 +315,21 @@ class KeyedHTTPBackend:
     api_key_env: str | None
     _api_key: str | None
 
+    def _check_endpoint(
+        self, model: Any, base_url: Any, server: str, example: str, fix: str = ""
+    ) -> None:
+        """A :class:`ConfigError` unless ``model`` is a non-empty name and ``base_url`` an
+        http(s) URL (``server`` and ``example`` word the messages)."""
+        if not (isinstance(model, str) and model.strip()):
+            raise ConfigError(f"{type(self).__name__} needs a model name", found=repr(model))
+        if not (isinstance(base_url, str) and base_url.startswith(("http://", "https://"))):
+            raise ConfigError(
+                f"bad base_url for {server}",
+                expected=f"an http(s) URL such as {example!r}",
+                found=repr(base_url),
+                fix=fix or "pass base_url=... (an http or https URL)",
+            )
+
     def __repr__(self) -> str:
         key = "set" if self._api_key else "none"
         return f"{type(self).__name__}(model_id={self.model_id!r}, api_key={key})"
@@ -365,15 +380,13 @@ class OpenAICompatBackend(KeyedHTTPBackend):
         headers: Mapping[str, str] | None = None,
         rate_limiter: RateLimiter | None = None,
     ) -> None:
-        if not (isinstance(model, str) and model.strip()):
-            raise ConfigError("OpenAICompatBackend needs a model name", found=repr(model))
-        if not (isinstance(base_url, str) and base_url.startswith(("http://", "https://"))):
-            raise ConfigError(
-                "bad base_url for an OpenAI-compatible server",
-                expected="an http(s) URL such as 'http://localhost:8000/v1'",
-                found=repr(base_url),
-                fix="pass base_url=... or write the spec as 'openai:<model>@<url>'",
-            )
+        self._check_endpoint(
+            model,
+            base_url,
+            "an OpenAI-compatible server",
+            "http://localhost:8000/v1",
+            "pass base_url=... or write the spec as 'openai:<model>@<url>'",
+        )
         self.model = model
         self.base_url = base_url.rstrip("/")
         self.url = f"{self.base_url}/chat/completions"
