@@ -85,6 +85,8 @@ LABEL_RANGES: dict[str, tuple[float, float]] = {
 """Closed label range per data set kind; labels outside it (beyond ``LABEL_TOL``) are an error."""
 
 LABEL_TOL = 1e-4
+_MMSA_FIX = "check that the file is an MMSA feature pickle"
+_MAGBERT_FIX = "check that the file is a MAG-BERT/MIB pickle"
 """Float tolerance on the label range (labels are means of annotator scores, stored as float32)."""
 
 KNOWN_SHA256: dict[str, str] = {}
@@ -333,7 +335,7 @@ def _array(
             f"{key!r} in split {split!r} of {source} cannot be read as a numeric array",
             expected=f"a {ndim}-D numeric array",
             found=f"{type(value).__name__} ({exc})",
-            fix="check that the file is an MMSA feature pickle",
+            fix=_MMSA_FIX,
         ) from exc
     if arr.ndim != ndim:
         raise DataError(
@@ -354,7 +356,7 @@ def _clean_features(arr: np.ndarray, *, modality: str, split: str) -> np.ndarray
             f"{modality} features of split {split!r} are not numeric",
             expected="a float array",
             found=f"dtype {arr.dtype} ({exc})",
-            fix="check that the file is an MMSA feature pickle",
+            fix=_MMSA_FIX,
         ) from exc
     bad = ~np.isfinite(arr)
     n_bad = int(bad.sum())
@@ -542,7 +544,7 @@ def _mmsa_split(raw: Any, *, split: str, source: str, use_bert_ids: bool) -> MSA
             f"split {split!r} of {source} is not a dict of arrays",
             expected="a dict with text, audio, vision, regression_labels, ...",
             found=type(raw).__name__,
-            fix="check that the file is an MMSA feature pickle",
+            fix=_MMSA_FIX,
         )
     required = (*_MMSA_REQUIRED, "text_bert") if use_bert_ids else _MMSA_REQUIRED
     for key in required:
@@ -571,7 +573,7 @@ def _mmsa_split(raw: Any, *, split: str, source: str, use_bert_ids: bool) -> MSA
                 f"'text_bert' in split {split!r} of {source} has the wrong shape",
                 expected="(N, 3, L): input ids, attention mask, segment ids",
                 found=str(text_bert.shape),
-                fix="check that the file is an MMSA feature pickle",
+                fix=_MMSA_FIX,
             )
     lengths_raw = {
         m: _array(raw[f"{m}_lengths"], key=f"{m}_lengths", ndim=1, dtype=None, **kw)
@@ -646,7 +648,7 @@ def _labels_2d(
             f"{key!r} in split {split!r} of {source} is not numeric",
             expected="(N,) float labels",
             found=f"{type(value).__name__} ({exc})",
-            fix="check that the file is an MMSA feature pickle",
+            fix=_MMSA_FIX,
         ) from exc
     if arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr[:, 0]
@@ -655,7 +657,7 @@ def _labels_2d(
             f"{key!r} in split {split!r} of {source} has the wrong number of dimensions",
             expected="(N,) or (N, 1)",
             found=f"shape {arr.shape}",
-            fix="check that the file is an MMSA feature pickle",
+            fix=_MMSA_FIX,
         )
     return arr.astype(np.float32)
 
@@ -702,7 +704,7 @@ def _magbert_split(samples: Any, *, split: str, source: str, max_seq_len: int) -
             found=type(samples).__name__
             if not isinstance(samples, list | tuple)
             else "an empty list",
-            fix="check that the file is a MAG-BERT/MIB pickle",
+            fix=_MAGBERT_FIX,
         )
     n = len(samples)
     words_all: list[list[str]] = []
@@ -719,7 +721,7 @@ def _magbert_split(samples: Any, *, split: str, source: str, max_seq_len: int) -
                 f"sample {i} of split {split!r} in {source} has the wrong structure",
                 expected="((words, visual (T, dv), acoustic (T, da)), label, segment)",
                 found=f"{type(sample).__name__}: {exc}",
-                fix="check that the file is a MAG-BERT/MIB pickle",
+                fix=_MAGBERT_FIX,
             ) from exc
         for key, value, store in (
             ("visual", visual, visual_all),
@@ -748,7 +750,7 @@ def _magbert_split(samples: Any, *, split: str, source: str, max_seq_len: int) -
                 f"label of sample {i} of split {split!r} in {source} is not a single value",
                 expected="a (1, 1) array or a scalar",
                 found=f"shape {np.shape(label)}",
-                fix="check that the file is a MAG-BERT/MIB pickle",
+                fix=_MAGBERT_FIX,
             )
         labels[i] = label_arr[0]
         words_all.append([str(w) for w in np.asarray(words, dtype=object).reshape(-1)])
