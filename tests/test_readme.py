@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 import shlex
 from pathlib import Path
@@ -88,6 +89,61 @@ def test_readme_commands_run(readme: Path, tmp_path, monkeypatch, capsys) -> Non
         assert rc == 0, f"{argv}: {out.err[-2000:]}"
         if argv[0] in ("fit", "evaluate", "predict", "sweep", "build"):
             assert "written to" in out.out, argv  # every command says where its results went
+
+
+TEMPLATE = (
+    "Paper",
+    "What it does",
+    "Data formats",
+    "Commands",
+    "Outputs",
+    "Evaluation protocol",
+    "Results",
+    "Inferred choices",
+    "Limits",
+)
+"""The level-2 headings every method and builder README opens with, in this order (further
+level-2 sections may follow them)."""
+
+PENDING = {"dpsurv"}
+
+
+def _registered() -> list[tuple[str, type]]:
+    from clinfuse.builders import BUILDERS
+    from clinfuse.builders import load_all as load_builders
+    from clinfuse.methods import METHODS
+    from clinfuse.methods import load_all as load_methods
+
+    load_methods()
+    load_builders()
+    return [*METHODS.items(), *BUILDERS.items()]
+
+
+REGISTERED = _registered()
+
+
+def level2_headings(text: str) -> list[str]:
+    """The ``## `` headings of a Markdown text, fenced code blocks skipped."""
+    headings, fenced = [], False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced and line.startswith("## "):
+            headings.append(line[3:].strip())
+    return headings
+
+
+@pytest.mark.parametrize("name,cls", REGISTERED, ids=[n for n, _ in REGISTERED])
+def test_method_readmes_follow_the_template(name: str, cls: type) -> None:
+    if name in PENDING:
+        pytest.skip(f"{name} README not yet in the template")
+    readme = Path(inspect.getfile(cls)).parent / "README.md"
+    assert readme.is_file(), f"{name}: no README.md beside {inspect.getfile(cls)}"
+    headings = level2_headings(readme.read_text(encoding="utf-8"))
+    assert tuple(headings[: len(TEMPLATE)]) == TEMPLATE, (
+        f"{readme}: the first level-2 headings must be {list(TEMPLATE)} in this order "
+        f"(extra sections go after them or as ### inside them); found {headings}"
+    )
 
 
 def test_demo_report(tmp_path) -> None:
