@@ -176,3 +176,13 @@ def test_demo_report(tmp_path) -> None:
 def test_full_demo_of_dib(tmp_path) -> None:
     """`clinfuse demo dib` exactly as `make demo` runs it (the hard preset and its baseline)."""
     assert main(["demo", "dib", "--out", str(tmp_path / "demo")]) == 0
+
+
+def test_systems_table_is_generated_from_the_registries() -> None:
+    from clinfuse.report.systems import systems_table
+
+    text = README.read_text(encoding="utf-8")
+    assert systems_table() in text, (
+        "README systems table is stale: paste the output of "
+        "`python -m clinfuse.report.systems` under ## Systems"
+    )

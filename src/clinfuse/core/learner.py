@@ -70,6 +70,8 @@ class Learner(abc.ABC):
     config_cls: ClassVar[type]
     description: ClassVar[str] = ""
     paper: ClassVar[str] = ""
+    status: ClassVar[str] = ""
+    """What works and what is missing, in one line (the systems table of the README)."""
     demo_preset: ClassVar[str] = "quick"
 
     def __init__(self, config: Any) -> None:

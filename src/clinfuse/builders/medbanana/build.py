@@ -92,6 +92,10 @@ class MedBanana(Builder):
     config_cls = MedBananaConfig
     description = "medical image editing data set: edits, rubric verdicts, preference pairs"
     paper = "arXiv 2511.00801 (Med-Banana-50K)"
+    status = (
+        "done (local deterministic editor/judge on 3 packaged real images; Gemini and OpenAI "
+        "backends tested against loopback fakes only)"
+    )
 
     attempt_hook: Callable[[dict[str, Any]], None] | None = None
     """Called after every attempt is logged (thread / serial executors); tests inject faults."""

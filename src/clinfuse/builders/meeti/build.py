@@ -266,6 +266,9 @@ class MEETI(Builder):
     config_cls = MEETIConfig
     description = "ECG data set: waveform, 300-dpi image, beat x lead parameters, text"
     paper = "arXiv 2507.15255 (MEETI)"
+    status = (
+        "done (no real MIMIC-IV-ECG run; default texts from the offline rule-based interpreter)"
+    )
 
     _refs: list[Any] | None = None
 

@@ -221,6 +221,7 @@ class DeepEN(Learner):
     config_cls = DeepENConfig
     description = "offline RL (D3QN + CQL) recommending 4-hourly enteral calories, protein, water"
     paper = "arXiv 2510.08350 (Tan, Chen, Perera, See, Feng)"
+    status = "done (simulator and synthetic MIMIC-IV schema; no real MIMIC run)"
 
     def __init__(self, config: DeepENConfig) -> None:
         super().__init__(config)

@@ -121,6 +121,9 @@ class DeepMedix(Learner):
     config_cls = DeepMedixConfig
     description = "chest X-ray reasoning: SFT, cold-start SFT, GRPO with grounded rewards; arena"
     paper = "arXiv 2509.03906 (DeepMedix-R1)"
+    status = (
+        "done on tiny random models (no Qwen2.5-VL-7B weights or MIMIC data offline; no GPU run)"
+    )
     demo_preset = "tiny"
 
     def __init__(self, config: DeepMedixConfig) -> None:

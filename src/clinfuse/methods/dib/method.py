@@ -84,6 +84,7 @@ class DIB(Learner):
     config_cls = DIBConfig
     description = "robust multimodal sentiment analysis: double Renyi information bottleneck"
     paper = "arXiv 2511.01444 (Huang, Gong, He, Wu, Cambria, Feng)"
+    status = "done"
     demo_preset = "hard"
 
     def __init__(self, config: DIBConfig) -> None:

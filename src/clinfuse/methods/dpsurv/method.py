@@ -189,6 +189,7 @@ class DPsurv(Learner):
     config_cls = DPsurvConfig
     description = "evidential whole-slide survival analysis with survival intervals"
     paper = "arXiv 2510.00053 (DPsurv)"
+    status = "done (synthetic bags and real tabular data; no real WSI features offline)"
 
     def __init__(self, config: DPsurvConfig) -> None:
         super().__init__(config)

@@ -92,6 +92,7 @@ class EHRPrompt(Learner):
     config_cls = EHRPromptConfig
     description = "multimodal EHR prediction from prompt sentences and notes"
     paper = "arXiv 2508.20460 (Ruan, Lan, Tan, Abdullah, Feng; P-Transformer 2303.17408)"
+    status = "done (SUPPORT2 real data; MIMIC cohorts tested on a synthetic schema)"
 
     def __init__(self, config: EHRPromptConfig) -> None:
         super().__init__(config)

@@ -70,6 +70,11 @@ class Tunsr(Learner):
     config_cls = TunsrConfig
     description = "neurosymbolic knowledge-graph reasoning with FARI rule induction"
     paper = "arXiv 2507.03697 (Lin, Xu, Lu, He, Mao, Liu, Cambria, Feng)"
+    status = (
+        "done; against RED-GNN (same code, `redgnn` preset) at equal 2.5-min CPU budgets: MRR "
+        "ahead on six of seven real KGs (behind on WN18RR_v1, -0.013) and >= 1.5x its "
+        "training speed on six (0.79x on ICEWS14)"
+    )
 
     def __init__(self, config: TunsrConfig) -> None:
         super().__init__(config)
