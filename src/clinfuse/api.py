@@ -174,18 +174,23 @@ def build(
     cls = get_builder(name)
     if data is not None:
         overrides = (
-            {**overrides, "data": str(data)} if isinstance(overrides, Mapping)
+            {**overrides, "data": str(data)}
+            if isinstance(overrides, Mapping)
             else [*overrides, f"data={data}"]
-        )  # fmt: skip
+        )
     if resume:
         rd = _open_to_resume(out, name, "build")
         saved = config_from_dict(cls.config_cls, rd.config_dict())
         cfg = _builder_config(cls, saved, overrides=overrides)
     else:
         if config is None:
-            cfg = load_config(cls.config_cls, method=name,
-                              preset=preset or (None if config_file else cls.demo_preset),
-                              path=config_file, overrides=overrides)  # fmt: skip
+            cfg = load_config(
+                cls.config_cls,
+                method=name,
+                preset=preset or (None if config_file else cls.demo_preset),
+                path=config_file,
+                overrides=overrides,
+            )
         else:
             cfg = _builder_config(cls, config, overrides=overrides)
     builder = cls(cfg)

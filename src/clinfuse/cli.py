@@ -344,10 +344,16 @@ def known_failure(exc: BaseException, args: argparse.Namespace) -> ClinfuseError
     if isinstance(exc, ClinfuseError):
         return exc
     text = str(exc)
-    oom = isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or (
-        isinstance(exc, RuntimeError)
-        and any(w in text for w in ("out of memory", "can't allocate memory", "not enough memory"))
-    )  # fmt: skip
+    oom = (
+        isinstance(exc, MemoryError)
+        or type(exc).__name__ == "OutOfMemoryError"
+        or (
+            isinstance(exc, RuntimeError)
+            and any(
+                w in text for w in ("out of memory", "can't allocate memory", "not enough memory")
+            )
+        )
+    )
     if oom:
         return ClinfuseError(
             "out of memory",

@@ -94,9 +94,21 @@ def _format_failures() -> tuple[type[BaseException], ...]:
     import zlib
 
     # LookupError: KeyError, IndexError and codecs' "unknown encoding" (an XML declaration)
-    return (UnicodeError, ValueError, TypeError, LookupError, AttributeError,
-            EOFError, OSError, RuntimeError, OverflowError, zlib.error, struct.error,
-            zipfile.BadZipFile, pickle.UnpicklingError)  # fmt: skip
+    return (
+        UnicodeError,
+        ValueError,
+        TypeError,
+        LookupError,
+        AttributeError,
+        EOFError,
+        OSError,
+        RuntimeError,
+        OverflowError,
+        zlib.error,
+        struct.error,
+        zipfile.BadZipFile,
+        pickle.UnpicklingError,
+    )
 
 
 def reads_untrusted(expected: str):

@@ -54,9 +54,11 @@ def run_tasks(
         )
     if workers < 1:
         raise ConfigError(
-            "workers must be at least 1", expected="an integer >= 1", found=str(workers),
+            "workers must be at least 1",
+            expected="an integer >= 1",
+            found=str(workers),
             fix="--set workers=1",
-        )  # fmt: skip
+        )
     todo = list(items)
     if executor == "serial" or (executor == "thread" and workers == 1):
         yield from _serial(fn, todo, args, on_error)

@@ -464,8 +464,10 @@ class RunDir:
         if not isinstance(state, dict):
             raise RunDirError(
                 f"checkpoint {p} is not a state dict",
-                expected="a dict", found=type(state).__name__, fix="fit the run again",
-            )  # fmt: skip
+                expected="a dict",
+                found=type(state).__name__,
+                fix="fit the run again",
+            )
         return state
 
     def __repr__(self) -> str:

@@ -511,9 +511,16 @@ def run_arena(
             )
         ],
         columns=[
-            "study", "judge", "model_a", "model_b", "order", "verdict", "rationale", "score_a",
+            "study",
+            "judge",
+            "model_a",
+            "model_b",
+            "order",
+            "verdict",
+            "rationale",
+            "score_a",
         ],
-    )  # fmt: skip
+    )
     outcomes = _reconcile_votes(votes)
     board = bradley_terry(outcomes, n_boot=n_boot, seed=seed, l2=l2)
     if len(judges) > 1:

@@ -125,8 +125,9 @@ def redact(text: str, secret: str | None) -> str:
     return text.replace(secret, "***") if secret else text
 
 
-SENSITIVE_HEADERS = frozenset({"authorization", "proxy-authorization", "x-goog-api-key",
-                               "api-key", "x-api-key", "cookie"})  # fmt: skip
+SENSITIVE_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "x-goog-api-key", "api-key", "x-api-key", "cookie"}
+)
 """Headers that carry credentials: never forwarded to another origin on a redirect."""
 
 
@@ -151,8 +152,10 @@ class _SameOriginAuth(urllib.request.HTTPRedirectHandler):
                     value = str(store[name])
                     if name.lower() in SENSITIVE_HEADERS or (self.secret and self.secret in value):
                         del store[name]
-            log.warning("redirect to another origin (%s): credentials not forwarded",
-                        urllib.parse.urlsplit(newurl).netloc)  # fmt: skip
+            log.warning(
+                "redirect to another origin (%s): credentials not forwarded",
+                urllib.parse.urlsplit(newurl).netloc,
+            )
         return new
 
 

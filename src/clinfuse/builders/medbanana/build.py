@@ -79,8 +79,9 @@ def resume_state(root: Path, task_ids: set[str] | None = None) -> set[str]:
         if conv.is_file() and not conv.is_symlink() and is_within(conv, root / CONVERSATIONS):
             conv.unlink()
     if dropped:
-        log.info("medbanana: discarded %d attempts (%d images) of unfinished tasks",
-                 len(dropped), n)  # fmt: skip
+        log.info(
+            "medbanana: discarded %d attempts (%d images) of unfinished tasks", len(dropped), n
+        )
     return done
 
 
@@ -150,12 +151,22 @@ class MedBanana(Builder):
             from clinfuse.builders.medbanana.roles import make_roles
 
             roles = make_roles(cfg, root)
-            yield from run_tasks(run_task, todo, args=(cfg, root, roles, self.attempt_hook),
-                                 executor=cfg.executor, workers=cfg.workers)  # fmt: skip
+            yield from run_tasks(
+                run_task,
+                todo,
+                args=(cfg, root, roles, self.attempt_hook),
+                executor=cfg.executor,
+                workers=cfg.workers,
+            )
             return
-        yield from run_tasks(run_one, [t.to_dict() for t in todo], args=(asdict(cfg), root),
-                             executor=cfg.executor, workers=cfg.workers,
-                             ray_address=cfg.ray_address)  # fmt: skip
+        yield from run_tasks(
+            run_one,
+            [t.to_dict() for t in todo],
+            args=(asdict(cfg), root),
+            executor=cfg.executor,
+            workers=cfg.workers,
+            ray_address=cfg.ray_address,
+        )
 
     # -- build --------------------------------------------------------------------------------
     def build(self, run: RunDir, *, resume: bool = False) -> DatasetCard:
@@ -176,23 +187,38 @@ class MedBanana(Builder):
         log.info("medbanana: %d tasks, %d done, %d to run", len(tasks), skipped, len(todo))
         t0 = time.perf_counter()
         n_ok = n = 0
-        bar = tqdm(total=len(todo), desc="medbanana", unit="task",
-                   disable=not progress_enabled(cfg.progress))  # fmt: skip
+        bar = tqdm(
+            total=len(todo),
+            desc="medbanana",
+            unit="task",
+            disable=not progress_enabled(cfg.progress),
+        )
         for res in self._results(todo, str(root)):
             n += 1
             n_ok += res["status"] == "success"
             bar.update(1)
             now = progress_stats(n, n_ok, time.perf_counter() - t0)
-            bar.set_postfix({"tasks_per_min": f"{now['tasks_per_min']:.1f}",
-                             "success_rate": f"{now['success_rate']:.0%}"})  # fmt: skip
+            bar.set_postfix(
+                {
+                    "tasks_per_min": f"{now['tasks_per_min']:.1f}",
+                    "success_rate": f"{now['success_rate']:.0%}",
+                }
+            )
         bar.close()
         seconds = time.perf_counter() - t0
         speed = progress_stats(n, n_ok, seconds)["tasks_per_min"]
         card = self.assemble(run, skipped)  # its success_rate counts every finished task
         card.stats.update(build_seconds=seconds, tasks_per_min=speed)
         card.write(root)
-        run.write_metrics({"n_run_now": n, "n_success_now": n_ok, "build_seconds": seconds,
-                           "tasks_per_min": speed, **self.evaluate(run)})  # fmt: skip
+        run.write_metrics(
+            {
+                "n_run_now": n,
+                "n_success_now": n_ok,
+                "build_seconds": seconds,
+                "tasks_per_min": speed,
+                **self.evaluate(run),
+            }
+        )
         self._plot(run)
         log.info("medbanana data set written to %s", root)
         return card
@@ -208,13 +234,16 @@ class MedBanana(Builder):
             for col in ("instruction", "image", "reason", "reason_code"):
                 a[col] = a[col] if col in a else None
             a = a.drop_duplicates(["task_id", "round"], keep="last")
-            a = a[a["task_id"].isin(set(t["task_id"]))].sort_values(["task_id", "round"],
-                                                                     ignore_index=True)  # fmt: skip
+            a = a[a["task_id"].isin(set(t["task_id"]))].sort_values(
+                ["task_id", "round"], ignore_index=True
+            )
         tables = {"tasks": t, "attempts": a}
         if len(t) and len(a):
-            tables.update(preference_pairs=preference.image_pairs(a, t),
-                          prompt_pairs=preference.prompt_pairs(a, t),
-                          kto=preference.kto_rows(a, t))  # fmt: skip
+            tables.update(
+                preference_pairs=preference.image_pairs(a, t),
+                prompt_pairs=preference.prompt_pairs(a, t),
+                kto=preference.kto_rows(a, t),
+            )
         for name, df in tables.items():
             with atomic_path(root / f"{name}.parquet") as tmp:
                 df.to_parquet(tmp, index=False)
@@ -226,9 +255,12 @@ class MedBanana(Builder):
             "attempts": float(len(a)),
             "failed_attempts": float((~a["qualified"].astype(bool)).sum()) if len(a) else 0.0,
             "mean_rounds": float(t["rounds"].mean()) if len(t) else 0.0,
-            **{f"{k}_rows": float(len(v)) for k, v in tables.items()
-               if k not in ("tasks", "attempts")},
-        }  # fmt: skip
+            **{
+                f"{k}_rows": float(len(v))
+                for k, v in tables.items()
+                if k not in ("tasks", "attempts")
+            },
+        }
         return DatasetCard(
             name="medbanana",
             root=str(root),
@@ -269,18 +301,20 @@ class MedBanana(Builder):
             "n_tasks": float(len(t)),
             "success_rate": float((t["status"] == "success").mean()) if len(t) else 0.0,
             "duplicate_tasks": float(t["task_id"].duplicated().sum()) if len(t) else 0.0,
-            "duplicate_attempts": float(a.duplicated(["task_id", "round"]).sum()) if len(a)
+            "duplicate_attempts": float(a.duplicated(["task_id", "round"]).sum())
+            if len(a)
             else 0.0,
             "share_images_present": float(sum((p / x).exists() for x in imgs) / len(imgs))
-            if imgs else 1.0,
-        }  # fmt: skip
+            if imgs
+            else 1.0,
+        }
         if len(a):
             q = a.groupby("task_id")["qualified"].agg(lambda s: int(s.astype(bool).sum()))
             out["share_success_consistent"] = float(
                 all(
                     q.get(tid, 0) == int(st == "success")
                     for tid, st in zip(t["task_id"], t["status"], strict=True)
-                )  # fmt: skip
+                )
             )
         return out
 
@@ -330,7 +364,7 @@ class MedBanana(Builder):
                     "preference_pairs_rows",
                     "tasks_per_min",
                 )
-            },  # fmt: skip
+            },
             plots=sorted(run.plots.glob("*.png")),
             notes=f"Data set card: {run.path / 'dataset_card.md'}",
         )

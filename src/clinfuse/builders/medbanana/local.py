@@ -50,12 +50,22 @@ EDITOR_ID = "medbanana-local-editor-v1"
 JUDGE_ID = "medbanana-local-judge-v1"
 
 LESION_KIND: dict[str, str] = {
-    "Pleural_Effusion": "effusion", "Pneumothorax": "lucency", "Cardiomegaly": "opacity",
-    "Enlarged_Cardiomediastinum": "opacity", "Fracture": "opacity", "Edema": "opacity",
-    "glioma": "mass", "meningioma": "mass", "pituitary": "mass",
-    "Diabetes": "exudates", "Hypertension": "exudates", "AMD": "drusen", "Glaucoma": "cup",
-    "Cataract": "haze", "Myopia": "cup",
-}  # fmt: skip
+    "Pleural_Effusion": "effusion",
+    "Pneumothorax": "lucency",
+    "Cardiomegaly": "opacity",
+    "Enlarged_Cardiomediastinum": "opacity",
+    "Fracture": "opacity",
+    "Edema": "opacity",
+    "glioma": "mass",
+    "meningioma": "mass",
+    "pituitary": "mass",
+    "Diabetes": "exudates",
+    "Hypertension": "exudates",
+    "AMD": "drusen",
+    "Glaucoma": "cup",
+    "Cataract": "haze",
+    "Myopia": "cup",
+}
 """Disease -> lesion kind of the local editor (others: the modality's default kind)."""
 _DEFAULT_KIND = {"chest_xray": "opacity", "brain_mri": "mass", "fundus": "exudates"}
 _STRENGTH = {"subtle": 0.5, "moderate": 1.0, "marked": 1.6}
@@ -133,8 +143,16 @@ def draw_lesion(
     h, w = arr.shape[:2]
     m = min(h, w)
     kind = LESION_KIND.get(disease, _DEFAULT_KIND.get(modality, "opacity"))
-    rel = {"opacity": 0.05, "effusion": 0.06, "lucency": 0.05, "mass": 0.06,
-           "exudates": 0.02, "drusen": 0.018, "cup": 0.035, "haze": 0.16}  # fmt: skip
+    rel = {
+        "opacity": 0.05,
+        "effusion": 0.06,
+        "lucency": 0.05,
+        "mass": 0.06,
+        "exudates": 0.02,
+        "drusen": 0.018,
+        "cup": 0.035,
+        "haze": 0.16,
+    }
     base_r = rel[kind] * m * size
     inner = ndimage.binary_erosion(allowed, iterations=max(1, int(base_r * 1.3)))
     pool = np.flatnonzero(inner if inner.any() else allowed)
@@ -240,18 +258,27 @@ class LocalWriter:
         self.cfg = cfg
 
     def _written(self, instr: str, messages: list) -> Written:
-        return Written(instr, WRITER_ID, prompt_hash(messages, WRITER_ID),
-                       canonical_request(messages, WRITER_ID), instr)  # fmt: skip
+        return Written(
+            instr,
+            WRITER_ID,
+            prompt_hash(messages, WRITER_ID),
+            canonical_request(messages, WRITER_ID),
+            instr,
+        )
 
     def _text(self, task: Task, strength: str, size: str, fixes: Sequence[str]) -> str:
         mod = prompts.MODALITY_NAMES.get(task.modality, task.modality)
         disease = task.disease.replace("_", " ")
         if task.direction == "add":
-            head = (f"Add a {strength}, {size} area of {disease} to this {mod}, where it "
-                    f"typically appears, blending into the surrounding tissue.")  # fmt: skip
+            head = (
+                f"Add a {strength}, {size} area of {disease} to this {mod}, where it "
+                f"typically appears, blending into the surrounding tissue."
+            )
         else:
-            head = (f"Remove the {disease} finding from this {mod} so it looks normal, filling "
-                    f"the area with the surrounding healthy texture; add nothing new.")  # fmt: skip
+            head = (
+                f"Remove the {disease} finding from this {mod} so it looks normal, filling "
+                f"the area with the surrounding healthy texture; add nothing new."
+            )
         tail = " Keep brightness, contrast, framing and every other structure unchanged."
         return head + "".join(f" {f}" for f in fixes) + tail
 
@@ -308,13 +335,13 @@ class LocalEditor:
             size = next((v for k, v in _SIZE.items() if re.search(rf"\b{k}\b", low)), 1.0)
             shift = 0.08 if flaw and "leave all else untouched" not in low else 0.0
             allowed = mask if mask is not None else organ_mask(arr, task.modality)
-            out, _ = draw_lesion(arr, task.modality, task.disease, allowed, rng, strength, size,
-                                 shift)  # fmt: skip
+            out, _ = draw_lesion(
+                arr, task.modality, task.disease, allowed, rng, strength, size, shift
+            )
         else:
             lesion = mask if mask is not None else find_lesion(arr, organ_mask(arr, task.modality))
             out = remove_lesion(arr, lesion, rng, regrain=not flaw or "noise grain" in low)
-        digest = prompt_hash([Message("user", [instruction, image_part(source)])],
-                             EDITOR_ID)  # fmt: skip
+        digest = prompt_hash([Message("user", [instruction, image_part(source)])], EDITOR_ID)
         return Edit(from_array(out), EDITOR_ID, digest)
 
 
@@ -333,7 +360,7 @@ class LocalJudge:
         m = edit_metrics(source, edited, allowed, self.cfg.change_tol)
         scores = metric_scores(m, self.cfg)
         ok, code, why = decide(scores, m, self.cfg, gates=True)
-        digest = prompt_hash([Message("user", [image_part(source), image_part(edited)])],
-                             JUDGE_ID)  # fmt: skip
-        return Verdict(ok, code, why, *scores.values(), metrics=m, model_id=JUDGE_ID,
-                       prompt_hash=digest)  # fmt: skip
+        digest = prompt_hash([Message("user", [image_part(source), image_part(edited)])], JUDGE_ID)
+        return Verdict(
+            ok, code, why, *scores.values(), metrics=m, model_id=JUDGE_ID, prompt_hash=digest
+        )

@@ -53,8 +53,7 @@ def run_task(
     """
     root = Path(root)
     t0 = time.perf_counter()
-    base = {k: getattr(task, k) for k in ("task_id", "dataset", "modality", "disease",
-                                          "direction")}  # fmt: skip
+    base = {k: getattr(task, k) for k in ("task_id", "dataset", "modality", "disease", "direction")}
     conv: dict[str, Any] = {
         **task.to_dict(),
         "models": {r: getattr(roles, r).model_id for r in ("writer", "editor", "judge")},
@@ -76,8 +75,18 @@ def run_task(
     except DataError as exc:
         code = "bad_mask" if "mask" in exc.message else "bad_source"
         why = str(exc).splitlines()[0]
-        record({**base, "round": 1, "qualified": False, "reason_code": code, "reason": why,
-                "image": None, "instruction": None}, {})  # fmt: skip
+        record(
+            {
+                **base,
+                "round": 1,
+                "qualified": False,
+                "reason_code": code,
+                "reason": why,
+                "image": None,
+                "instruction": None,
+            },
+            {},
+        )
         status = "error"
     else:
         allowed = allowed_region(task, to_array(source), mask)
@@ -85,23 +94,44 @@ def run_task(
             rec: dict[str, Any] = {**base, "round": rnd, "instruction": None, "image": None}
             extra: dict[str, Any] = {}
             try:
-                w = (roles.writer.initial(task, source) if rnd == 1
-                     else roles.writer.refine(task, source, history))  # fmt: skip
-                rec.update(instruction=w.instruction, writer_model=w.model_id,
-                           writer_prompt_hash=w.prompt_hash)  # fmt: skip
+                w = (
+                    roles.writer.initial(task, source)
+                    if rnd == 1
+                    else roles.writer.refine(task, source, history)
+                )
+                rec.update(
+                    instruction=w.instruction,
+                    writer_model=w.model_id,
+                    writer_prompt_hash=w.prompt_hash,
+                )
                 extra.update(writer_request=w.request, writer_reply=w.reply)
                 seed = task_seed(cfg.seed, task.task_id, rnd)
                 edit = roles.editor.edit(source, w.instruction, seed, task=task, mask=mask)
-                rec.update(editor_model=edit.model_id, editor_prompt_hash=edit.prompt_hash,
-                           editor_seed=seed)  # fmt: skip
+                rec.update(
+                    editor_model=edit.model_id,
+                    editor_prompt_hash=edit.prompt_hash,
+                    editor_seed=seed,
+                )
                 v = roles.judge.judge(task, source, edit.image, allowed)
-                rec.update(qualified=v.qualified, reason_code=v.reason_code, reason=v.reason,
-                           judge_model=v.model_id, judge_prompt_hash=v.prompt_hash,
-                           has_disease=v.has_disease, model_reason=v.model_reason,
-                           **v.scores(), **{f"m_{k}": x for k, x in v.metrics.items()})  # fmt: skip
+                rec.update(
+                    qualified=v.qualified,
+                    reason_code=v.reason_code,
+                    reason=v.reason,
+                    judge_model=v.model_id,
+                    judge_prompt_hash=v.prompt_hash,
+                    has_disease=v.has_disease,
+                    model_reason=v.model_reason,
+                    **v.scores(),
+                    **{f"m_{k}": x for k, x in v.metrics.items()},
+                )
                 extra.update(judge_request=v.request, judge_reply=v.reply)
-                rel = image_path(task.task_id, task.dataset, task.disease,
-                                 None if v.qualified else rnd, cfg.image_format)  # fmt: skip
+                rel = image_path(
+                    task.task_id,
+                    task.dataset,
+                    task.disease,
+                    None if v.qualified else rnd,
+                    cfg.image_format,
+                )
                 written = save_image(edit.image, output_path(root, rel), cfg.image_format)
                 rec.update(image=str(rel), image_sha256=file_sha256(written))
             except AttemptError as exc:
@@ -109,9 +139,15 @@ def run_task(
             record(rec, extra)
             scores = {k: rec.get(k) for k in ("compliance", "structure", "realism", "fidelity")}
             history.append(
-                HistoryEntry(rnd, rec["instruction"] or "", bool(rec["qualified"]),
-                             rec["reason_code"], rec["reason"], scores)
-            )  # fmt: skip
+                HistoryEntry(
+                    rnd,
+                    rec["instruction"] or "",
+                    bool(rec["qualified"]),
+                    rec["reason_code"],
+                    rec["reason"],
+                    scores,
+                )
+            )
             if rec["qualified"]:
                 status, accepted, final = "success", rec["image"], rec["instruction"]
                 break

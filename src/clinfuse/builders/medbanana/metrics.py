@@ -36,8 +36,9 @@ def gray(img: Image.Image, side: int = METRIC_SIDE) -> np.ndarray:
     g = img.convert("L")
     if max(g.size) > side:
         s = side / max(g.size)
-        g = g.resize((max(1, round(g.size[0] * s)), max(1, round(g.size[1] * s))),
-                     Image.Resampling.BILINEAR)  # fmt: skip
+        g = g.resize(
+            (max(1, round(g.size[0] * s)), max(1, round(g.size[1] * s))), Image.Resampling.BILINEAR
+        )
     return np.asarray(g, dtype=np.float32) / 255.0
 
 
@@ -103,8 +104,11 @@ def copy_move_score(
     corr = (local_mean(he * hs) - me * ms) / np.sqrt(
         np.maximum(ve * (local_mean(hs * hs) - ms**2), 1e-12)
     )
-    cy, cx = np.meshgrid(np.arange(b // 2, h - b // 2 + 1, b // 2),
-                         np.arange(b // 2, w - b // 2 + 1, b // 2), indexing="ij")  # fmt: skip
+    cy, cx = np.meshgrid(
+        np.arange(b // 2, h - b // 2 + 1, b // 2),
+        np.arange(b // 2, w - b // 2 + 1, b // 2),
+        indexing="ij",
+    )
     c, sd = corr[cy, cx].ravel(), np.sqrt(np.maximum(ve[cy, cx], 0.0)).ravel()
     idx = np.flatnonzero((sd >= min_std) & (c < 0.5))
     idx = idx[np.argsort(c[idx], kind="stable")][:max_blocks]
@@ -134,13 +138,16 @@ def copy_move_score(
         dy, dx = int(py - y0), int(px - x0)
         support = [  # the block and its 8 half-block neighbours, all at displacement (dy, dx)
             ncc(he[ny : ny + b, nx : nx + b], hs[ny + dy : ny + dy + b, nx + dx : nx + dx + b])
-            - max(0.0, ncc(hs[ny : ny + b, nx : nx + b],
-                           hs[ny + dy : ny + dy + b, nx + dx : nx + dx + b]))
+            - max(
+                0.0,
+                ncc(hs[ny : ny + b, nx : nx + b], hs[ny + dy : ny + dy + b, nx + dx : nx + dx + b]),
+            )
             for ny in (y0 - b // 2, y0, y0 + b // 2)
             for nx in (x0 - b // 2, x0, x0 + b // 2)
             if min(ny, nx, ny + dy, nx + dx) >= 0
-            and max(ny, ny + dy) + b <= h and max(nx, nx + dx) + b <= w
-        ]  # fmt: skip
+            and max(ny, ny + dy) + b <= h
+            and max(nx, nx + dx) + b <= w
+        ]
         score = sorted(support)[-2] if len(support) > 1 else 0.0
         if score > best[0]:
             best = (score, dy, dx)
@@ -152,8 +159,10 @@ def _effectively_same_mode(src: Image.Image, edt: Image.Image) -> bool:
         return True
     if src.mode == "L" and edt.mode in ("RGB", "RGBA"):  # a grey image returned as RGB
         a = np.asarray(edt.convert("RGB"), dtype=np.int16)
-        return int(np.abs(a[..., 0] - a[..., 1]).max()) <= 8 and int(
-            np.abs(a[..., 1] - a[..., 2]).max()) <= 8  # fmt: skip
+        return (
+            int(np.abs(a[..., 0] - a[..., 1]).max()) <= 8
+            and int(np.abs(a[..., 1] - a[..., 2]).max()) <= 8
+        )
     return False
 
 
@@ -197,8 +206,11 @@ def edit_metrics(
     min_px = max(16, int(2e-4 * s.size))
     sizes = ndimage.sum_labels(changed, labels, index=np.arange(1, n + 1)) if n else np.zeros(0)
     keep = [i + 1 for i, sz in enumerate(sizes) if sz >= min_px]
-    region = ndimage.binary_dilation(np.isin(labels, keep), iterations=3) if keep else \
-        np.zeros_like(changed)  # fmt: skip
+    region = (
+        ndimage.binary_dilation(np.isin(labels, keep), iterations=3)
+        if keep
+        else np.zeros_like(changed)
+    )
     outside = ~region
     _, smap = structural_similarity(s, e, data_range=1.0, full=True)
     out.update(
@@ -210,8 +222,13 @@ def edit_metrics(
         ssim=float(smap.mean()),
     )
     if not region.any():
-        out.update(roi_change_p95=0.0, roi_signed_change=0.0, grain_ratio=1.0, edge_ratio=1.0,
-                   inside_allowed=1.0)  # fmt: skip
+        out.update(
+            roi_change_p95=0.0,
+            roi_signed_change=0.0,
+            grain_ratio=1.0,
+            edge_ratio=1.0,
+            inside_allowed=1.0,
+        )
         return out
     out["roi_change_p95"] = float(np.percentile(np.abs(e - s)[region], 95))
     out["roi_signed_change"] = float((e - s)[region].mean())
@@ -227,8 +244,14 @@ def edit_metrics(
     if allowed is not None:
         a = allowed
         if a.shape != region.shape:
-            a = np.asarray(Image.fromarray(a.astype(np.uint8) * 255).resize(
-                (region.shape[1], region.shape[0]), Image.Resampling.NEAREST)) > 0  # fmt: skip
+            a = (
+                np.asarray(
+                    Image.fromarray(a.astype(np.uint8) * 255).resize(
+                        (region.shape[1], region.shape[0]), Image.Resampling.NEAREST
+                    )
+                )
+                > 0
+            )
         out["inside_allowed"] = float((region & a).sum() / region.sum())
     else:
         out["inside_allowed"] = 1.0
@@ -244,34 +267,75 @@ def _get(m: Mapping[str, float], k: str, default: float) -> float:
 
 
 CHECKS: tuple[Check, ...] = (
-    ("resized", lambda m, c: _get(m, "size_kept", 1) < 1,
-     lambda m, c: f"resized output: {m['width']:.0f}x{m['height']:.0f} differs from the source"),
-    ("mode_changed", lambda m, c: _get(m, "mode_kept", 1) < 1,
-     lambda m, c: "colour mode changed (grey source returned in colour, or the reverse)"),
-    ("duplicated_patch", lambda m, c: _get(m, "dup_score", 0) > c.max_duplicate_score,
-     lambda m, c: f"duplicated patch: a block of the edit copies the source {m['dup_dy']:+.0f}, "
-                  f"{m['dup_dx']:+.0f} px away (copy-move score {m['dup_score']:.2f} > "
-                  f"{c.max_duplicate_score})"),
-    ("no_edit", lambda m, c: _get(m, "region_fraction", 0) == 0,
-     lambda m, c: "no visible change: the finding was not drawn / removed"),
-    ("global_change", lambda m, c: _get(m, "changed_fraction", 0) > c.max_changed_fraction,
-     lambda m, c: f"global change: {m['changed_fraction']:.0%} of the image changed "
-                  f"(brightness, contrast or gamma altered everywhere)"),
-    ("sharp_edges", lambda m, c: _get(m, "edge_ratio", 1) > c.max_edge_ratio,
-     lambda m, c: f"burned-in text or sharp edges in the edited region (gradient ratio "
-                  f"{m['edge_ratio']:.2f} > {c.max_edge_ratio})"),
-    ("outside_mask", lambda m, c: _get(m, "inside_allowed", 1) < c.min_inside,
-     lambda m, c: f"edit outside the target anatomy ({m['inside_allowed']:.0%} inside)"),
-    ("fidelity", lambda m, c: _get(m, "ssim_outside", 1) < c.min_ssim_outside
-     or _get(m, "changed_outside", 0) > c.max_changed_outside,
-     lambda m, c: f"image changed outside the edit (SSIM {m['ssim_outside']:.3f}, "
-                  f"{m['changed_outside']:.1%} changed pixels)"),
-    ("grain", lambda m, c: not c.grain_range[0] <= _get(m, "grain_ratio", 1) <= c.grain_range[1],
-     lambda m, c: f"noise grain not preserved in the edit (ratio {m['grain_ratio']:.2f})"),
-    ("weak_edit", lambda m, c: _get(m, "roi_change_p95", 0) < c.min_roi_change,
-     lambda m, c: f"change too faint to be seen ({m['roi_change_p95']:.3f} < "
-                  f"{c.min_roi_change})"),
-)  # fmt: skip
+    (
+        "resized",
+        lambda m, c: _get(m, "size_kept", 1) < 1,
+        lambda m, c: f"resized output: {m['width']:.0f}x{m['height']:.0f} differs from the source",
+    ),
+    (
+        "mode_changed",
+        lambda m, c: _get(m, "mode_kept", 1) < 1,
+        lambda m, c: "colour mode changed (grey source returned in colour, or the reverse)",
+    ),
+    (
+        "duplicated_patch",
+        lambda m, c: _get(m, "dup_score", 0) > c.max_duplicate_score,
+        lambda m, c: (
+            f"duplicated patch: a block of the edit copies the source {m['dup_dy']:+.0f}, "
+            f"{m['dup_dx']:+.0f} px away (copy-move score {m['dup_score']:.2f} > "
+            f"{c.max_duplicate_score})"
+        ),
+    ),
+    (
+        "no_edit",
+        lambda m, c: _get(m, "region_fraction", 0) == 0,
+        lambda m, c: "no visible change: the finding was not drawn / removed",
+    ),
+    (
+        "global_change",
+        lambda m, c: _get(m, "changed_fraction", 0) > c.max_changed_fraction,
+        lambda m, c: (
+            f"global change: {m['changed_fraction']:.0%} of the image changed "
+            f"(brightness, contrast or gamma altered everywhere)"
+        ),
+    ),
+    (
+        "sharp_edges",
+        lambda m, c: _get(m, "edge_ratio", 1) > c.max_edge_ratio,
+        lambda m, c: (
+            f"burned-in text or sharp edges in the edited region (gradient ratio "
+            f"{m['edge_ratio']:.2f} > {c.max_edge_ratio})"
+        ),
+    ),
+    (
+        "outside_mask",
+        lambda m, c: _get(m, "inside_allowed", 1) < c.min_inside,
+        lambda m, c: f"edit outside the target anatomy ({m['inside_allowed']:.0%} inside)",
+    ),
+    (
+        "fidelity",
+        lambda m, c: (
+            _get(m, "ssim_outside", 1) < c.min_ssim_outside
+            or _get(m, "changed_outside", 0) > c.max_changed_outside
+        ),
+        lambda m, c: (
+            f"image changed outside the edit (SSIM {m['ssim_outside']:.3f}, "
+            f"{m['changed_outside']:.1%} changed pixels)"
+        ),
+    ),
+    (
+        "grain",
+        lambda m, c: not c.grain_range[0] <= _get(m, "grain_ratio", 1) <= c.grain_range[1],
+        lambda m, c: f"noise grain not preserved in the edit (ratio {m['grain_ratio']:.2f})",
+    ),
+    (
+        "weak_edit",
+        lambda m, c: _get(m, "roi_change_p95", 0) < c.min_roi_change,
+        lambda m, c: (
+            f"change too faint to be seen ({m['roi_change_p95']:.3f} < {c.min_roi_change})"
+        ),
+    ),
+)
 """Ordered checks: (reason code, fails(metrics, config), message). The first failing one is the
 verdict's reason."""
 
@@ -306,7 +370,7 @@ def metric_scores(m: Mapping[str, float], cfg: Any) -> dict[str, float]:
                 (1 - _get(m, "ssim_outside", 1)) / max(1 - cfg.min_ssim_outside, 1e-6),
                 _get(m, "changed_outside", 0) / max(cfg.max_changed_outside, 1e-6),
             )
-        ),  # fmt: skip
+        ),
     }
 
 

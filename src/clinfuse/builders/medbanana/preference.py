@@ -40,10 +40,19 @@ def image_pairs(attempts: pd.DataFrame, tasks: pd.DataFrame) -> pd.DataFrame:
         }
         for f in failed.to_dict("records")
     ]
-    cols = [*_KEYS, "source", "instruction", "chosen", "rejected", "rejected_round",
-            "rejected_instruction", "rejected_reason"]  # fmt: skip
-    return pd.DataFrame(rows, columns=cols).sort_values(["task_id", "rejected_round"],
-                                                        ignore_index=True)  # fmt: skip
+    cols = [
+        *_KEYS,
+        "source",
+        "instruction",
+        "chosen",
+        "rejected",
+        "rejected_round",
+        "rejected_instruction",
+        "rejected_reason",
+    ]
+    return pd.DataFrame(rows, columns=cols).sort_values(
+        ["task_id", "rejected_round"], ignore_index=True
+    )
 
 
 def prompt_pairs(attempts: pd.DataFrame, tasks: pd.DataFrame) -> pd.DataFrame:
@@ -62,8 +71,9 @@ def prompt_pairs(attempts: pd.DataFrame, tasks: pd.DataFrame) -> pd.DataFrame:
         for f in failed.to_dict("records")
     ]
     cols = [*_KEYS, "source", "chosen", "rejected", "rejected_round", "rejected_reason"]
-    return pd.DataFrame(rows, columns=cols).sort_values(["task_id", "rejected_round"],
-                                                        ignore_index=True)  # fmt: skip
+    return pd.DataFrame(rows, columns=cols).sort_values(
+        ["task_id", "rejected_round"], ignore_index=True
+    )
 
 
 def kto_rows(attempts: pd.DataFrame, tasks: pd.DataFrame) -> pd.DataFrame:

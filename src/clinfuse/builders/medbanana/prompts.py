@@ -183,8 +183,12 @@ def normalise_score(v: Any) -> float | None:
             return None
     if not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
         return None
-    for hi, f in ((1, lambda x: x), (5, lambda x: max(x - 1, 0) / 4), (10, lambda x: x / 10),
-                  (100, lambda x: x / 100)):  # fmt: skip
+    for hi, f in (
+        (1, lambda x: x),
+        (5, lambda x: max(x - 1, 0) / 4),
+        (10, lambda x: x / 10),
+        (100, lambda x: x / 100),
+    ):
         if v <= hi:
             return float(f(v))
     return None
@@ -204,8 +208,9 @@ def normalise_scores(obj: dict[str, Any]) -> dict[str, float | None]:
     if 1 < top <= 5:
         scaled = {k: 5.0 if v is True else 1.0 if v is False else v for k, v in raw.items()}
         return {
-            k: None if (n := normalise_score(v)) is None else
-            (max(float(v) - 1, 0.0) / 4 if not isinstance(v, bool) else n)
+            k: None
+            if (n := normalise_score(v)) is None
+            else (max(float(v) - 1, 0.0) / 4 if not isinstance(v, bool) else n)
             for k, v in scaled.items()
-        }  # fmt: skip
+        }
     return {k: normalise_score(v) for k, v in raw.items()}

@@ -82,8 +82,11 @@ def image_path(task_id: str, dataset: str, disease: str, rnd: int | None, fmt: s
     """``images/accepted/<dataset>/<disease>/<task>.png`` (``rnd=None``) or
     ``images/failed/<dataset>/<disease>/<task>-r<round>.png`` (relative to the build root)."""
     ext = "jpg" if fmt == "jpeg" else "png"
-    kind, name = ("accepted", f"{slug(task_id)}.{ext}") if rnd is None else (
-        "failed", f"{slug(task_id)}-r{int(rnd)}.{ext}")  # fmt: skip
+    kind, name = (
+        ("accepted", f"{slug(task_id)}.{ext}")
+        if rnd is None
+        else ("failed", f"{slug(task_id)}-r{int(rnd)}.{ext}")
+    )
     return Path("images") / kind / slug(dataset) / slug(disease) / name
 
 

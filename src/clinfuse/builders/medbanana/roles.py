@@ -236,9 +236,19 @@ class LLMJudge:
         ok, code, why = decide(
             scores, metrics, self.cfg, gates=self.cfg.metric_gates, model_reason=reason
         )
-        return Verdict(ok, code, why, *scores.values(), metrics=metrics, model_id=self.model_id,
-                       prompt_hash=digest, has_disease=has, model_reason=reason,
-                       request=canonical_request(messages, self.model_id), reply=text)  # fmt: skip
+        return Verdict(
+            ok,
+            code,
+            why,
+            *scores.values(),
+            metrics=metrics,
+            model_id=self.model_id,
+            prompt_hash=digest,
+            has_disease=has,
+            model_reason=reason,
+            request=canonical_request(messages, self.model_id),
+            reply=text,
+        )
 
 
 class ImageBackendEditor:
@@ -273,8 +283,13 @@ class ImageBackendEditor:
                 img = im if im.mode in ("L", "RGB") else im.convert("RGB")
         except Exception as exc:  # noqa: BLE001 - any undecodable payload
             raise AttemptError("no_image", f"editor image cannot be decoded: {exc}") from exc
-        return Edit(img, str(out.model_id), str(out.prompt_hash), time.perf_counter() - t0,
-                    str(getattr(out, "text", "") or ""))  # fmt: skip
+        return Edit(
+            img,
+            str(out.model_id),
+            str(out.prompt_hash),
+            time.perf_counter() - t0,
+            str(getattr(out, "text", "") or ""),
+        )
 
 
 def make_roles(cfg: Any, root: str | Path | None = None) -> Roles:
@@ -304,8 +319,11 @@ def make_roles(cfg: Any, root: str | Path | None = None) -> Roles:
 
         return cached(make_image_backend(spec, **limit()), CachedImageBackend, "image_cache")
 
-    local_roles = {"writer": local.LocalWriter, "editor": local.LocalEditor,
-                   "judge": local.LocalJudge}  # fmt: skip
+    local_roles = {
+        "writer": local.LocalWriter,
+        "editor": local.LocalEditor,
+        "judge": local.LocalJudge,
+    }
     model_roles = {
         "writer": lambda spec: LLMWriter(text_backend(spec)),
         "editor": lambda spec: ImageBackendEditor(image_backend(spec)),

@@ -169,8 +169,10 @@ def load_mask(
             )
         sx, sy = w / ow, h / oh
         m = np.zeros((h, w), bool)
-        m[int(y0 * sy) : max(int(y0 * sy) + 1, round(y1 * sy)),
-          int(x0 * sx) : max(int(x0 * sx) + 1, round(x1 * sx))] = True  # fmt: skip
+        m[
+            int(y0 * sy) : max(int(y0 * sy) + 1, round(y1 * sy)),
+            int(x0 * sx) : max(int(x0 * sx) + 1, round(x1 * sx)),
+        ] = True
         return m
     path = Path(spec) if base is None or Path(spec).is_absolute() else base / spec
     try:
@@ -257,11 +259,21 @@ def write_default_inputs(folder: str | Path, max_side: int | None = 512, seed: i
                 im.save(tmp, format="PNG")
         rel = lambda p: str(p.relative_to(folder))  # noqa: E731
         rows += [
-            {"image": rel(normal), "label": "normal", "dataset": modality, "modality": modality,
-             "mask": ""},
-            {"image": rel(sick), "label": disease, "dataset": modality, "modality": modality,
-             "mask": rel(mask_path)},
-        ]  # fmt: skip
+            {
+                "image": rel(normal),
+                "label": "normal",
+                "dataset": modality,
+                "modality": modality,
+                "mask": "",
+            },
+            {
+                "image": rel(sick),
+                "label": disease,
+                "dataset": modality,
+                "modality": modality,
+                "mask": rel(mask_path),
+            },
+        ]
     manifest = folder / "manifest.csv"
     with atomic_path(manifest) as tmp:
         pd.DataFrame(rows).to_csv(tmp, index=False)

@@ -28,13 +28,21 @@ __all__ = [
 
 DISEASE_PRESETS: dict[str, tuple[str, ...]] = {
     "chest_xray": (
-        "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged_Cardiomediastinum",
-        "Fracture", "Lung_Lesion", "Lung_Opacity", "Pleural_Effusion", "Pneumonia",
+        "Atelectasis",
+        "Cardiomegaly",
+        "Consolidation",
+        "Edema",
+        "Enlarged_Cardiomediastinum",
+        "Fracture",
+        "Lung_Lesion",
+        "Lung_Opacity",
+        "Pleural_Effusion",
+        "Pneumonia",
         "Pneumothorax",
     ),
     "brain_mri": ("glioma", "meningioma", "pituitary"),
     "fundus": ("AMD", "Cataract", "Diabetes", "Glaucoma", "Hypertension", "Myopia"),
-}  # fmt: skip
+}
 """The 20 disease names visible in the official repository (11 MIMIC-CXR, 3 brain tumour
 classes, 6 ODIR-5K); the paper (arXiv 2511.00801) counts 23; the other 3 were not
 identified."""
@@ -111,9 +119,10 @@ def _safe(name: str) -> str:
 
 def _images(folder: Path) -> list[Path]:
     return sorted(
-        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-        and p.suffix.lower() in IMAGE_SUFFIXES
-    )  # fmt: skip
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+    )
 
 
 def scan_folder(root: str | Path) -> list[Source]:
@@ -123,9 +132,11 @@ def scan_folder(root: str | Path) -> list[Source]:
     holding images) is found.
     """
     root = Path(root)
-    datasets = [root] if (root / "normal").is_dir() else sorted(
-        d for d in root.iterdir() if d.is_dir() and (d / "normal").is_dir()
-    )  # fmt: skip
+    datasets = (
+        [root]
+        if (root / "normal").is_dir()
+        else sorted(d for d in root.iterdir() if d.is_dir() and (d / "normal").is_dir())
+    )
     if not datasets and root.is_dir():
         datasets = [root]
     out = []
@@ -173,15 +184,19 @@ def read_manifest(path: str | Path, *, allow_outside: bool = False) -> list[Sour
     for i, r in enumerate(df.to_dict("records"), start=2):
         where = f"manifest {path} line {i}"
         if not str(r["image"]).strip() or not str(r["label"]).strip():
-            raise DataError(f"{where} has an empty image or label",
-                            expected="an image path and a label", found=r)  # fmt: skip
+            raise DataError(
+                f"{where} has an empty image or label",
+                expected="an image path and a label",
+                found=r,
+            )
         img = input_path(base, r["image"], source=where, allow_outside=allow_outside)
         mask = r.get("mask") or None
         if mask and " " not in mask.strip() and "," not in mask:
             mask = str(input_path(base, mask, source=where, allow_outside=allow_outside))
         label = "normal" if r["label"].strip().lower() == "normal" else r["label"].strip()
-        out.append(Source(str(img), label, r.get("dataset") or path.stem,
-                          r.get("modality") or None, mask))  # fmt: skip
+        out.append(
+            Source(str(img), label, r.get("dataset") or path.stem, r.get("modality") or None, mask)
+        )
     return out
 
 
@@ -203,8 +218,9 @@ def make_tasks(
         by_ds.setdefault(s.dataset, []).append(s)
     for ds, items in by_ds.items():
         mods = {s.modality for s in items if s.modality}
-        mod = (modality if modality != "auto" else (mods.pop() if len(mods) == 1 else None)) \
-            or modality_from_name(ds)  # fmt: skip
+        mod = (
+            modality if modality != "auto" else (mods.pop() if len(mods) == 1 else None)
+        ) or modality_from_name(ds)
         if mod not in DISEASE_PRESETS:
             raise DataError(
                 f"cannot tell the modality of dataset {ds!r}",

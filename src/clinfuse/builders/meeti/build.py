@@ -346,8 +346,14 @@ class MEETI(Builder):
         bar = tqdm(
             total=len(todo), desc="meeti", unit="rec", disable=not progress_enabled(cfg.progress)
         )
-        results = run_tasks(process_record, todo, args=(asdict(cfg), root), executor=cfg.executor,
-                            workers=cfg.workers, ray_address=cfg.ray_address)  # fmt: skip
+        results = run_tasks(
+            process_record,
+            todo,
+            args=(asdict(cfg), root),
+            executor=cfg.executor,
+            workers=cfg.workers,
+            ray_address=cfg.ray_address,
+        )
         for res in results:
             if res["status"] == "done":
                 done += 1

@@ -41,15 +41,31 @@ GE_XML_FILE = ("example_data", "example_datasets", "example-XML1.xml")
 
 # GE RestingECGMeasurements -> MIMIC-IV-ECG machine measurement names (ms / degrees).
 _GE_TO_MACHINE: dict[str, str] = {
-    "RRInterval": "rr_interval", "POnset": "p_onset", "POffset": "p_end", "QOnset": "qrs_onset",
-    "QOffset": "qrs_end", "TOffset": "t_end", "PAxis": "p_axis", "RAxis": "qrs_axis",
+    "RRInterval": "rr_interval",
+    "POnset": "p_onset",
+    "POffset": "p_end",
+    "QOnset": "qrs_onset",
+    "QOffset": "qrs_end",
+    "TOffset": "t_end",
+    "PAxis": "p_axis",
+    "RAxis": "qrs_axis",
     "TAxis": "t_axis",
-}  # fmt: skip
+}
 # GE global measurements kept in ``extra["ge_measurements"]``.
 _GE_GLOBALS = (
-    "VentricularRate", "PQInterval", "PDuration", "QRSDuration", "QTInterval", "QTCInterval",
-    "RRInterval", "PPInterval", "PAxis", "RAxis", "TAxis", "QRSNum",
-)  # fmt: skip
+    "VentricularRate",
+    "PQInterval",
+    "PDuration",
+    "QRSDuration",
+    "QTInterval",
+    "QTCInterval",
+    "RRInterval",
+    "PPInterval",
+    "PAxis",
+    "RAxis",
+    "TAxis",
+    "QRSNum",
+)
 # Rhythm word of a simulated sinus rhythm by rate: (upper bound exclusive, words).
 _SINUS_WORDS = ((60, "Sinus bradycardia"), (101, "Sinus rhythm"), (math.inf, "Sinus tachycardia"))
 
@@ -82,9 +98,13 @@ def simulated_records(
         noise = float(rng.uniform(*NOISE_RANGE))
         sim_seed = int(rng.integers(2**31 - 1))
         frame = nk.ecg_simulate(
-            duration=duration, sampling_rate=int(fs), method="multileads", heart_rate=hr,
-            noise=noise, random_state=sim_seed,
-        )  # fmt: skip
+            duration=duration,
+            sampling_rate=int(fs),
+            method="multileads",
+            heart_rate=hr,
+            noise=noise,
+            random_state=sim_seed,
+        )
         leads = tuple(canonical_lead(str(c)) or str(c) for c in frame.columns)
         machine = dict.fromkeys(MACHINE_FIELDS, math.nan)
         machine["rr_interval"] = float(round(60_000 / hr))

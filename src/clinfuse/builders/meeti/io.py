@@ -48,14 +48,32 @@ Source = Literal["wfdb", "mimic", "ludb", "default"]
 Layout = Literal["auto", "wfdb", "mimic", "ludb"]
 
 STANDARD_LEADS: tuple[str, ...] = (
-    "I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6",
-)  # fmt: skip
+    "I",
+    "II",
+    "III",
+    "aVR",
+    "aVL",
+    "aVF",
+    "V1",
+    "V2",
+    "V3",
+    "V4",
+    "V5",
+    "V6",
+)
 """The 12 standard leads, in the conventional order."""
 
 MACHINE_FIELDS: tuple[str, ...] = (
-    "rr_interval", "p_onset", "p_end", "qrs_onset", "qrs_end", "t_end", "p_axis", "qrs_axis",
+    "rr_interval",
+    "p_onset",
+    "p_end",
+    "qrs_onset",
+    "qrs_end",
+    "t_end",
+    "p_axis",
+    "qrs_axis",
     "t_axis",
-)  # fmt: skip
+)
 """MIMIC-IV-ECG machine measurements kept in :attr:`RecordRef.machine` (ms, or degrees for axes)."""
 
 MIMIC_MISSING = 29999.0
@@ -83,15 +101,31 @@ _UNIT_TO_MV: dict[str, float] = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3
 # valid samples lie in [lowest + 1, highest]; the digital min/max of a lead are these bounds,
 # narrowed by the header's ADC resolution when it gives one.
 _FORMAT_BOUNDS: dict[str, tuple[int, int]] = {
-    "8": (-128, 127), "80": (-128, 127), "16": (-32768, 32767), "61": (-32768, 32767),
-    "160": (-32768, 32767), "212": (-2048, 2047), "310": (-512, 511), "311": (-512, 511),
-    "24": (-(2**23), 2**23 - 1), "32": (-(2**31), 2**31 - 1), "508": (-128, 127),
-    "516": (-32768, 32767), "524": (-(2**23), 2**23 - 1),
-}  # fmt: skip
+    "8": (-128, 127),
+    "80": (-128, 127),
+    "16": (-32768, 32767),
+    "61": (-32768, 32767),
+    "160": (-32768, 32767),
+    "212": (-2048, 2047),
+    "310": (-512, 511),
+    "311": (-512, 511),
+    "24": (-(2**23), 2**23 - 1),
+    "32": (-(2**31), 2**31 - 1),
+    "508": (-128, 127),
+    "516": (-32768, 32767),
+    "524": (-(2**23), 2**23 - 1),
+}
 # Bytes per sample of the uncompressed formats whose file size follows from the header.
 _BYTES_PER_SAMPLE: dict[str, float] = {
-    "8": 1, "80": 1, "16": 2, "61": 2, "160": 2, "24": 3, "32": 4, "212": 1.5,
-}  # fmt: skip
+    "8": 1,
+    "80": 1,
+    "16": 2,
+    "61": 2,
+    "160": 2,
+    "24": 3,
+    "32": 4,
+    "212": 1.5,
+}
 
 
 def canonical_lead(name: str) -> str | None:
@@ -383,9 +417,12 @@ def _scan_mimic(root: Path, *, allow_outside: bool = False) -> list[RecordRef]:
         study = _text(row["study_id"])
         where = f"{root / 'record_list.csv'} line {i}"
         if not study or not _text(row["path"]):
-            raise DataError(f"{where} has an empty study_id or path",
-                            expected="subject_id, study_id, file_name, ecg_time, path",
-                            found=dict(row), fix="repair the row")  # fmt: skip
+            raise DataError(
+                f"{where} has an empty study_id or path",
+                expected="subject_id, study_id, file_name, ecg_time, path",
+                found=dict(row),
+                fix="repair the row",
+            )
         info = machine_rows.pop(study, None)
         path = input_path(root, _text(row["path"]), source=where, allow_outside=allow_outside)
         refs.append(
@@ -717,9 +754,12 @@ def _finish(
         if key != "resampled":
             logger.debug("record %s: %s %s", ref.study_id, key, values)
     return EcgRecord(
-        ref=ref, signal=np.ascontiguousarray(signal, dtype=np.float32), fs=fs, leads=leads,
+        ref=ref,
+        signal=np.ascontiguousarray(signal, dtype=np.float32),
+        fs=fs,
+        leads=leads,
         flags=flags,
-    )  # fmt: skip
+    )
 
 
 def _resample(signal: np.ndarray, fs: float, target: float) -> np.ndarray:
@@ -816,18 +856,30 @@ def write_mimic_layout(records: list[EcgRecord], root: str | Path, machine: bool
         try:
             n = len(rec.leads)
             wfdb.wrsamp(
-                study, fs=rec.fs, units=["mV"] * n, sig_name=list(rec.leads), p_signal=signal,
-                fmt=["16"] * n, adc_gain=[WRITE_GAIN] * n, baseline=[0] * n, write_dir=str(tmp),
-            )  # fmt: skip
+                study,
+                fs=rec.fs,
+                units=["mV"] * n,
+                sig_name=list(rec.leads),
+                p_signal=signal,
+                fmt=["16"] * n,
+                adc_gain=[WRITE_GAIN] * n,
+                baseline=[0] * n,
+                write_dir=str(tmp),
+            )
             for ext in (".dat", ".hea"):  # header last: a record is visible only when complete
                 os.replace(tmp / f"{study}{ext}", folder / f"{study}{ext}")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         time = rec.ref.ecg_time or ""
         listing.append(
-            {"subject_id": subject, "study_id": study, "file_name": study, "ecg_time": time,
-             "path": rel.as_posix()}
-        )  # fmt: skip
+            {
+                "subject_id": subject,
+                "study_id": study,
+                "file_name": study,
+                "ecg_time": time,
+                "path": rel.as_posix(),
+            }
+        )
         values = rec.ref.machine or {}
         row: dict[str, object] = {"subject_id": subject, "study_id": study, "ecg_time": time}
         row.update({col: rec.ref.extra.get(col, "") for col in _MACHINE_EXTRA})

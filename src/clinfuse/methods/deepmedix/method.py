@@ -180,13 +180,18 @@ class DeepMedix(Learner):
         assert self.loaded is not None
         cfg = self.config
         samples = reasoning_samples(train, seed=cfg.seed, image_size=cfg.image_size, grid=cfg.grid)
-        rows = sft_rows([s["prompt"] for s in samples], [s["completion"] for s in samples],
-                        self._images(samples))  # fmt: skip
+        rows = sft_rows(
+            [s["prompt"] for s in samples],
+            [s["completion"] for s in samples],
+            self._images(samples),
+        )
         atomic_write_text(
             run.path / "coldstart_samples.jsonl",
-            "".join(json.dumps({"prompt": s["prompt"], "completion": s["completion"]}) + "\n"
-                    for s in samples),
-        )  # fmt: skip
+            "".join(
+                json.dumps({"prompt": s["prompt"], "completion": s["completion"]}) + "\n"
+                for s in samples
+            ),
+        )
         return train_sft(self.loaded, rows, cfg, run.path / "trainer")
 
     def _fit_grpo(self, train: list[Any], run: RunDir) -> Any:
@@ -220,8 +225,11 @@ class DeepMedix(Learner):
         torch.manual_seed(cfg.seed)
         self.model_dir = resolve_model_dir(cfg.init) if cfg.init else None
         if cfg.stage != "sft" and cfg.init is None:
-            log.warning("stage %s without init: starting from %s, not a previous stage",
-                        cfg.stage, cfg.model)  # fmt: skip
+            log.warning(
+                "stage %s without init: starting from %s, not a previous stage",
+                cfg.stage,
+                cfg.model,
+            )
         self.loaded = load_model(self.model_dir or cfg.model, seed=cfg.seed)
         train, test = split_records(list(data), cfg.test_fraction, cfg.seed)
         self._images(train + test)  # undecodable images fail here, before any training step
@@ -270,9 +278,12 @@ class DeepMedix(Learner):
         self.plot(run)
         log.info(
             "deepmedix %s: reward %.3f, format %.2f, params changed %.2f in %.0f s",
-            cfg.stage, metrics["overall"], metrics["format_rate"],
-            metrics.get("frac_params_changed", math.nan), metrics["seconds_total"],
-        )  # fmt: skip
+            cfg.stage,
+            metrics["overall"],
+            metrics["format_rate"],
+            metrics.get("frac_params_changed", math.nan),
+            metrics["seconds_total"],
+        )
         return self
 
     def _write_samples(self, pred: pd.DataFrame, path: Path) -> None:
@@ -288,18 +299,31 @@ class DeepMedix(Learner):
 
         assert self.loaded is not None
         cfg = self.config
-        outs = generate(self.loaded, [build_prompt(r.question) for r in records],
-                        self._images(records), cfg.max_new_tokens)  # fmt: skip
+        outs = generate(
+            self.loaded,
+            [build_prompt(r.question) for r in records],
+            self._images(records),
+            cfg.max_new_tokens,
+        )
         rows = []
         for r, text in zip(records, outs, strict=True):
             boxes = [list(b) for b in (r.boxes or ())] or None
-            s = xray_score(text, r.answer, compat=cfg.reward_compat, gt_boxes=boxes,
-                           image_size=cfg.image_size)  # fmt: skip
+            s = xray_score(
+                text, r.answer, compat=cfg.reward_compat, gt_boxes=boxes, image_size=cfg.image_size
+            )
             if s["format"] == 0.0:
                 log.info("generation without <think>/\\boxed{} tags scored format 0: %.60r", text)
-            rows.append({"stage": stage, "type": r.type, "question": r.question,
-                         "answer": r.answer, "generation": text,
-                         "extracted": extract_answer(text), **s})  # fmt: skip
+            rows.append(
+                {
+                    "stage": stage,
+                    "type": r.type,
+                    "question": r.question,
+                    "answer": r.answer,
+                    "generation": text,
+                    "extracted": extract_answer(text),
+                    **s,
+                }
+            )
         df = pd.DataFrame(rows)
         is_report = df["type"].str.lower().isin(REPORT_TYPES)
         metrics: dict[str, Any] = {
@@ -313,8 +337,9 @@ class DeepMedix(Learner):
         if (~is_report).any():
             metrics["vqa_score"] = float(df.loc[~is_report, "accuracy"].mean() / 1.5)
         if is_report.any():
-            rep = report_metrics(list(df.loc[is_report, "extracted"]),
-                                 list(df.loc[is_report, "answer"]))  # fmt: skip
+            rep = report_metrics(
+                list(df.loc[is_report, "extracted"]), list(df.loc[is_report, "answer"])
+            )
             metrics |= {f"report/{k}": float(v) for k, v in rep.items()}
         return metrics, df
 
@@ -322,8 +347,9 @@ class DeepMedix(Learner):
         """Reward terms, VQA score and report metrics of greedy generations on a split."""
         self._require_model()
         if corrupt is not None:
-            raise ConfigError("deepmedix has no corruptions", expected=None, found=corrupt,
-                              fix="drop --corrupt")  # fmt: skip
+            raise ConfigError(
+                "deepmedix has no corruptions", expected=None, found=corrupt, fix="drop --corrupt"
+            )
         metrics, self._predictions = self._evaluate(self._split(data, split), split)
         return metrics
 
@@ -359,13 +385,24 @@ class DeepMedix(Learner):
         own = generate(self.loaded, [REPORT_PROMPT] * len(df), image, cfg.max_new_tokens)
         rows = []
         for uid, ref, gen in zip(df["uid"], refs, own, strict=True):
-            rows.append({"study": str(uid), "model": f"deepmedix-{cfg.stage}", "report": gen,
-                         "reference": ref})  # fmt: skip
-            rows.append({"study": str(uid), "model": "reference", "report": ref,
-                         "reference": ref})  # fmt: skip
+            rows.append(
+                {
+                    "study": str(uid),
+                    "model": f"deepmedix-{cfg.stage}",
+                    "report": gen,
+                    "reference": ref,
+                }
+            )
+            rows.append({"study": str(uid), "model": "reference", "report": ref, "reference": ref})
             for kind in typing.get_args(CorruptionKind):
-                rows.append({"study": str(uid), "model": f"reference+{kind}",
-                             "report": corrupt_report(ref, kind), "reference": ref})  # fmt: skip
+                rows.append(
+                    {
+                        "study": str(uid),
+                        "model": f"reference+{kind}",
+                        "report": corrupt_report(ref, kind),
+                        "reference": ref,
+                    }
+                )
         return pd.DataFrame(rows)
 
     def arena(self, folder: str | Path) -> tuple[str, list[Path]]:
@@ -452,11 +489,14 @@ class DeepMedix(Learner):
             value=float(m["overall"]),
             baseline="before training",
             baseline_value=float(m.get("base_overall", math.nan)),
-            extra={k: float(m[k]) for k in ("format_rate", "accuracy", "frac_params_changed",
-                                              "param_change_l2") if k in m},
+            extra={
+                k: float(m[k])
+                for k in ("format_rate", "accuracy", "frac_params_changed", "param_change_l2")
+                if k in m
+            },
             plots=sorted(run.plots.glob("*.png")),
             notes="random tiny model: checks the pipeline, its scores mean nothing",
-        )  # fmt: skip
+        )
 
 
 def _train_summary(history: list[dict[str, Any]]) -> dict[str, float]:

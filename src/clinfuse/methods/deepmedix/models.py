@@ -151,7 +151,7 @@ def tiny_qwen_vl(tokenizer: Any, *, seed: int = 0) -> nn.Module:
                 "mrope_section": [2, 3, 3],
             },
             **special,
-        },  # fmt: skip
+        },
         vision_config={
             "depth": 2,
             "hidden_size": 32,

@@ -178,13 +178,22 @@ def generate(
         for i, prompt in enumerate(prompts):
             if loaded.is_vlm:
                 image = images[i] if images is not None else None
-                msgs = [{"role": "user", "content": [
-                    *([{"type": "image", "image": image}] if image is not None else []),
-                    {"type": "text", "text": prompt}]}]  # fmt: skip
+                msgs = [
+                    {
+                        "role": "user",
+                        "content": [
+                            *([{"type": "image", "image": image}] if image is not None else []),
+                            {"type": "text", "text": prompt},
+                        ],
+                    }
+                ]
                 enc = loaded.processor.apply_chat_template(
-                    [msgs], add_generation_prompt=True, tokenize=True, return_dict=True,
+                    [msgs],
+                    add_generation_prompt=True,
+                    tokenize=True,
+                    return_dict=True,
                     return_tensors="pt",
-                )  # fmt: skip
+                )
             else:
                 text = tok.apply_chat_template(
                     user_turn(prompt, False), add_generation_prompt=True, tokenize=False

@@ -450,14 +450,36 @@ class EHRTable:
 
 # -- SUPPORT2 ---------------------------------------------------------------------------------
 _SUPPORT2_KINDS: dict[str, ColumnKind] = {
-    "age": "numeric", "sex": "categorical", "dzgroup": "categorical", "dzclass": "categorical",
-    "num.co": "numeric", "edu": "numeric", "income": "categorical", "scoma": "numeric",
-    "race": "categorical", "sps": "numeric", "aps": "numeric", "hday": "numeric",
-    "diabetes": "binary", "dementia": "binary", "ca": "categorical", "meanbp": "numeric",
-    "wblc": "numeric", "hrt": "numeric", "resp": "numeric", "temp": "numeric", "pafi": "numeric",
-    "alb": "numeric", "bili": "numeric", "crea": "numeric", "sod": "numeric", "ph": "numeric",
-    "glucose": "numeric", "bun": "numeric", "urine": "numeric",
-}  # fmt: skip
+    "age": "numeric",
+    "sex": "categorical",
+    "dzgroup": "categorical",
+    "dzclass": "categorical",
+    "num.co": "numeric",
+    "edu": "numeric",
+    "income": "categorical",
+    "scoma": "numeric",
+    "race": "categorical",
+    "sps": "numeric",
+    "aps": "numeric",
+    "hday": "numeric",
+    "diabetes": "binary",
+    "dementia": "binary",
+    "ca": "categorical",
+    "meanbp": "numeric",
+    "wblc": "numeric",
+    "hrt": "numeric",
+    "resp": "numeric",
+    "temp": "numeric",
+    "pafi": "numeric",
+    "alb": "numeric",
+    "bili": "numeric",
+    "crea": "numeric",
+    "sod": "numeric",
+    "ph": "numeric",
+    "glucose": "numeric",
+    "bun": "numeric",
+    "urine": "numeric",
+}
 
 SUPPORT2_SPECS: tuple[ColumnSpec, ...] = tuple(
     ColumnSpec(col, kind, SUPPORT2_COLUMNS[col][1], SUPPORT2_COLUMNS[col][0])

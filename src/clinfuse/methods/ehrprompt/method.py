@@ -76,8 +76,9 @@ def _split(table: EHRTable, cfg: EHRPromptConfig) -> tuple[np.ndarray, np.ndarra
     if table.split is not None:
         train, test = (np.asarray(p, dtype=np.int64) for p in table.split)
     else:
-        train, test = stratified_split(y, groups, cfg.test_fraction, cfg.seed,
-                                       rows=np.arange(table.n_rows))  # fmt: skip
+        train, test = stratified_split(
+            y, groups, cfg.test_fraction, cfg.seed, rows=np.arange(table.n_rows)
+        )
     if cfg.max_rows is not None:
         train, test = train[: cfg.max_rows], test[: max(20, cfg.max_rows // 4)]
     fit, valid = stratified_split(y, groups, cfg.valid_fraction, cfg.seed + 1, rows=train)
@@ -559,9 +560,14 @@ class EHRPrompt(Learner):
                 )[train]
                 if self.config.tune_baselines:
                     model, params, _ = tune_baseline(
-                        kind, task, x_train[:n_fit], y[:n_fit], x_train[n_fit:], y[n_fit:],
+                        kind,
+                        task,
+                        x_train[:n_fit],
+                        y[:n_fit],
+                        x_train[n_fit:],
+                        y[n_fit:],
                         seed=self.config.seed,
-                    )  # fmt: skip
+                    )
                     self.baseline_params[f"{kind}_{t}"] = params
                 else:
                     model = fit_baseline(kind, task, x_train, y, seed=self.config.seed)
@@ -659,9 +665,12 @@ class EHRPrompt(Learner):
         self.value_edges = {k: v.numpy() for k, v in state.get("value_edges", {}).items()}
         self.n_tabular = int(state.get("n_tabular", 0))
         self.model = PromptTransformer(
-            int(state["d_enc"]), len(self.columns), self.tasks, dict(state["n_classes"]),
+            int(state["d_enc"]),
+            len(self.columns),
+            self.tasks,
+            dict(state["n_classes"]),
             self._arch(),
-        )  # fmt: skip
+        )
         self.model.load_state_dict(state["model"])
         self.model.eval()
 

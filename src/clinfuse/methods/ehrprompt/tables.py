@@ -73,9 +73,16 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 InferredKind = Literal[
-    "identifier", "empty", "constant", "binary", "categorical", "ordinal", "numeric", "date",
+    "identifier",
+    "empty",
+    "constant",
+    "binary",
+    "categorical",
+    "ordinal",
+    "numeric",
+    "date",
     "text",
-]  # fmt: skip
+]
 TaskChoice = Literal["auto", "binary", "multiclass", "regression"]
 
 # -- the built-in dictionary ---------------------------------------------------------------------
@@ -243,14 +250,19 @@ class TableReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "source": self.source, "target": self.target, "task": self.task,
+            "source": self.source,
+            "target": self.target,
+            "task": self.task,
             "rows_read": self.rows_read,
             "rows_dropped_missing_target": self.rows_dropped_missing_target,
-            "subjects": self.subjects, "reduction": self.reduction,
+            "subjects": self.subjects,
+            "reduction": self.reduction,
             "classes": [c.item() if hasattr(c, "item") else c for c in self.classes],
-            "columns": self.columns, "dropped": self.dropped,
-            "allowed_leaky": self.allowed_leaky, "decisions": self.decisions,
-        }  # fmt: skip
+            "columns": self.columns,
+            "dropped": self.dropped,
+            "allowed_leaky": self.allowed_leaky,
+            "decisions": self.decisions,
+        }
 
 
 # -- 1. read ---------------------------------------------------------------------------------------
@@ -621,8 +633,10 @@ def _describe_columns(
                     "dictionary, or --set on_bad_value=skip to read the non-numbers as missing",
                 )
             n_bad = int(pd.to_numeric(col, errors="coerce").isna().sum() - col.isna().sum())
-            report.note(f"column {name!r}: {n_bad} non-numeric value(s) such as {bad} read as "
-                        "missing (on_bad_value=skip)")  # fmt: skip
+            report.note(
+                f"column {name!r}: {n_bad} non-numeric value(s) such as {bad} read as "
+                "missing (on_bad_value=skip)"
+            )
             frame[name] = col = pd.to_numeric(col, errors="coerce")
         kind = entry.get("kind") or infer_kind(col, name)
         if kind in ("identifier", "empty", "constant", "drop"):
@@ -764,24 +778,40 @@ def _fmt_level(v: Any) -> str:
 def _template(info: ColumnInfo) -> Template:
     label = _esc(info.label)
     if info.kind == "binary":
-        return Template(f"{_esc(info.label[:1].upper() + info.label[1:])}: {{value}}.",
-                        kind="binary", description=info.label)  # fmt: skip
+        return Template(
+            f"{_esc(info.label[:1].upper() + info.label[1:])}: {{value}}.",
+            kind="binary",
+            description=info.label,
+        )
     if info.kind == "categorical":
         wording = "is" if info.codes or not _is_code(info.levels) else "is category"
-        return Template(f"The {label} {wording} {{value}}.", kind="categorical",
-                        description=info.label)  # fmt: skip
+        return Template(
+            f"The {label} {wording} {{value}}.", kind="categorical", description=info.label
+        )
     if info.kind == "ordinal":
         lo, hi = _fmt_level(info.levels[0]), _fmt_level(info.levels[-1])
-        return Template(f"The {label} is {{value}} on a scale from {lo} to {hi}.",
-                        kind="numeric", description=info.label, decimals=0)  # fmt: skip
+        return Template(
+            f"The {label} is {{value}} on a scale from {lo} to {hi}.",
+            kind="numeric",
+            description=info.label,
+            decimals=0,
+        )
     if info.kind == "date":
-        return Template(f"The {label} is in {{value}}.", kind="numeric", description=info.label,
-                        decimals=1)  # fmt: skip
+        return Template(
+            f"The {label} is in {{value}}.", kind="numeric", description=info.label, decimals=1
+        )
     if info.kind == "text":
-        return Template(f"{_esc(info.label[:1].upper() + info.label[1:])}: {{value}}",
-                        kind="text", description=info.label)  # fmt: skip
-    return Template(f"The {label} is {{value}} {{unit}}.", kind="numeric", unit=info.unit,
-                    description=info.label)  # fmt: skip
+        return Template(
+            f"{_esc(info.label[:1].upper() + info.label[1:])}: {{value}}",
+            kind="text",
+            description=info.label,
+        )
+    return Template(
+        f"The {label} is {{value}} {{unit}}.",
+        kind="numeric",
+        unit=info.unit,
+        description=info.label,
+    )
 
 
 def _is_code(levels: Sequence[Any]) -> bool:
@@ -804,14 +834,25 @@ def column_templates(infos: Sequence[ColumnInfo]) -> TemplateSet:
     for info in infos:
         t = _template(info)
         if info.template:
-            t = Template(info.template, kind=t.kind, unit=t.unit, description=t.description,
-                         decimals=t.decimals)  # fmt: skip
+            t = Template(
+                info.template,
+                kind=t.kind,
+                unit=t.unit,
+                description=t.description,
+                decimals=t.decimals,
+            )
         out[info.name] = t
     return TemplateSet(out)
 
 
-_SPEC_KIND = {"binary": "binary", "categorical": "categorical", "ordinal": "numeric",
-              "numeric": "numeric", "date": "numeric", "text": "text"}  # fmt: skip
+_SPEC_KIND = {
+    "binary": "binary",
+    "categorical": "categorical",
+    "ordinal": "numeric",
+    "numeric": "numeric",
+    "date": "numeric",
+    "text": "text",
+}
 
 
 # -- the whole reader ------------------------------------------------------------------------------
@@ -838,8 +879,12 @@ def load_user_table(
     frame = read_table(path, encoding)
     report = TableReport(source=str(path), target=str(target), task=task, rows_read=len(frame))
     words = read_dictionary(dictionary)
-    named = {"id": id_col, "time": time_col, **{f"drop={c}": c for c in drop},
-             **{f"allow_leaky={c}": c for c in allow_leaky}}  # fmt: skip
+    named = {
+        "id": id_col,
+        "time": time_col,
+        **{f"drop={c}": c for c in drop},
+        **{f"allow_leaky={c}": c for c in allow_leaky},
+    }
     for key, col in named.items():
         if col is not None and col not in frame.columns:
             raise ConfigError(
@@ -856,8 +901,9 @@ def load_user_table(
             fix="name the subject column with --set id=COLUMN",
         )
     if target in drop:
-        raise ConfigError(f"the target {target!r} is also in drop=", found=list(drop),
-                          fix="remove it from drop")  # fmt: skip
+        raise ConfigError(
+            f"the target {target!r} is also in drop=", found=list(drop), fix="remove it from drop"
+        )
     frame, target = _prepare_target(frame, target, task, report)
     if id_col:
         n_rows = len(frame)

@@ -252,9 +252,22 @@ _CAPITALS: dict[str, str] = {
     "India": "New Delhi",
 }
 _WORDS = (
-    "lamp", "garden", "river", "pencil", "window", "planet", "orange", "castle", "bridge",
-    "silver", "tiger", "meadow", "rocket", "violin", "candle",
-)  # fmt: skip
+    "lamp",
+    "garden",
+    "river",
+    "pencil",
+    "window",
+    "planet",
+    "orange",
+    "castle",
+    "bridge",
+    "silver",
+    "tiger",
+    "meadow",
+    "rocket",
+    "violin",
+    "candle",
+)
 _NAMES = ("Tom", "Ana", "Li", "Sara", "Omar", "Mia")
 _ITEMS = ("apples", "books", "stamps", "marbles", "coins", "shells")
 _UNITS: tuple[tuple[str, str, int], ...] = (
@@ -297,23 +310,55 @@ def _convert(rng: np.random.Generator) -> tuple[str, str]:
 
 
 _HOWTO: tuple[tuple[str, str, str], ...] = (
-    ("bake a loaf of bread", "knead", "mix flour, water, yeast and salt, knead for ten minutes, "
-     "let it rise for an hour, shape it and bake at 220 C for 35 minutes"),
-    ("plant a tomato seedling", "stake", "dig a deep hole in a sunny spot, bury the stem up to the "
-     "first leaves, water well and tie the plant to a stake as it grows"),
-    ("change a flat bicycle tyre", "levers", "remove the wheel, use tyre levers to lift the tyre, "
-     "replace the tube, inflate it a little, refit the tyre and pump it up"),
-    ("brew a pot of green tea", "steep", "heat the water to about 80 C, add a spoon of leaves per "
-     "cup, steep for two minutes and pour through a strainer"),
-    ("clean a cast iron pan", "oil", "rinse it with hot water, scrub with salt, dry it on the "
-     "stove and rub a thin layer of oil over the surface"),
-    ("write a thank-you note", "specific", "greet the person, thank them for something specific, "
-     "say how it helped you and close with a warm wish"),
-    ("set up a fish tank", "cycle", "rinse the gravel, fill the tank with dechlorinated water, "
-     "run the filter to cycle it for four weeks and add fish slowly"),
-    ("fold a paper crane", "square", "start with a square sheet, fold a bird base, narrow the "
-     "flaps, fold up the neck and tail and open the wings"),
-)  # fmt: skip
+    (
+        "bake a loaf of bread",
+        "knead",
+        "mix flour, water, yeast and salt, knead for ten minutes, "
+        "let it rise for an hour, shape it and bake at 220 C for 35 minutes",
+    ),
+    (
+        "plant a tomato seedling",
+        "stake",
+        "dig a deep hole in a sunny spot, bury the stem up to the "
+        "first leaves, water well and tie the plant to a stake as it grows",
+    ),
+    (
+        "change a flat bicycle tyre",
+        "levers",
+        "remove the wheel, use tyre levers to lift the tyre, "
+        "replace the tube, inflate it a little, refit the tyre and pump it up",
+    ),
+    (
+        "brew a pot of green tea",
+        "steep",
+        "heat the water to about 80 C, add a spoon of leaves per "
+        "cup, steep for two minutes and pour through a strainer",
+    ),
+    (
+        "clean a cast iron pan",
+        "oil",
+        "rinse it with hot water, scrub with salt, dry it on the "
+        "stove and rub a thin layer of oil over the surface",
+    ),
+    (
+        "write a thank-you note",
+        "specific",
+        "greet the person, thank them for something specific, "
+        "say how it helped you and close with a warm wish",
+    ),
+    (
+        "set up a fish tank",
+        "cycle",
+        "rinse the gravel, fill the tank with dechlorinated water, "
+        "run the filter to cycle it for four weeks and add fish slowly",
+    ),
+    (
+        "fold a paper crane",
+        "square",
+        "start with a square sheet, fold a bird base, narrow the "
+        "flaps, fold up the neck and tail and open the wings",
+    ),
+)
 
 
 def _howto(rng: np.random.Generator) -> tuple[str, str]:
@@ -363,8 +408,14 @@ def benign_sft(
     for _ in range(n):
         task = tasks[int(rng.integers(len(tasks)))]
         prompt, answer, *text = TASKS[task](rng)
-        out.append({"prompt": prompt, "completion": text[0] if text else answer,
-                    "answer": answer, "task": task})  # fmt: skip
+        out.append(
+            {
+                "prompt": prompt,
+                "completion": text[0] if text else answer,
+                "answer": answer,
+                "task": task,
+            }
+        )
     return out
 
 

@@ -294,13 +294,21 @@ class ProCon(Learner):
             f"{prefix}task_accuracy": task_accuracy(outs, tasks),
         }
         frames = [
-            pd.DataFrame({"kind": "harmful", "prompt": harmful,
-                          "completion": res["harmful_completions"]}),
-            pd.DataFrame({"kind": "harmless", "prompt": harmless,
-                          "completion": res["harmless_completions"]}),
-            pd.DataFrame({"kind": "task", "prompt": [t["prompt"] for t in tasks],
-                          "completion": outs, "answer": [t["answer"] for t in tasks]}),
-        ]  # fmt: skip
+            pd.DataFrame(
+                {"kind": "harmful", "prompt": harmful, "completion": res["harmful_completions"]}
+            ),
+            pd.DataFrame(
+                {"kind": "harmless", "prompt": harmless, "completion": res["harmless_completions"]}
+            ),
+            pd.DataFrame(
+                {
+                    "kind": "task",
+                    "prompt": [t["prompt"] for t in tasks],
+                    "completion": outs,
+                    "answer": [t["answer"] for t in tasks],
+                }
+            ),
+        ]
         df = pd.concat(frames, ignore_index=True)
         df["refusal"] = [refusal_rate([c]) == 1.0 for c in df["completion"]]
         df["stage"] = prefix.rstrip("_") or "final"
@@ -329,8 +337,12 @@ class ProCon(Learner):
         n_layers = len(decoder_layers(model))
         layers = self._layers(n_layers)
         if not isinstance(data, SafetySplits):
-            raise DataError("ProCon.fit needs SafetySplits", expected="SafetySplits",
-                            found=type(data).__name__, fix="use learner.load_data()")  # fmt: skip
+            raise DataError(
+                "ProCon.fit needs SafetySplits",
+                expected="SafetySplits",
+                found=type(data).__name__,
+                fix="use learner.load_data()",
+            )
         self.directions = self._directions(model, data, run)
         metrics: dict[str, Any] = {"n_layers": n_layers, "constrained_layers": list(layers)}
         metrics |= self._val_auroc(model, data)
@@ -415,9 +427,12 @@ class ProCon(Learner):
         self._save(run, data, metrics, [p for p in (base_pred, pred) if p is not None])
         log.info(
             "procon (%s): mean drift cos %.3f, refusal %s, task NLL %.3f in %.0f s",
-            cfg.constraint, metrics["drift_cos/mean"], metrics.get("refusal_rate_harmful", "n/a"),
-            metrics["task_nll"], metrics["seconds_total"],
-        )  # fmt: skip
+            cfg.constraint,
+            metrics["drift_cos/mean"],
+            metrics.get("refusal_rate_harmful", "n/a"),
+            metrics["task_nll"],
+            metrics["seconds_total"],
+        )
         return self
 
     def _training_rows(self, tok: Any, data: SafetySplits) -> tuple[list, list, list, int]:
@@ -555,8 +570,13 @@ class ProCon(Learner):
     # -- report ---------------------------------------------------------------------------
     def report_table(self) -> str:
         m = self.metrics
-        keys = ["drift_cos/mean", "refusal_rate_harmful", "over_refusal_harmless",
-                "task_accuracy", "task_nll"]  # fmt: skip
+        keys = [
+            "drift_cos/mean",
+            "refusal_rate_harmful",
+            "over_refusal_harmless",
+            "task_accuracy",
+            "task_nll",
+        ]
         lines = ["| " + " | ".join(["stage", *keys]) + " |", "|" + "---|" * (len(keys) + 1)]
         for stage, prefix in (("base", "base_"), (m.get("constraint", "final"), "")):
             cells = []
@@ -614,11 +634,20 @@ class ProCon(Learner):
             value=float(m["drift_cos/mean"]),
             baseline="no drift",
             baseline_value=1.0,
-            extra={k: float(m[k]) for k in (
-                "refusal_rate_harmful", "base_refusal_rate_harmful", "task_accuracy",
-                "base_task_accuracy", "task_nll", "task_nll_base") if k in m},
+            extra={
+                k: float(m[k])
+                for k in (
+                    "refusal_rate_harmful",
+                    "base_refusal_rate_harmful",
+                    "task_accuracy",
+                    "base_task_accuracy",
+                    "task_nll",
+                    "task_nll_base",
+                )
+                if k in m
+            },
             plots=sorted(run.plots.glob("*.png")),
-        )  # fmt: skip
+        )
 
 
 def _save(fig: Any, path: Path) -> Path:

@@ -432,8 +432,13 @@ class DriftCallback(TrainerCallback):
         if state.log_history and state.log_history[-1].get("step") == step:
             state.log_history[-1].update(extra)
         if self.stop_below is not None and rec[self.stop_below[0]] <= self.stop_below[1]:
-            log.info("%s %.4f <= %.4f at step %d: stopping", self.stop_below[0],
-                     rec[self.stop_below[0]], self.stop_below[1], step)  # fmt: skip
+            log.info(
+                "%s %.4f <= %.4f at step %d: stopping",
+                self.stop_below[0],
+                rec[self.stop_below[0]],
+                self.stop_below[1],
+                step,
+            )
             self.stopped_at = step
             control.should_training_stop = True
         return control

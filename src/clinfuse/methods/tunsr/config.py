@@ -245,9 +245,14 @@ def _fail(msg: str, expected: object, found: object, fix: str) -> None:
 
 def _check_positive(c: TunsrConfig) -> None:
     for name in (
-        "n_layers", "hidden", "attn_dim", "time_dim", "batch_size",
-        "eval_batch_size", "epochs",
-    ):  # fmt: skip
+        "n_layers",
+        "hidden",
+        "attn_dim",
+        "time_dim",
+        "batch_size",
+        "eval_batch_size",
+        "epochs",
+    ):
         value = getattr(c, name)
         if value < 1:
             _fail(f"{name} must be at least 1", "an integer >= 1", value, f"--set {name}=...")
@@ -255,8 +260,12 @@ def _check_positive(c: TunsrConfig) -> None:
     for name in (*names, "fari_max_paths"):
         value = getattr(c, name)
         if value is not None and value < 1:
-            _fail(f"{name} must be at least 1", 'an integer >= 1, or "none"', value,
-                  f"--set {name}=none")  # fmt: skip
+            _fail(
+                f"{name} must be at least 1",
+                'an integer >= 1, or "none"',
+                value,
+                f"--set {name}=none",
+            )
     weights = (c.prune_noise, c.prune_mass_weight, c.selection_loss_weight)
     if min(weights) < 0:
         _fail(

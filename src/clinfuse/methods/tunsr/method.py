@@ -159,9 +159,11 @@ class Tunsr(Learner):
             )
         else:
             sampler = RandomSampler(
-                train_q, replacement=True, num_samples=cfg.steps_per_epoch * cfg.batch_size,
+                train_q,
+                replacement=True,
+                num_samples=cfg.steps_per_epoch * cfg.batch_size,
                 generator=gen,
-            )  # fmt: skip
+            )
             loader = DataLoader(TensorDataset(train_q), batch_size=cfg.batch_size, sampler=sampler)
         model, optimizer, loader = acc.prepare(model, optimizer, loader)
         graph = self._adjacency(kg, "train", acc.device)
@@ -251,9 +253,13 @@ class Tunsr(Learner):
         if budget is not None:
             metrics["budget"] = budget
         metrics.update(
-            {f"valid_{k}": v for k, v in self._rank(self._require_model(), kg, "valid",
-                                                     self._final_rows(kg, "valid")).items()}
-        )  # fmt: skip
+            {
+                f"valid_{k}": v
+                for k, v in self._rank(
+                    self._require_model(), kg, "valid", self._final_rows(kg, "valid")
+                ).items()
+            }
+        )
         test_rows = self._final_rows(kg, "test")
         if test_rows is not None:
             metrics["test_triples_ranked"] = len(test_rows)

@@ -646,10 +646,14 @@ def _answer_balls(
     balls = [torch.sort(nodes.query * n_e + nodes.entity).values]
     for _ in range(radius):
         cand = candidate_edges(
-            nodes, adj, queries, n_relations=n_relations,
+            nodes,
+            adj,
+            queries,
+            n_relations=n_relations,
             constraint="any" if cfg.constraint == "any" else "before_query",
-            exclude_query=exclude, sample_nodes=cfg.sample_nodes,
-        )  # fmt: skip
+            exclude_query=exclude,
+            sample_nodes=cfg.sample_nodes,
+        )
         keys = torch.unique(cand.query * n_e + cand.entity)
         nodes = Nodes(keys // n_e, keys % n_e, queries[keys // n_e, 3])
         balls.append(keys)

@@ -957,8 +957,15 @@ class _Walks:
                     continue
                 factor /= a_parent
             atom: Any = r if cols.dt is None else (r, int(cols.dt[k]) - int(self.q[n, 3]))
-            self._extend(states[n].setdefault(dst_key, {}), src, r, atom, ent,
-                         self.entity_of[n].get(src_key, -1), factor)  # fmt: skip
+            self._extend(
+                states[n].setdefault(dst_key, {}),
+                src,
+                r,
+                atom,
+                ent,
+                self.entity_of[n].get(src_key, -1),
+                factor,
+            )
         self.states, self.entity_of, self.inflow = states, entity_of, inflow
 
     def _extend(self, dst: dict, src: dict, r: int, atom: Any, ent: int, left: int, f: float):

@@ -84,8 +84,9 @@ def markdown_to_html(text: str) -> str:
         elif image:
             flush()
             alt, src = html.escape(image.group(1)), html.escape(image.group(2))
-            out.append(f'<figure><img src="{src}" alt="{alt}"><figcaption>{alt}</figcaption>'
-                       "</figure>")  # fmt: skip
+            out.append(
+                f'<figure><img src="{src}" alt="{alt}"><figcaption>{alt}</figcaption></figure>'
+            )
         elif s.startswith(("- ", "* ")):
             flush()
             items = []
