@@ -132,13 +132,24 @@ def test_windowed_gather_equals_gather_all_then_filter(constraint: str, exclude:
     adj = Adjacency.from_triples(kg, E)
     g = torch.Generator().manual_seed(3)
     queries = torch.stack(
-        [torch.randint(0, E, (8,), generator=g), torch.randint(0, R, (8,), generator=g),
-         torch.randint(0, E, (8,), generator=g), torch.randint(0, 17, (8,), generator=g)], 1
-    )  # fmt: skip
+        [
+            torch.randint(0, E, (8,), generator=g),
+            torch.randint(0, R, (8,), generator=g),
+            torch.randint(0, E, (8,), generator=g),
+            torch.randint(0, 17, (8,), generator=g),
+        ],
+        1,
+    )
     nodes, _ = expand(queries, adj, 2, n_relations=R, constraint=constraint)  # type: ignore[arg-type]
     for layer in nodes:
-        got = candidate_edges(layer, adj, queries, n_relations=R, constraint=constraint,  # type: ignore[arg-type]
-                              exclude_query=exclude)  # fmt: skip
+        got = candidate_edges(
+            layer,
+            adj,
+            queries,
+            n_relations=R,
+            constraint=constraint,  # type: ignore[arg-type]
+            exclude_query=exclude,
+        )
         rows = []
         for i in range(len(layer.entity)):
             b, e, tv = int(layer.query[i]), int(layer.entity[i]), int(layer.time[i])
@@ -150,8 +161,10 @@ def test_windowed_gather_equals_gather_all_then_filter(constraint: str, exclude:
                 hit = (e, r, t) in ((q[0], q[1], q[2]), inverse)
                 if ok[constraint] and not (exclude and ti == q[3] and hit):
                     rows.append([b, i, r, t, ti])
-        rows += [[int(layer.query[i]), i, 2 * R, int(layer.entity[i]), int(layer.time[i])]
-                 for i in range(len(layer.entity))]  # fmt: skip
+        rows += [
+            [int(layer.query[i]), i, 2 * R, int(layer.entity[i]), int(layer.time[i])]
+            for i in range(len(layer.entity))
+        ]
         got_rows = torch.stack([got.query, got.parent, got.rel, got.entity, got.time], 1)
         assert got_rows.tolist() == rows
 
@@ -253,6 +266,72 @@ def test_sampling_favours_recent_facts() -> None:
     assert sum(t <= 9 for t in picked) <= 5
 
 
+def test_evaluation_sampling_gives_a_node_the_same_neighbours_in_any_expansion() -> None:
+    """Without a generator the Gumbel noise is a function of (query, edge): a node draws the same
+    neighbours whether it is expanded alone, beside other nodes, or in another batch."""
+    kg = with_inverse(random_kg(3, m=600, n_times=6), R)
+    adj = Adjacency.from_triples(kg, E)
+    queries = torch.tensor([[e, e % R, 0, 6] for e in range(8)])
+
+    def picks(qs, nodes_of):
+        nodes = root_nodes(qs, "before_query")
+        if nodes_of is not None:  # several nodes per query: the roots plus other entities
+            keep = nodes_of
+            nodes = type(nodes)(
+                torch.repeat_interleave(torch.arange(len(qs)), len(keep)),
+                torch.tensor(keep * len(qs)),
+                torch.zeros(len(qs) * len(keep), dtype=torch.int64),
+            )
+        cand = candidate_edges(
+            nodes, adj, qs, n_relations=R, constraint="before_query", sample_nodes=2
+        )
+        real = cand.rel != 2 * R
+        head = nodes.entity[cand.parent[real]]
+        q = qs[cand.query[real]]
+        rows = torch.stack(
+            [q[:, 0], q[:, 1], head, cand.rel[real], cand.entity[real], cand.time[real]], 1
+        )
+        return {tuple(r) for r in rows.tolist()}
+
+    alone = picks(queries[:3], [5])
+    crowded = picks(queries, [5, 6, 7, 8, 9])  # more nodes and more queries in the batch
+    again = picks(queries[:3], [5])
+    assert alone == again
+    assert alone <= crowded and any(r[2] == 5 for r in alone)
+    per_node = {}
+    for r in crowded:
+        per_node.setdefault((r[0], r[1], r[2]), []).append(r)
+    assert max(len(v) for v in per_node.values()) <= 2
+
+
+def test_evaluation_sampling_is_uniform_over_a_nodes_edges_at_zero_temperature() -> None:
+    """Over many queries, each of a node's 10 edges is drawn with probability k/10 = 0.3."""
+    facts = torch.tensor([[0, 0, 1 + i, 0] for i in range(10)])
+    adj = Adjacency.from_triples(facts, 12)
+    n = 3000
+    queries = torch.stack(
+        [
+            torch.zeros(n, dtype=torch.int64),
+            torch.arange(n) % 7,
+            torch.zeros(n, dtype=torch.int64),
+            1 + torch.arange(n) // 7,
+        ],
+        1,
+    )
+    cand = candidate_edges(
+        root_nodes(queries, "before_query"),
+        adj,
+        queries,
+        n_relations=1,
+        constraint="before_query",
+        sample_nodes=3,
+        sample_temperature=0.0,
+    )
+    real = cand.rel != 2
+    freq = torch.bincount(cand.entity[real], minlength=11)[1:].double() / n
+    assert torch.all((freq - 0.3).abs() < 0.04), freq.tolist()
+
+
 def test_attach_children_deduplicates_per_query() -> None:
     adj = Adjacency.from_triples(torch.tensor([[0, 0, 2, 0], [1, 0, 2, 0]]), 3)
     queries = torch.tensor([[0, 0, 2, 0], [1, 0, 2, 0], [0, 0, 2, 0]])
@@ -260,8 +339,13 @@ def test_attach_children_deduplicates_per_query() -> None:
     edges, nodes = attach_children(cand, 3)
     # entity 2 is reached by all three queries: three distinct nodes, one per query
     assert sorted(zip(nodes.query.tolist(), nodes.entity.tolist(), strict=True)) == [
-        (0, 0), (0, 2), (1, 1), (1, 2), (2, 0), (2, 2)
-    ]  # fmt: skip
+        (0, 0),
+        (0, 2),
+        (1, 1),
+        (1, 2),
+        (2, 0),
+        (2, 2),
+    ]
     assert len(edges.child) == 6
 
 

@@ -17,7 +17,9 @@ static KGs use time 0 everywhere. Step 0 holds one node per query, the query ent
 * the leakage guard (``exclude_query``): the query fact :math:`(e_q, r_q, a, t_q)` and its
   inverse :math:`(a, r_q^{-1}, e_q, t_q)` are dropped wherever they occur;
 * per-node sampling (``sample_nodes``): at most ``k`` real out-edges per node, drawn without
-  replacement with :math:`p \propto \exp(\tau (t' - t_q))` by the Gumbel-top-k trick.
+  replacement with :math:`p \propto \exp(\tau (t' - t_q))` by the Gumbel-top-k trick, from
+  the training generator, or at evaluation (no generator) from :func:`hashed_uniform`, so that
+  a node draws the same neighbours whatever else the expansion holds.
 
 Children are deduplicated per query with :func:`torch.unique` over ``(query, entity, time)``.
 Pruning to the top ``max_nodes`` edges per query needs the attention, so the model calls
@@ -341,9 +343,14 @@ def candidate_edges(
         backward = (head == q[:, 2]) & (rel == inverse_relation(q[:, 1], n_relations))
         backward &= tail == q[:, 0]
         kept = torch.nonzero(~(same_time & (forward | backward))).squeeze(1)
-        parent, query, rel, tail, time = (take(x, kept) for x in (parent, query, rel, tail, time))
+        parent, query, edge, rel, tail, time = (
+            take(x, kept) for x in (parent, query, edge, rel, tail, time)
+        )
     if sample_nodes is not None and len(parent):
-        gumbel = gumbel_noise(len(parent), generator, parent.device)
+        if generator is None:  # evaluation: the same draw for a (query, edge) in any expansion
+            gumbel = _gumbel(hashed_uniform(take(queries[:, [0, 1, 3]], query), edge))
+        else:
+            gumbel = gumbel_noise(len(parent), generator, parent.device)
         logits = sample_temperature * (time - queries[query, 3]).to(gumbel.dtype)
         chosen = segment_topk(logits + gumbel, parent, sample_nodes, len(nodes.entity))
         parent, query, rel, tail, time = (take(x, chosen) for x in (parent, query, rel, tail, time))
@@ -363,7 +370,39 @@ def gumbel_noise(n: int, generator: torch.Generator | None, device: torch.device
     """``n`` standard Gumbel draws on ``device``, drawn from ``generator`` (on its own device)."""
     gen_device = generator.device if generator is not None else "cpu"
     u = torch.rand(n, generator=generator, device=gen_device)
-    return -torch.log(-torch.log(u.to(device).clamp(1e-20, 1.0 - 1e-7)))
+    return _gumbel(u.to(device))
+
+
+def _gumbel(u: Tensor) -> Tensor:
+    return -torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))
+
+
+_P = 2_147_483_647  # 2^31 - 1: products of two residues stay below 2^62 (no int64 overflow)
+_MULT = (48_271, 69_621, 16_807, 39_373, 75_731)
+
+
+def hashed_uniform(query: Tensor, edge: Tensor) -> Tensor:
+    """A uniform number in ``(0, 1)`` that is a fixed function of a query's ``(e_q, r_q, t_q)``
+    row and an edge's CSR index: alternate affine and squaring steps modulo the prime
+    :math:`2^{31}-1`. Evaluation samples neighbours with it, so a node of a query draws the
+    same neighbours in every expansion that reaches it (pruned or full, any batch), and
+    predictions do not depend on a random state.
+
+    Shape:
+        query: ``(K, 3)`` int64; edge: ``(K,)`` int64. Output: ``(K,)`` float64.
+
+    Example:
+        >>> q = torch.tensor([[3, 1, 7], [3, 1, 7], [4, 1, 7]])
+        >>> u = hashed_uniform(q, torch.tensor([10, 10, 10]))
+        >>> bool(u[0] == u[1]), bool(u[0] != u[2]), bool(((u > 0) & (u < 1)).all())
+        (True, True, True)
+    """
+    parts = [query[:, 0], query[:, 1], query[:, 2], edge % _P, edge // _P]
+    h = torch.full_like(edge, 12_345)
+    for a, x in zip(_MULT, parts, strict=True):
+        h = (h * a + (x % _P) + 1) % _P
+        h = (h * h + 7_919) % _P
+    return (h.double() + 0.5) / _P
 
 
 def attach_children(cand: Candidates, n_entities: int) -> tuple[Edges, Nodes]:
