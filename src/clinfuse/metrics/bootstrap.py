@@ -4,16 +4,36 @@ patient together)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from clinfuse.core.errors import ConfigError, DataError
 
-__all__ = ["bootstrap_ci"]
+__all__ = ["bootstrap_ci", "percentile_interval", "resamples"]
 
 log = logging.getLogger(__name__)
+
+
+def resamples(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    """``n_boot`` resamples of ``n`` units with replacement (each an ``(n,)`` index array),
+    drawn one after another from ``np.random.default_rng(seed)``: every bootstrap of the
+    toolkit (patients of a test set, episodes of an off-policy data set) draws through it.
+
+    Example:
+        >>> [d.tolist() for d in resamples(3, 2, seed=0)]
+        [[2, 1, 1], [0, 0, 0]]
+    """
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot):
+        yield rng.integers(0, n, size=n)
+
+
+def percentile_interval(values: ArrayLike, alpha: float, axis: int = -1) -> np.ndarray:
+    """The :math:`\\alpha/2` and :math:`1-\\alpha/2` quantiles of bootstrap ``values`` along
+    ``axis`` (first axis of the result: low, high)."""
+    return np.quantile(np.asarray(values, dtype=float), [alpha / 2.0, 1.0 - alpha / 2.0], axis=axis)
 
 
 def bootstrap_ci(
@@ -82,10 +102,8 @@ def bootstrap_ci(
         _, inverse = np.unique(g, return_inverse=True)
         order = np.argsort(inverse, kind="stable")
         members = np.split(order, np.flatnonzero(np.diff(inverse[order])) + 1)
-    rng = np.random.default_rng(seed)
     values: list[float] = []
-    for _ in range(n_boot):
-        drawn = rng.integers(0, len(members), size=len(members))
+    for drawn in resamples(len(members), n_boot, seed):
         idx = drawn if groups is None else np.concatenate([members[k] for k in drawn])
         try:
             values.append(float(metric_fn(p_arr[idx], y_arr[idx])))
@@ -101,5 +119,5 @@ def bootstrap_ci(
             found=f"{len(values)} valid of {n_boot}",
             fix="evaluate on a larger test set (or one with both classes well represented)",
         )
-    low, high = np.quantile(values, [alpha / 2.0, 1.0 - alpha / 2.0])
+    low, high = percentile_interval(values, alpha)
     return float(low), float(high)

@@ -36,6 +36,7 @@ from scipy.optimize import minimize_scalar
 from torch import nn
 
 from clinfuse.core.errors import ConfigError, DataError
+from clinfuse.metrics.bootstrap import percentile_interval, resamples
 from clinfuse.rl.data import Trajectories
 
 __all__ = [
@@ -1496,14 +1497,12 @@ def bootstrap_ci(
     """
     if n_boot < 2 or not 0.0 < alpha < 1.0:
         raise ConfigError("bootstrap needs n_boot >= 2 and alpha in (0, 1)", found=(n_boot, alpha))
-    rng = np.random.default_rng(seed)
-    n = traj.n_episodes
     vals = np.empty(n_boot)
-    for b in range(n_boot):
-        boot, rows = _resample(traj, rng.integers(0, n, size=n))
+    for b, episodes in enumerate(resamples(traj.n_episodes, n_boot, seed)):
+        boot, rows = _resample(traj, episodes)
         out = estimator_fn(boot, rows)
         vals[b] = out.value if isinstance(out, OPEResult) else float(out)
-    low, high = np.quantile(vals, [alpha / 2, 1 - alpha / 2])
+    low, high = percentile_interval(vals, alpha)
     return float(low), float(high)
 
 
@@ -1649,9 +1648,7 @@ def _bootstrap_many(
         return dict.fromkeys(runs, (np.nan, np.nan))
     if n_boot < 2 or not 0.0 < alpha < 1.0:
         raise ConfigError("bootstrap needs n_boot >= 2 and alpha in (0, 1)", found=(n_boot, alpha))
-    rng = np.random.default_rng(seed)
-    n = traj.n_episodes
-    draws = [rng.integers(0, n, size=n) for _ in range(n_boot)]
+    draws = list(resamples(traj.n_episodes, n_boot, seed))
     batch = getattr(refit, "batch", None)  # refits many resamples at once (tabular FQE)
     chunk = getattr(refit, "chunk", n_boot)
     vals = np.empty((len(runs), n_boot))
@@ -1666,7 +1663,7 @@ def _bootstrap_many(
                 model = refit(episodes, rows) if refit is not None else None
             for j, run in enumerate(runs.values()):
                 vals[j, start + k] = run(boot, rows, model).value
-    q = np.quantile(vals, [alpha / 2, 1 - alpha / 2], axis=1)
+    q = percentile_interval(vals, alpha, axis=1)
     return {k: (float(q[0, j]), float(q[1, j])) for j, k in enumerate(runs)}
 
 
