@@ -1,20 +1,31 @@
-"""DIB against eleven baselines on ``synthetic_mosi_hard`` under test-time noise and missing data.
+"""DIB against its baselines on ``synthetic_mosi_hard`` under test-time noise and missing data.
 
 ``synthetic_mosi_hard`` (``clinfuse.methods.dib.synthetic_hard``) plants a label that needs a
 cross-modal product (a sarcasm-like flip read only from audio/vision) and temporal order (the flip
-is a two-frame pattern whose mean is zero), with nuisance columns correlated across modalities,
-and an exact Bayes oracle. For every model and seed, train on the clean train split (one fixed
-data set, seed 0), then score the test split clean, under Gaussian noise of std rho x the
-per-feature training std on all three modalities, with each modality dropped, and with 20 % of
-the frames missing. The Bayes accuracy of the same corrupted test sets is reported beside.
+is a two-frame pattern whose mean is zero), an additive tone in audio and vision that mean-pooled
+models can read, nuisance columns correlated across modalities, and an exact Bayes oracle. For
+every model and seed, train on the train split (one fixed data set, seed 0), then score the test
+split clean, under Gaussian noise of std rho x the per-feature training std on audio and vision
+(the non-verbal modalities, as in robustness studies of MOSI/MOSEI; text stays clean), under
+noise on text alone, with each modality dropped, and with 20 % of the frames missing. The Bayes
+accuracy of the same corrupted test sets is reported beside.
+
+Training data: the neural models all use the ``hard`` preset's training-time corruption
+(``corrupt_train``: noise on audio and vision for a share of the samples, redrawn each epoch), so
+DIB and every neural baseline get the same data, augmentation and budget; the pooled models
+(ridge, logistic, gradient boosting) train on one such draw (the first epoch's). ``concat fusion
+(clean training)`` is the concatenation baseline without the augmentation.
 
 Also measured: the same DIB preset against ridge on ``synthetic_mosi`` (clean), where the planted
 signal is linear and additive.
 
-Writes ``benchmarks/results/dib_hard.{json,md,png}`` with a ``checks`` map. Resumable: finished
-(model, seed) pairs are kept in the JSON and not rerun.
+Writes ``benchmarks/results/dib_hard.{json,md,png}`` with a ``checks`` map, one entry per
+acceptance target: (a) DIB's clean accuracy within 1 point of the best model and its drop from
+clean to rho = 2 the smallest of all models (by at least one sd); (b) DIB not below ridge by more
+than 0.5 point on ``synthetic_mosi``; (c) the demo's baseline is the strongest baseline under
+noise. Resumable: finished (model, seed) pairs are kept in the JSON and not rerun.
 
-    .venv/bin/python benchmarks/dib_hard.py                       # 5 seeds, about 40 trainings
+    .venv/bin/python benchmarks/dib_hard.py --jobs 1              # 5 seeds, about 40 trainings
     .venv/bin/python benchmarks/dib_hard.py --seeds 0 --models ridge DIB   # a smoke run
 """
 
@@ -37,9 +48,16 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 
 import clinfuse
+from clinfuse.core.config import load_config
 from clinfuse.core.runs import atomic_write_json
+from clinfuse.methods.dib.config import DIBConfig
 from clinfuse.methods.dib.data import MSAData, MSASplit
-from clinfuse.methods.dib.method import corrupt_split, fit_ridge
+from clinfuse.methods.dib.method import (
+    DEMO_BASELINE,
+    corrupt_split,
+    corrupted_train_split,
+    fit_ridge,
+)
 from clinfuse.methods.dib.synthetic import synthetic_mosi
 from clinfuse.methods.dib.synthetic_hard import hard_bayes_accuracy, synthetic_mosi_hard
 from clinfuse.metrics.msa import mosi_metrics
@@ -52,6 +70,7 @@ from _machine import machine_info  # noqa: E402
 MODS = ("text", "audio", "vision")
 NEURAL = {  # model name -> preset in configs/dib/
     "concat fusion": "hard_concat",
+    "concat fusion (clean training)": "hard_concat_clean",
     "MBT": "hard_mbt",
     "late fusion": "hard_late",
     "no IB": "hard_no_ib",
@@ -61,15 +80,27 @@ NEURAL = {  # model name -> preset in configs/dib/
 }
 POOLED = ("ridge", "logistic", "gradient boosting")
 MODELS = (*POOLED, *NEURAL)
+DEFAULT_MODELS = tuple(m for m in MODELS if m != "DIB (exact entropy)")
+"""The exact-entropy variant (an estimator ablation, see configs/dib/hard_exact.toml) is run on
+request only: ``--models ... "DIB (exact entropy)"``."""
+VARIANTS = ("DIB (exact entropy)",)
+"""DIB itself with another estimator of the same entropy: shown, not counted as a rival."""
+DEMO_BASELINE_MODEL = DEMO_BASELINE[0]
+"""The benchmark row of the demo's baseline (``clinfuse.methods.dib.method.DEMO_BASELINE``)."""
 DIB = "DIB"
 """The model the acceptance is about: the low-rank Renyi entropy of the paper."""
 MOSI = "DIB on synthetic_mosi"
 """Results key of the same DIB preset trained on ``synthetic_mosi`` (clean test only)."""
 
 
+NOISY = ("audio", "vision")
+"""Modalities the rho conditions corrupt: the non-verbal ones, text (the anchor) stays clean."""
+
+
 def conditions(rhos: list[float]) -> dict[str, str | None]:
     out: dict[str, str | None] = {"clean": None}
-    out.update({f"rho={r:g}": f"gaussian:text,audio,vision:{r:g}" for r in rhos if r > 0})
+    out.update({f"rho={r:g}": f"gaussian:{','.join(NOISY)}:{r:g}" for r in rhos if r > 0})
+    out["text rho=1"] = "gaussian:text:1"
     out.update({f"drop {m}": f"drop:{m}" for m in MODS})
     out["drop audio+vision"] = "drop:audio,vision"
     out["missing 20%"] = "missing:text,audio,vision:0.2"
@@ -119,9 +150,16 @@ def pooled_model(name: str, seed: int) -> Callable[[MSASplit], Callable]:
     }[name]
 
 
+def pooled_train(data: MSAData, seed: int) -> MSASplit:
+    """The pooled models' training split: the ``hard`` preset's ``corrupt_train`` as its first
+    epoch sees it (the same share of samples corrupted, one draw), or the clean split."""
+    cfg = load_config(DIBConfig, method="dib", preset=NEURAL[DIB], overrides=[f"seed={seed}"])
+    return corrupted_train_split(data, cfg, 1)
+
+
 def run_pooled(name: str, seed: int, data: MSAData, conds: dict[str, str | None]) -> dict:
     t0 = time.perf_counter()
-    predict = pooled_model(name, seed)(data.splits["train"])
+    predict = pooled_model(name, seed)(pooled_train(data, seed))
     res: dict = {"train_seconds": time.perf_counter() - t0}
     for cond, spec in conds.items():
         split = corrupt_split(data, "test", spec, seed, MODS)
@@ -161,8 +199,8 @@ def oracle(data: MSAData, conds: dict[str, str | None], seed: int) -> dict:
         split = corrupt_split(data, "test", spec, seed, MODS)
         extra = None
         if spec and spec.startswith("gaussian"):
-            rho = float(spec.rsplit(":", 1)[1])
-            extra = {m: rho * std[m] for m in MODS}
+            _, mods, rho = spec.split(":")
+            extra = {m: float(rho) * std[m] for m in mods.split(",")}
         out[cond] = hard_bayes_accuracy(split, data.meta["ground_truth"], extra)["expected"]
     return out
 
@@ -195,26 +233,30 @@ def summarise(results: dict, conds: list[str]) -> dict:
 
 
 def checks(summary: dict, mosi: dict) -> dict:
+    """One entry per acceptance target (see the module docstring)."""
     clean = {m: s["non0_acc2"]["clean"]["mean"] for m, s in summary.items()}
     best = max(clean, key=clean.get)
     gap = clean[best] - clean[DIB]
     drops = {m: s["drop"]["rho=2"] for m, s in summary.items()}
-    others = sorted((d["mean"], m) for m, d in drops.items() if m != DIB)
-    next_drop, next_model = others[0]
     dib_drop = drops[DIB]
+    # every other model; the exact-entropy variant is DIB itself with another estimator of the
+    # same entropy, so it is reported beside the check, not counted as a competitor
+    rivals = [m for m in drops if m not in (DIB, *VARIANTS)]
+    next_drop, next_model = min((drops[m]["mean"], m) for m in rivals)
     margin = next_drop - dib_drop["mean"]
     need = max(dib_drop["sd"], drops[next_model]["sd"])
-    # the same among the models within 5 points of the best clean accuracy (fusion-capable ones)
-    strong = [m for m in clean if clean[m] >= clean[best] - 0.05 and m != DIB]
-    s_next, s_model = min((drops[m]["mean"], m) for m in strong) if strong else (float("nan"), "")
-    s_need = max(dib_drop["sd"], drops[s_model]["sd"]) if strong else float("nan")
+    variants = {
+        v: {"drop": drops[v]["mean"], "drop_sd": drops[v]["sd"]} for v in VARIANTS if v in drops
+    }
+    noisy = {m: summary[m]["non0_acc2"]["rho=2"]["mean"] for m in rivals}
+    strongest = max(noisy, key=noisy.get)
     out = {
-        "hard: DIB clean Acc-2 within 1 point of the best model": {
+        "(a) hard: DIB clean Acc-2 within 1 point of the best model": {
             "pass": gap <= 0.01,
             "value": {"DIB": clean[DIB], "best": best, "best_value": clean[best], "gap": gap},
             "target": "best - DIB <= 0.01",
         },
-        "hard: DIB drop clean->rho=2 smallest of all models, gap >= 1 sd": {
+        "(a) hard: DIB drop clean->rho=2 smallest of all models, gap >= 1 sd": {
             "pass": margin > 0 and margin >= need,
             "value": {
                 "DIB_drop": dib_drop["mean"],
@@ -223,18 +265,24 @@ def checks(summary: dict, mosi: dict) -> dict:
                 "next_drop": next_drop,
                 "next_drop_sd": drops[next_model]["sd"],
                 "margin": margin,
+                "same method, other entropy estimator": variants,
             },
             "target": "next smallest drop - DIB drop >= max(sd DIB, sd next) > 0",
         },
-        "hard (supplementary): DIB drop smallest among models within 5 points of the best clean": {
-            "pass": bool(strong) and s_next - dib_drop["mean"] >= s_need,
-            "value": {"models": strong, "next_model": s_model, "next_drop": s_next},
-            "target": "next smallest drop - DIB drop >= max(sd DIB, sd next)",
+        "(c) demo baseline is the strongest baseline under noise (rho=2)": {
+            "pass": DEMO_BASELINE_MODEL == strongest,
+            "value": {
+                "demo_baseline": DEMO_BASELINE_MODEL,
+                "strongest": strongest,
+                "strongest_rho2": noisy[strongest],
+                "demo_baseline_rho2": noisy.get(DEMO_BASELINE_MODEL),
+            },
+            "target": "the demo's baseline has the highest rho=2 Acc-2 of the baselines",
         },
     }
     if mosi:
         d, r = mosi["DIB"]["mean"], mosi["ridge"]
-        out["synthetic_mosi: DIB clean Non0 Acc-2 not below ridge by more than 0.5 point"] = {
+        out["(b) synthetic_mosi: DIB clean Non0 Acc-2 not below ridge by more than 0.5 point"] = {
             "pass": r - d <= 0.005,
             "value": {"DIB": d, "DIB_sd": mosi["DIB"]["sd"], "ridge": r, "gap": r - d},
             "target": "ridge - DIB <= 0.005",
@@ -260,7 +308,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--rhos", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0])
-    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=list(MODELS))
     ap.add_argument("--set", action="append", default=[], help="extra overrides for every net")
     ap.add_argument("--no-mosi", action="store_true", help="skip the synthetic_mosi check")
     ap.add_argument(
@@ -268,7 +316,7 @@ def main() -> None:
         action="store_true",
         help="train nothing; summarise the seeds every model has finished",
     )
-    ap.add_argument("--jobs", type=int, default=2, help="trainings run in parallel")
+    ap.add_argument("--jobs", type=int, default=1, help="trainings run in parallel")
     ap.add_argument("--out", default="benchmarks/results/dib_hard.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -276,11 +324,13 @@ def main() -> None:
     mosi = not args.no_mosi and DIB in args.models
     out = Path(args.out)
     state = json.loads(out.read_text()) if out.exists() else {}
-    key = {"rhos": args.rhos, "set": args.set}
+    data = synthetic_mosi_hard()
+    key = json.loads(
+        json.dumps({"rhos": args.rhos, "set": args.set, "generator": data.meta["generator"]})
+    )
     if state.get("key") != key:
         state = {"key": key, "results": {}}
     state["machine"] = machine_info("cpu")
-    data = synthetic_mosi_hard()
     state["data"] = {
         "generator": data.meta["generator"],
         "bayes_acc": data.meta["ground_truth"]["bayes_acc"],
@@ -352,9 +402,12 @@ def main() -> None:
         f"# DIB on synthetic_mosi_hard: test Non0 Acc-2, mean ± sd over seeds {args.seeds}",
         "",
         f"Data: `synthetic_mosi_hard()` (seed 0), generator {data.meta['generator']}. "
-        "Noise rho: Gaussian, std rho x the per-feature training std, on text, audio and vision. "
-        "Drop: the modality set to zeros. Missing: each valid frame zeroed with p = 0.2. "
-        "Bayes oracle: exact posterior of the planted model on the same corrupted test sets.",
+        "Noise rho: Gaussian, std rho x the per-feature training std, on audio and vision "
+        "(text rho=1: on text alone). Drop: the modality set to zeros. Missing: each valid frame "
+        "zeroed with p = 0.2. Bayes oracle: exact posterior of the planted model on the same "
+        "corrupted test sets. Neural models train with the `hard` preset's `corrupt_train` "
+        "augmentation except `concat fusion (clean training)`; pooled models train on its first "
+        "epoch's draw.",
         "",
         f"Machine: {state['machine']}",
         "",
@@ -385,7 +438,7 @@ def main() -> None:
         series,
         out.with_suffix(".png"),
         errors=errors,
-        xlabel="Gaussian noise rho on text+audio+vision (x train std)",
+        xlabel="Gaussian noise rho on audio+vision (x train std)",
         ylabel="test Non0 Acc-2",
         title=f"synthetic_mosi_hard, {len(args.seeds)} seeds (mean ± sd)",
     )

@@ -6,7 +6,13 @@ import numpy as np
 import torch
 
 from clinfuse.api import make_config
-from clinfuse.methods.dib.method import DIB, _EpochCorrupted, corrupt_split, fit_ridge
+from clinfuse.methods.dib.method import (
+    DIB,
+    _EpochCorrupted,
+    corrupt_split,
+    corrupted_train_split,
+    fit_ridge,
+)
 from clinfuse.methods.dib.synthetic import make_synthetic_msa
 
 
@@ -15,7 +21,10 @@ def _small():
 
 
 def test_corrupt_train_feeds_corrupted_batches() -> None:
-    cfg = make_config("dib", overrides=["corrupt_train=drop:audio,vision", "batch_size=16"])
+    cfg = make_config(
+        "dib",
+        overrides=["corrupt_train=drop:audio,vision", "corrupt_train_p=1", "batch_size=16"],
+    )
     learner = DIB(cfg)
     data = _small()
     batches = _EpochCorrupted(learner, data, None, torch.Generator().manual_seed(0))
@@ -23,6 +32,28 @@ def test_corrupt_train_feeds_corrupted_batches() -> None:
     assert float(batch["audio"].abs().sum()) == 0.0 and float(batch["vision"].abs().sum()) == 0.0
     assert float(batch["text"].abs().sum()) > 0.0
     assert data.splits["train"].audio.any()  # the data set itself is untouched
+
+
+def test_corrupt_train_p_corrupts_a_fresh_share_each_epoch() -> None:
+    cfg = make_config(
+        "dib", overrides=["corrupt_train=drop:audio", "corrupt_train_p=0.5", "seed=2"]
+    )
+    data = _small()
+    clean = data.splits["train"]
+    dropped = []
+    for epoch in (1, 2):
+        split = corrupted_train_split(data, cfg, epoch)
+        gone = ~split.audio.any(axis=(1, 2))
+        assert np.array_equal(split.audio[~gone], clean.audio[~gone])
+        assert np.array_equal(split.text, clean.text)
+        dropped.append(gone)
+    for gone in dropped:
+        assert 0.3 < gone.mean() < 0.7
+    assert not np.array_equal(dropped[0], dropped[1])
+    again = corrupted_train_split(data, cfg, 1).audio  # seeded: the same epoch, the same share
+    np.testing.assert_array_equal(again, clean.audio * ~dropped[0][:, None, None])
+    no_noise = make_config("dib", overrides=["corrupt_train=none"])
+    assert corrupted_train_split(data, no_noise, 1) is clean
 
 
 def test_corruption_is_seeded_and_reaches_only_named_modalities() -> None:

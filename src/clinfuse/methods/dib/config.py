@@ -64,6 +64,9 @@ class DIBConfig:
     """Text tokens kept per utterance [L]."""
     corrupt_train: str | None = None
     """Training-time corruption spec (robustness augmentation); None trains on clean data."""
+    corrupt_train_p: float = 1.0
+    """Share of the training samples that `corrupt_train` corrupts, redrawn each epoch (the rest
+    stay clean) [inferred]."""
 
     # -- encoders --------------------------------------------------------------------------
     text_encoder: Literal["features", "bert"] = "features"
@@ -281,6 +284,13 @@ def _check_rates(c: DIBConfig) -> None:
     for name in ("beta", "gamma", "vib_beta", "weight_decay", "head_weight", "latent_init_std"):
         if getattr(c, name) < 0:
             _fail(f"{name} must not be negative", ">= 0", getattr(c, name), f"--set {name}=0")
+    if not 0.0 < c.corrupt_train_p <= 1.0:
+        _fail(
+            "corrupt_train_p must lie in (0, 1]",
+            "0 < p <= 1",
+            c.corrupt_train_p,
+            "--set corrupt_train_p=0.5",
+        )
     if c.grad_clip is not None and c.grad_clip <= 0:
         _fail("grad_clip must be positive", "> 0 or none", c.grad_clip, "--set grad_clip=none")
 

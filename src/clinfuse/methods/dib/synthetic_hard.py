@@ -23,6 +23,13 @@ read, in the same MMSA schema (labels on MOSI's 1/3 grid in [-3, 3], never 0):
   permutation-invariant pooling (mean, std, max, min) of the frames is the same for
   :math:`c = +1` and :math:`c = -1`: only a model that reads frame order sees the flip. Audio
   and vision carry the same :math:`c_i` with independent noise (redundancy: one may be lost);
+* a *tone*: on ``tone_dims`` further columns, every valid audio and vision frame holds
+  :math:`s_i \tau_m v_m` plus noise :math:`N(0, \sigma_m^2 I)` (``tone_snr`` =
+  :math:`\tau_m/\sigma_m`), the true sign read additively, as prosody and facial expression
+  are in MOSI. Mean pooling reads it, so linear pooled models use audio and vision too; it is
+  redundant with text and cue for the oracle (text and cue give :math:`s = t c`), which leans on
+  it only where the text is weak. Noise on audio and vision therefore costs a model that leans on
+  the tone more than one that reads text and cue;
 * nuisance columns in every modality carry a factor shared across modalities, per sample
   :math:`u_i \sim N(0, 1)` and per frame :math:`r_{it} \sim N(0, 1)`, with fixed loadings, plus
   independent noise, all scaled by ``nuisance_scale``; they are independent of the label;
@@ -30,8 +37,9 @@ read, in the same MMSA schema (labels on MOSI's 1/3 grid in [-3, 3], never 0):
   :math:`[\lceil T/2 \rceil, T]`, padding is zero.
 
 The Bayes posterior :math:`P(y > 0 \mid x)` is exact (:func:`hard_posterior`): the text evidence
-is a mixture over magnitudes, the audio/vision evidence a mixture over window positions, and the
-two likelihoods are combined with the joint prior of :math:`(t, c)`. It accepts extra per-column
+is a mixture over magnitudes, the audio/vision cue evidence a mixture over window positions, the
+tone a Gaussian likelihood ratio in :math:`s`, and the likelihoods are combined with the joint
+prior of :math:`(t, c)`. It accepts extra per-column
 Gaussian noise (test-time corruption with known std) and treats all-zero frames as missing, so
 the oracle is also available under corruption. ``meta["ground_truth"]["bayes_acc"]`` holds the
 clean Bayes accuracy (expected, :math:`\mathrm{mean}_i \max(p_i, 1 - p_i)`) of each split.
@@ -72,9 +80,13 @@ def _check(cond: bool, msg: str, found: object, fix: str) -> None:
         raise ConfigError(msg, expected="see synthetic_mosi_hard's docstring", found=found, fix=fix)
 
 
-def _structure(rng: np.random.Generator, d: int, q: int) -> dict[str, np.ndarray]:
-    """Planted direction, nuisance loadings and column permutation of one modality."""
-    k = d - q
+def _structure(rng: np.random.Generator, d: int, q: int, r: int = 0) -> dict[str, np.ndarray]:
+    """Planted directions, nuisance loadings and column permutation of one modality.
+
+    Source columns: ``k = d - q - r`` informative (cue or text) columns, ``r`` tone columns, then
+    ``q`` nuisance columns; the permutation shuffles them.
+    """
+    k = d - q - r
     w = rng.normal(size=k)
     w /= np.linalg.norm(w)
     loadings = rng.normal(size=(2, q))  # shared per-sample and per-frame factor
@@ -82,7 +94,15 @@ def _structure(rng: np.random.Generator, d: int, q: int) -> dict[str, np.ndarray
     inv = np.argsort(perm)
     w_full = np.zeros(d)
     w_full[inv[:k]] = w
-    return {"w": w, "w_full": w_full, "loadings": loadings, "perm": perm, "k": np.int64(k)}
+    out = {"w": w, "w_full": w_full, "loadings": loadings, "perm": perm, "k": np.int64(k)}
+    out["r"] = np.int64(r)
+    if r:
+        v = rng.normal(size=r)
+        v /= np.linalg.norm(v)
+        v_full = np.zeros(d)
+        v_full[inv[k : k + r]] = v
+        out.update(v=v, v_full=v_full)
+    return out
 
 
 def _frames(
@@ -95,15 +115,22 @@ def _frames(
     shared: tuple[np.ndarray, np.ndarray],
     nuisance_scale: float,
     lengths: np.ndarray,
+    along_v: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Features ``(n, t, d)``: signal ``along_w (n, t)`` times w, noise, nuisance, padding."""
-    k, q = int(st["k"]), st["loadings"].shape[1]
+    """Features ``(n, t, d)``: signal ``along_w (n, t)`` times w (and ``along_v`` times the tone
+    direction v), noise, nuisance, padding."""
+    k, q, r_dims = int(st["k"]), st["loadings"].shape[1], int(st["r"])
     informative = along_w[:, :, None] * st["w"][None, None, :]
     informative += rng.normal(0.0, noise_sd, size=(n, t, k))
+    blocks = [informative]
+    if r_dims:
+        tone = along_v[:, :, None] * st["v"][None, None, :]  # type: ignore[index]
+        blocks.append(tone + rng.normal(0.0, noise_sd, size=(n, t, r_dims)))
     u, r = shared  # (n, 1), (n, t_max)
     factor = u[:, :, None] * st["loadings"][0] + r[:, :t, None] * st["loadings"][1]
     nuisance = nuisance_scale * (factor + rng.normal(size=(n, t, q)))
-    x = np.concatenate([informative, nuisance], axis=2)[:, :, st["perm"]]
+    blocks.append(nuisance)
+    x = np.concatenate(blocks, axis=2)[:, :, st["perm"]]
     x *= (np.arange(t)[None, :] < lengths[:, None])[:, :, None]
     return x.astype(np.float32)
 
@@ -129,9 +156,12 @@ def _split(
     for mod, t in zip(MODALITIES, seq, strict=True):
         lengths[mod] = rng.integers(math.ceil(t / 2), t + 1, size=n).astype(np.int64)
         valid = np.arange(t)[None, :] < lengths[mod][:, None]
+        tone = None
         if mod == "text":
             along = (s * c * m * gt["gamma"]["text"])[:, None] * valid
         else:
+            if gt["tone_gamma"].get(mod):
+                tone = (s * gt["tone_gamma"][mod])[:, None] * valid
             along = np.zeros((n, t))
             start = rng.integers(0, lengths[mod] - gt["cue_len"] + 1)  # window inside
             rows = np.arange(n)
@@ -147,6 +177,7 @@ def _split(
             shared,
             nuisance_scale,
             lengths[mod],
+            tone,
         )
     ids = np.empty(n, dtype=object)
     ids[:] = [f"{name}_{split}_{i // 10:04d}$_${i % 10}" for i in range(n)]
@@ -174,11 +205,13 @@ def synthetic_mosi_hard(
     seq_len: tuple[int, int, int] = (8, 10, 10),
     dims: tuple[int, int, int] = (32, 12, 16),
     nuisance_dims: tuple[int, int, int] = (8, 4, 6),
-    text_snr: float = 0.6,
-    cue_snr: tuple[float, float] = (3.0, 3.0),
+    text_snr: float = 1.0,
+    cue_snr: tuple[float, float] = (6.0, 6.0),
     cue_len: int = 4,
     flip_rate: tuple[float, float] = (0.5, 0.1),
     nuisance_scale: float = 1.0,
+    tone_dims: tuple[int, int] = (2, 2),
+    tone_snr: tuple[float, float] = (0.3, 0.3),
     seed: int | np.random.Generator = 0,
     name: str = "synthetic_mosi_hard",
 ) -> MSAData:
@@ -194,6 +227,9 @@ def synthetic_mosi_hard(
         flip_rate: probability that the words say the opposite of the sentiment, for
             negative and for positive sentiment.
         nuisance_scale: scale of the shared and independent nuisance.
+        tone_dims: tone columns of audio and vision (taken from the informative ones).
+        tone_snr: per-frame :math:`\\tau_m/\\sigma_m` of the tone :math:`s_i \\tau_m v_m` that
+            every valid audio/vision frame carries (0: no tone, the original design).
         seed: an int seed or a ``numpy.random.Generator``.
         name: data set name.
 
@@ -236,11 +272,27 @@ def synthetic_mosi_hard(
         f"text_snr={text_snr}, cue_snr={cue_snr}, nuisance_scale={nuisance_scale}",
         "e.g. text_snr=0.6, cue_snr=(3, 3)",
     )
+    _check(
+        len(tuple(tone_dims)) == len(tuple(tone_snr)) == 2
+        and min(tone_snr) >= 0
+        and min(tone_dims) >= 0
+        and all(
+            d - q - (r if g > 0 else 0) >= 1
+            for d, q, r, g in zip(dim[1:], nuis[1:], tone_dims, tone_snr, strict=True)
+        )
+        and all(r >= 1 for r, g in zip(tone_dims, tone_snr, strict=True) if g > 0),
+        "tone_dims and tone_snr are (audio, vision) pairs; a tone needs a column and must leave "
+        "a cue column",
+        f"tone_dims={tone_dims}, tone_snr={tone_snr}, dims={dim}, nuisance_dims={nuis}",
+        "e.g. tone_dims=(2, 2), tone_snr=(0.25, 0.25), with dims - nuisance_dims > 2",
+    )
     sizes = {"train": n_train, "valid": n_valid, "test": n_test}
     _check(min(sizes.values()) >= 1, "every split needs a sample", sizes, "increase the sizes")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    tones = (0, *(int(v) if float(g) > 0 else 0 for v, g in zip(tone_dims, tone_snr, strict=True)))
     structure = {
-        mod: _structure(rng, d, q) for mod, d, q in zip(MODALITIES, dim, nuis, strict=True)
+        mod: _structure(rng, d, q, r)
+        for mod, d, q, r in zip(MODALITIES, dim, nuis, tones, strict=True)
     }
     snr = {"text": float(text_snr), "audio": float(cue_snr[0]), "vision": float(cue_snr[1])}
     gt: dict[str, Any] = {
@@ -256,6 +308,25 @@ def synthetic_mosi_hard(
         },
         "cue_modalities": list(_CUE_MODALITIES),
         "cue_len": int(cue_len),
+        # tone: every valid audio/vision frame holds s * tone_gamma along v on its tone columns
+        "tone_gamma": {
+            mod: float(g) / snr[mod] if r else 0.0
+            for mod, g, r in zip(_CUE_MODALITIES, tone_snr, tones[1:], strict=True)
+        },
+        "tone_directions": {
+            mod: structure[mod]["v_full"].astype(np.float32)
+            for mod in _CUE_MODALITIES
+            if int(structure[mod]["r"])
+        },
+        "tone_columns": {
+            mod: np.sort(
+                np.argsort(structure[mod]["perm"])[
+                    int(structure[mod]["k"]) : int(structure[mod]["k"] + structure[mod]["r"])
+                ]
+            )
+            for mod in _CUE_MODALITIES
+            if int(structure[mod]["r"])
+        },
     }
     splits = {
         split: _split(rng, n, name, split, seq, structure, gt, nuisance_scale)
@@ -277,6 +348,8 @@ def synthetic_mosi_hard(
             "cue_len": int(cue_len),
             "flip_rate": rates,
             "nuisance_scale": float(nuisance_scale),
+            "tone_dims": tuple(int(v) for v in tone_dims),
+            "tone_snr": tuple(float(v) for v in tone_snr),
             "seed": seed if isinstance(seed, int) else None,
         },
     }
@@ -349,6 +422,22 @@ def _cue_log_odds(
     return _logaddexp_rows(plus) - _logaddexp_rows(minus)
 
 
+def _tone_log_odds(
+    x: np.ndarray, length: np.ndarray, gt: Mapping[str, Any], mod: str, extra_std: Any
+) -> np.ndarray:
+    """:math:`\\log p(x_m \\mid s=+1) - \\log p(x_m \\mid s=-1)` of the tone columns (0: none)."""
+    if mod not in gt.get("tone_columns", {}):
+        return np.zeros(x.shape[0])
+    cols = gt["tone_columns"][mod]
+    v = np.asarray(gt["tone_directions"][mod], dtype=np.float64)[cols]
+    var = np.full(len(cols), gt["noise_sd"][mod] ** 2)
+    if extra_std is not None and mod in extra_std:
+        var = var + np.asarray(extra_std[mod], dtype=np.float64)[cols] ** 2
+    proj = x[:, :, cols].astype(np.float64) @ (v / var)
+    obs = _observed(x, length)
+    return 2.0 * gt["tone_gamma"][mod] * (proj * obs).sum(1)
+
+
 def hard_posterior(
     split: MSASplit,
     ground_truth: Mapping[str, Any],
@@ -356,10 +445,11 @@ def hard_posterior(
 ) -> np.ndarray:
     r"""Exact Bayes posterior :math:`P(y_i > 0 \mid x_i)` under the planted model, ``(n,)``.
 
-    :math:`\mathrm{sign}\, y = t c`; text observes :math:`t` and audio/vision observe :math:`c`
-    through disjoint features with independent noise, so
-    :math:`P(t, c \mid x) \propto P(t, c)\, p(x_{text} \mid t)\, p(x_{a,v} \mid c)` with the
-    planted prior :math:`P(t{=}sc, c) = \frac12 P(c \mid s)`.
+    :math:`\mathrm{sign}\, y = t c`; text observes :math:`t`, the audio/vision cue columns
+    :math:`c` and their tone columns :math:`s = t c`, through disjoint features with independent
+    noise, so :math:`P(t, c \mid x) \propto P(t, c)\, p(x_{text} \mid t)\,
+    p(x^{cue}_{a,v} \mid c)\, p(x^{tone}_{a,v} \mid tc)` with the planted prior
+    :math:`P(t{=}sc, c) = \frac12 P(c \mid s)`.
 
     Args:
         split: a split of :func:`synthetic_mosi_hard` (possibly corrupted).
@@ -373,12 +463,16 @@ def hard_posterior(
         _cue_log_odds(split.features()[mod], split.lengths()[mod], gt, mod, extra_std)
         for mod in gt["cue_modalities"]
     )
+    tone = sum(
+        _tone_log_odds(split.features()[mod], split.lengths()[mod], gt, mod, extra_std)
+        for mod in gt["cue_modalities"]
+    )
     q_neg, q_pos = gt["flip_rate"]
     # joint prior of (t, c): s = t * c; c = -1 with P(flip | s)
     prior = {(1, 1): 0.5 * (1 - q_pos), (-1, 1): 0.5 * (1 - q_neg), (1, -1): 0.5 * q_neg,
              (-1, -1): 0.5 * q_pos}  # fmt: skip
     log_joint = {
-        (t, c): np.log(max(p, 1e-300)) + 0.5 * t * text + 0.5 * c * cue
+        (t, c): np.log(max(p, 1e-300)) + 0.5 * t * text + 0.5 * c * cue + 0.5 * t * c * tone
         for (t, c), p in prior.items()
     }
     pos = np.logaddexp(log_joint[(1, 1)], log_joint[(-1, -1)])
