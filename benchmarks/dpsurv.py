@@ -96,6 +96,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--loss", choices=["preset", "discrete", "grfn"], default="preset",
         help="force the DPsurv loss on every cohort (the trade-off runs); preset: each preset's",
     )  # fmt: skip
+    p.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+        help="extra DPsurv config field for every fit (e.g. km_noise=true); repeatable",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     if args.quick:
@@ -134,8 +138,19 @@ def km_curves(data: Any, tr: np.ndarray, te: np.ndarray, grid: np.ndarray) -> di
 # ------------------------------------------------------------------------------------------
 # one outer fold
 # ------------------------------------------------------------------------------------------
-LOSS: dict[str, str] = {}
-"""``{"loss": ...}`` when ``--loss`` forces one."""
+LOSS: dict[str, Any] = {}
+"""``{"loss": ...}`` when ``--loss`` forces one, and the ``--set`` fields."""
+
+
+def _parse_set(item: str) -> tuple[str, Any]:
+    key, _, raw = item.partition("=")
+    value: Any = {"true": True, "false": False}.get(raw.lower(), raw)
+    if isinstance(value, str):
+        try:
+            value = float(raw) if any(c in raw for c in ".e") else int(raw)
+        except ValueError:
+            pass
+    return key.strip(), value
 
 
 def one_fold(name: str, fold: int, pooled_grid: np.ndarray) -> dict[str, Any]:
@@ -385,8 +400,9 @@ def to_markdown(payload: dict[str, Any]) -> str:
     results = payload["results"]
     summ = summary_table(results)
     lines = [
-        f"# DPsurv benchmark ({payload['mode']}, loss: {payload.get('loss', 'preset')}): "
-        f"calibrated bands at nominal {NOMINAL}",
+        f"# DPsurv benchmark ({payload['mode']}, loss: {payload.get('loss', 'preset')}"
+        + "".join(f", {k}={v}" for k, v in payload.get("overrides", {}).items())
+        + f"): calibrated bands at nominal {NOMINAL}",
         "",
         f"{payload['folds']}-fold cross-validation, seed 0. `dpsurv`: the default "
         "(`calibration=auto`, chosen per fold on inner folds: "
@@ -525,7 +541,10 @@ def main(argv: list[str] | None = None) -> int:
     CACHE.mkdir(parents=True, exist_ok=True)
     if args.loss != "preset":
         LOSS["loss"] = args.loss
+    sets = dict(_parse_set(x) for x in args.sets)
+    LOSS.update(sets)
     tag = "" if args.loss == "preset" else f"_{args.loss}"
+    tag += "".join(f"_{k}-{v}" for k, v in sorted(sets.items()))
     for name in args.datasets:
         cached = CACHE / f"{name}{tag}_{args.folds}.json"
         if args.resume and cached.exists():
@@ -540,6 +559,7 @@ def main(argv: list[str] | None = None) -> int:
         "folds": args.folds,
         "nominal": NOMINAL,
         "loss": args.loss,
+        "overrides": sets,
         "machine": machine,
         "args": {k: str(v) for k, v in vars(args).items()},
         "total_seconds": time.perf_counter() - t0,

@@ -87,8 +87,11 @@ def test_calibration_reaches_the_nominal_level_on_fresh_cases():
     assert abs(np.mean(raw_case) - 0.9) > 0.03, raw_case  # the raw credal interval misses
 
 
-@pytest.mark.parametrize("nominal", [0.9, 0.75])
-def test_typical_fresh_group_is_covered_at_the_nominal_share(nominal):
+@pytest.mark.parametrize(
+    ("nominal", "options"),
+    [(0.9, {}), (0.75, {}), (0.9, {"km_noise": True, "recentre_slope": True})],
+)
+def test_typical_fresh_group_is_covered_at_the_nominal_share(nominal, options):
     """The group claim: a fresh group of the calibration terciles' size has its Kaplan-Meier
     inside its mean band at a median share of the grid equal to the nominal level (the share of
     one group scatters widely, so the median over many calibrations and fresh groups is
@@ -98,7 +101,7 @@ def test_typical_fresh_group_is_covered_at_the_nominal_share(nominal):
         x, t, e, _ = _cohort(600, seed=100 + cal_seed)
         risk, s, lo, up = _biased_model(x)
         cal = fit_calibration("scale", _band_fn(s, lo, up), risk, t, e, GRID, nominal,
-                              seed=cal_seed)  # fmt: skip
+                              seed=cal_seed, **options)  # fmt: skip
         for j in range(6):
             x2, t2, e2, _ = _cohort(600, seed=1000 * (cal_seed + 1) + j)
             risk2, s2, lo2, up2 = _biased_model(x2)
@@ -125,17 +128,17 @@ def _late_events(seed: int = 3):
     return x, t + 0.5, e, late, early, model
 
 
-def test_without_noise_term_width_is_not_chosen_on_times_before_a_groups_first_event():
+def test_width_is_not_chosen_on_times_before_a_groups_first_event():
     """Before a group's first event its Kaplan-Meier is exactly 1, outside any band whose upper
-    edge is below 1: without the Kaplan-Meier noise term those grid times must not drive the
-    width (they would push it to the largest candidate). Prepending such times to the grid
-    leaves every kappa unchanged."""
+    edge is below 1: without the Kaplan-Meier noise term (the default) those grid times must not
+    drive the width (they would push it to the largest candidate). Prepending such times to the
+    grid leaves every kappa unchanged."""
     x, t, e, late, early, model = _late_events()
     kappas = []
     for grid in (late, early):
         s, lo, up = model(grid)
         cal = fit_calibration("scale", _band_fn(s, lo, up), x, t, e, grid, 0.9,
-                              recentre_groups=False, km_noise=False)  # fmt: skip
+                              recentre_groups=False)  # fmt: skip
         kappas.append(cal.kappa)
         _, _, cup, _ = cal.apply(_band_fn(s, lo, up), x)
     assert kappas[0] == kappas[1]
@@ -152,7 +155,7 @@ def test_noise_term_covers_a_groups_stretch_without_events():
     x, t, e, _, early, model = _late_events()
     s, lo, up = model(early)
     cal = fit_calibration("scale", _band_fn(s, lo, up), x, t, e, early, 0.9,
-                          recentre_groups=False)  # fmt: skip
+                          recentre_groups=False, km_noise=True)  # fmt: skip
     assert cal.z == pytest.approx(1.6449, abs=1e-4) and cal.group_size == (300.0,) * 3
     _, clo, cup, _ = cal.apply(_band_fn(s, lo, up), x)
     groups = tercile_groups(x, cal.cuts)

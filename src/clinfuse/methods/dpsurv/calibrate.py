@@ -399,8 +399,8 @@ def fit_calibration(
     nominal: float,
     seed: int = 0,
     recentre_groups: bool = True,
-    recentre_slope: bool = True,
-    km_noise: bool = True,
+    recentre_slope: bool = False,
+    km_noise: bool = False,
 ) -> BandCalibration:
     """Fit one family's per-tercile recentring, ``kappa`` and ``alpha`` on calibration cases.
 
