@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from tests.conftest import TINY_FIT
 
 import clinfuse
 from clinfuse.builders import load_all as load_builders
@@ -21,23 +22,7 @@ from clinfuse.methods import load_all
 load_all()
 load_builders()
 
-TINY = {
-    "dib": ["epochs=1"],
-    "tunsr": ["epochs=1"],
-    "dpsurv": ["epochs=1"],
-    "ehrprompt": ["epochs=1", "n_boot=10", "corruption_rates=0,0.3", "max_rows=800"],
-    "deepen": [
-        "n_patients=100",
-        "steps=30",
-        "hidden=16,16",
-        "alphas=1.0",
-        "n_boot=10",
-        "rollout_patients=100",
-    ],  # fmt: skip
-    "procon": ["steps=2", "n_eval=2", "max_new_tokens=2"],
-    "deepmedix": ["steps=2", "max_new_tokens=4", "max_completion_length=4"],
-}
-"""The smallest fit of each method's demo preset (one epoch or a few steps)."""
+TINY = TINY_FIT
 HEAVY = {"procon", "deepmedix"}
 """Methods whose tiny fit loads a language model (the slow suite runs them)."""
 

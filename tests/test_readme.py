@@ -8,6 +8,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+from tests.conftest import TINY_FIT
 
 from clinfuse.cli import main
 
@@ -32,19 +33,7 @@ def readme_commands(path: Path) -> list[list[str]]:
 
 
 #: methods without epochs: the overrides that make their fit a smoke run
-SMOKE = {
-    "procon": ["steps=2", "n_eval=2", "max_new_tokens=2"],
-    "deepmedix": ["steps=2", "max_new_tokens=4", "max_completion_length=4"],
-    "ehrprompt": ["epochs=1", "n_boot=10", "corruption_rates=0,0.3", "max_rows=800"],
-    "deepen": [
-        "n_patients=100",
-        "steps=30",
-        "hidden=16,16",
-        "alphas=1.0",
-        "n_boot=10",
-        "rollout_patients=100",
-    ],
-}
+SMOKE = {k: TINY_FIT[k] for k in ("procon", "deepmedix", "ehrprompt", "deepen")}
 
 
 #: builders: the overrides that make their build a smoke run
