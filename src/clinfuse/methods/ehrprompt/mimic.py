@@ -803,6 +803,16 @@ _ADMISSION_TYPES = {
 }
 
 # official column order of every table written; names are lower case (IV) / upper case (III)
+_NOTE_COLUMNS = (
+    "note_id",
+    "subject_id",
+    "hadm_id",
+    "note_type",
+    "note_seq",
+    "charttime",
+    "storetime",
+    "text",
+)
 _IV_COLUMNS: dict[str, tuple[str, ...]] = {
     "hosp/patients": (
         "subject_id",
@@ -884,26 +894,8 @@ _IV_COLUMNS: dict[str, tuple[str, ...]] = {
         "lownormalvalue",
         "highnormalvalue",
     ),
-    "note/radiology": (
-        "note_id",
-        "subject_id",
-        "hadm_id",
-        "note_type",
-        "note_seq",
-        "charttime",
-        "storetime",
-        "text",
-    ),
-    "note/discharge": (
-        "note_id",
-        "subject_id",
-        "hadm_id",
-        "note_type",
-        "note_seq",
-        "charttime",
-        "storetime",
-        "text",
-    ),
+    "note/radiology": _NOTE_COLUMNS,
+    "note/discharge": _NOTE_COLUMNS,
 }
 _III_COLUMNS: dict[str, tuple[str, ...]] = {
     "PATIENTS": (
