@@ -24,6 +24,7 @@ from clinfuse.methods.ehrprompt.encoders import (
     MiniLMEncoder,
     RandomInitEncoder,
     SentenceEncoder,
+    TopLoRA,
     make_encoder,
 )
 
@@ -233,3 +234,28 @@ def test_minilm_offline_384d_normalised_and_semantic(minilm_path: Path, monkeypa
     assert not np.allclose(e1, r2.encode(texts), atol=1e-3)
     assert not np.allclose(e1, z[:2], atol=1e-2)
     assert r1.dim == 384 and "seed1" in r1.model_id and r1.model_id != r2.model_id
+
+
+def test_top_lora_starts_at_the_frozen_encoder_and_trains(minilm_path: Path) -> None:
+    """LoRA of the last feed-forward output: B = 0 reproduces the frozen embeddings exactly
+    (same tokens, LayerNorm, mean pooling, normalisation); a step on A, B moves them."""
+    import torch
+
+    enc = MiniLMEncoder()
+    texts = ["The serum sodium is 141 mmol/L.", "Ascites: yes.", "The age is 62.85 years."]
+    lora = TopLoRA(enc, rank=4, seed=0)
+    np.testing.assert_allclose(lora.encode(texts), enc.encode(texts), atol=1e-5)
+    lora.cache(texts)
+    ids = torch.tensor([2, 0, 2])
+    z0 = lora(ids).detach()
+    assert torch.allclose(z0[0], z0[2])  # a sentence id maps to one embedding
+    opt = torch.optim.SGD(lora.module.parameters(), lr=1.0)
+    loss = -(lora(ids) @ torch.ones(384)).sum()  # any loss that depends on the embeddings
+    loss.backward()
+    assert lora.module["B"].grad.abs().sum() > 0
+    opt.step()
+    opt.zero_grad()
+    loss = -(lora(ids) @ torch.ones(384)).sum()
+    loss.backward()
+    assert lora.module["A"].grad.abs().sum() > 0  # B != 0 now: A receives gradient too
+    assert not torch.allclose(lora(ids).detach(), z0, atol=1e-4)

@@ -140,3 +140,39 @@ def test_bad_input(tmp_path) -> None:
         clinfuse.run("ehrprompt", overrides=[*FAST, "targets=nope"], out=tmp_path / "b")
     with pytest.raises(ConfigError, match="corruption"):
         clinfuse.run("ehrprompt", overrides=[*FAST, "corruption_rates=0,2"], out=tmp_path / "c")
+
+
+def test_blend_weight_chosen_on_validation_and_reloaded(tmp_path) -> None:
+    """``linear_path=blend``: one weight in [0, 1] per task, the validation-loss minimiser over
+    the grid; the prediction is the mixture (w = 0: the transformer, w = 1: the linear path); a
+    saved run reloads with its weights and predicts the same."""
+    import json
+
+    over = [*FAST, f"cache_dir={tmp_path / 'cache'}", "linear_path=blend", "epochs=3",
+            "corruption_rates=0", "baselines=", "blend_grid=10"]  # fmt: skip
+    learner, rd = clinfuse.run("ehrprompt", overrides=over, out=tmp_path / "blend")
+    grid = np.linspace(0, 1, 11)
+    assert set(learner.blend_weights) == set(learner.tasks)
+    assert all(np.isclose(grid, w).any() for w in learner.blend_weights.values())
+    metrics = json.loads((rd.path / "metrics.json").read_text())
+    assert metrics["blend_weight_mortality"] == learner.blend_weights["mortality"]
+    assert 0.5 < metrics["valid_mortality_auroc"] <= 1.0
+    data = learner.load_data()
+    before = learner.predict(data, "test")
+    again = clinfuse.load(rd.path)
+    assert again.blend_weights == learner.blend_weights
+    pd.testing.assert_frame_equal(again.predict(data, "test"), before)
+    frame = data.table.frame.iloc[data.test]
+    raw, lin = learner._raw_outputs(data, frame), learner._linear_raw(data, frame)
+    out = learner._outputs(data, frame)
+    w = learner.blend_weights["mortality"]
+    mixed = learner._finish({t: w * lin[t] + (1 - w) * raw[t] for t in learner.tasks})
+    np.testing.assert_allclose(out["mortality"], mixed["mortality"], rtol=1e-6, atol=1e-9)
+    # the weight minimises the validation loss of the training-row linear model's mixture
+    learner.paths = {}
+    learner._fit_paths(data)
+    vf, t = data.table.frame.iloc[data.valid], "los_days"
+    y = learner._path_target(data, "regression", t, data.valid)
+    mod, linv = learner._raw_outputs(data, vf)[t], learner._linear_raw(data, vf)[t]
+    losses = [np.mean((g * linv + (1 - g) * mod - y) ** 2) for g in grid]
+    assert learner.blend_weights[t] == pytest.approx(grid[int(np.argmin(losses))])

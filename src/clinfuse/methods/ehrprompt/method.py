@@ -112,6 +112,10 @@ class EHRPrompt(Learner):
         self.paths: dict[str, Any] = {}
         self.n_tabular = 0
         self.baseline_params: dict[str, dict[str, Any]] = {}
+        self.blend_weights: dict[str, float] = {}
+        self._lora: Any = None  # the tuned encoder (encoder_lora_rank > 0), after training
+        self._lora_state: dict[str, torch.Tensor] | None = None
+        self._tuned: dict[str, np.ndarray] = {}  # sentence -> tuned embedding (memo)
 
     # -- data -----------------------------------------------------------------------------
     def load_data(self, path: str | None = None) -> EHRData:
@@ -202,10 +206,35 @@ class EHRPrompt(Learner):
             on_bad_value="skip" if cfg.on_bad_value == "skip" else "raise",
         )
 
+    def lora(self) -> Any:
+        """The LoRA-tuned encoder (:class:`~.encoders.TopLoRA`) of ``encoder_lora_rank``."""
+        if self._lora is None:
+            from clinfuse.methods.ehrprompt.encoders import TopLoRA
+
+            cfg = self.config
+            self._lora = TopLoRA(
+                self.encoder().encoder, cfg.encoder_lora_rank, cfg.encoder_lora_alpha, cfg.seed
+            )
+            if self._lora_state is not None:
+                self._lora.module.load_state_dict(self._lora_state)
+        return self._lora
+
+    def _tuned_embeddings(self, texts: list[str]) -> np.ndarray:
+        """Embeddings from the trained LoRA encoder, each sentence encoded once (memo)."""
+        new = [t for t in texts if t not in self._tuned]
+        if new:
+            z = self.lora().encode(new, batch_size=self.config.encoder_batch)
+            self._tuned.update(zip(new, z, strict=True))
+        return np.stack([self._tuned[t] for t in texts]) if texts else np.zeros((0, 1))
+
     def embed(self, sentences: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Distinct-sentence embeddings ``(u, d)`` and the ``(n, m)`` index into them."""
+        """Distinct-sentence embeddings ``(u, d)`` and the ``(n, m)`` index into them (from the
+        LoRA-tuned encoder once it is trained)."""
         uniq, inverse = np.unique(sentences.astype(str), return_inverse=True)
-        emb = self.encoder().encode(list(uniq), batch_size=self.config.encoder_batch)
+        if self.config.encoder_lora_rank and (self._lora_state is not None):
+            emb = self._tuned_embeddings(list(uniq))
+        else:
+            emb = self.encoder().encode(list(uniq), batch_size=self.config.encoder_batch)
         return torch.as_tensor(emb, dtype=torch.float32), torch.as_tensor(
             inverse.reshape(sentences.shape), dtype=torch.long
         )
@@ -256,6 +285,21 @@ class EHRPrompt(Learner):
         model = self.model
         targets = self._targets(data, np.arange(table.n_rows))
         keep = 1.0 - cfg.column_dropout
+        lora = None
+        if cfg.encoder_lora_rank:  # partial fine-tuning: the distinct sentences' frozen part
+            self._lora_state, self._tuned = None, {}
+            lora = self.lora()
+            lora.cache(list(np.unique(sents.astype(str))), batch_size=cfg.encoder_batch)
+            trained: torch.nn.Module = _WithLoRA(model, lora.module)
+        else:
+            trained = model
+
+        def cells(rows: torch.Tensor) -> torch.Tensor:
+            idx = index[rows]
+            if lora is None:
+                return emb[idx]
+            ids, inv = torch.unique(idx, return_inverse=True)
+            return lora(ids)[inv]
 
         def inputs(rows: torch.Tensor, train: bool) -> dict[str, Any]:
             kw: dict[str, Any] = {k: v[rows] for k, v in side.items() if k != "offset"}
@@ -267,7 +311,9 @@ class EHRPrompt(Learner):
                 kw["cell_mask"] = mask
             return kw
 
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(
+            trained.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
         gen = torch.Generator().manual_seed(cfg.seed)
         fit_rows = torch.as_tensor(data.train)
         loader = torch.utils.data.DataLoader(
@@ -279,7 +325,7 @@ class EHRPrompt(Learner):
 
         def step(m: torch.nn.Module, batch: Any, epoch: int) -> tuple[torch.Tensor, dict]:
             (rows,) = batch
-            out = m(emb[index[rows]], **inputs(rows, True))
+            out = m(cells(rows), **inputs(rows, True))
             loss = multitask_loss(
                 out,
                 {k: v[rows] for k, v in targets.items()},
@@ -292,7 +338,7 @@ class EHRPrompt(Learner):
 
         def evaluate(m: torch.nn.Module) -> dict[str, float]:
             with torch.no_grad():
-                out = m(emb[index[valid_rows]], **inputs(valid_rows, False))
+                out = m(cells(valid_rows), **inputs(valid_rows, False))
                 loss = multitask_loss(
                     out,
                     {k: v[valid_rows] for k, v in targets.items()},
@@ -303,7 +349,7 @@ class EHRPrompt(Learner):
 
         t1 = time.perf_counter()
         result = fit_loop(
-            model=model,
+            model=trained,
             optimizer=optimizer,
             train_loader=loader,
             step_fn=step,
@@ -320,12 +366,25 @@ class EHRPrompt(Learner):
         )
         t_train = time.perf_counter() - t1
         self._write_inputs(data, run)
-        model.load_state_dict(run.load_checkpoint("best")["model"])
+        trained.load_state_dict(run.load_checkpoint("best")["model"])
         model.eval()
+        if lora is not None:
+            self._lora_state = {k: v.detach().clone() for k, v in lora.module.state_dict().items()}
+            self._tuned = {}
         # validation scores (for choosing settings) before the linear path sees those rows
-        valid = {f"valid_{k}": v for k, v in self.evaluate(data, "valid").items()}
+        if cfg.linear_path == "blend":
+            valid_preds = self._fit_blend(data)
+            valid = {
+                f"valid_{k}": v for k, v in self._scores(data, data.valid, valid_preds).items()
+            }
+            valid.update({f"blend_weight_{t}": w for t, w in self.blend_weights.items()})
+        else:
+            valid = {f"valid_{k}": v for k, v in self.evaluate(data, "valid").items()}
         self._refit_paths(data)  # the linear path's final model sees the validation rows too
-        run.save_checkpoint("best", {**run.load_checkpoint("best"), **self._extra_state()})
+        run.save_checkpoint(
+            "best",
+            {**run.load_checkpoint("best"), "model": model.state_dict(), **self._extra_state()},
+        )
         metrics: dict[str, Any] = {
             "data": data.name,
             "n_train": int(len(data.train)),
@@ -404,6 +463,8 @@ class EHRPrompt(Learner):
             offsets[t] = torch.as_tensor(full, dtype=torch.float32)
         if cfg.linear_path == "offset":
             side["offset"] = offsets
+        elif cfg.linear_path == "blend":
+            pass  # mixed with the transformer's outputs after training (_fit_blend)
         else:
             matrix = next(iter(self.paths.values())).matrix(frame)
             self.n_tabular = matrix.shape[1]
@@ -435,6 +496,8 @@ class EHRPrompt(Learner):
                 t: torch.as_tensor(p.outputs(frame), dtype=torch.float32)
                 for t, p in self.paths.items()
             }
+        elif cfg.linear_path == "blend":
+            pass
         else:
             matrix = next(iter(self.paths.values())).matrix(frame)
             side["tabular"] = torch.as_tensor(matrix, dtype=torch.float32)
@@ -466,11 +529,14 @@ class EHRPrompt(Learner):
             else {k: torch.as_tensor(v) for k, v in self.deciles.items()},
             "value_edges": {k: torch.as_tensor(v) for k, v in self.value_edges.items()},
             "n_tabular": int(self.n_tabular),
+            "blend_weights": dict(self.blend_weights),
+            "encoder_lora": self._lora_state,
         }
 
     # -- prediction -----------------------------------------------------------------------
-    def _outputs(self, data: EHRData, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-        """Per task: positive-class probability (binary), class probabilities, or the value."""
+    def _raw_outputs(self, data: EHRData, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Per task: the fusion model's class log-probabilities ``(n, C)`` or standardised value
+        ``(n,)`` (the linear offset included when ``linear_path = offset``)."""
         model = self._require_model()
         emb, index = self.embed(self.sentences(data, frame))
         side = self._side(data, frame)
@@ -483,13 +549,88 @@ class EHRPrompt(Learner):
                     kw["offset"] = {t: o[part] for t, o in side["offset"].items()}
                 res = model(emb[index[part]], **kw)
                 for t, kind in self.tasks.items():
-                    if kind == "classification":
-                        p = torch.softmax(res[t], dim=1).numpy()
-                        out[t].append(p[:, 1] if p.shape[1] == 2 else p)
-                    else:
-                        mean, sd = self.target_scale[t]
-                        out[t].append(res[t].numpy() * sd + mean)
+                    o = torch.log_softmax(res[t], dim=1) if kind == "classification" else res[t]
+                    out[t].append(o.numpy())
         return {t: np.concatenate(v) for t, v in out.items()}
+
+    def _linear_raw(self, data: EHRData, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        """The linear path's log-probabilities / standardised values of the rows of ``frame``."""
+        if not self.paths:  # a reloaded run: refit the linear path on the same training rows
+            self._fit_paths(data)
+            self._refit_paths(data)
+        return {t: np.asarray(p.outputs(frame), dtype=np.float64) for t, p in self.paths.items()}
+
+    def _finish(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Raw outputs -> positive-class probability (binary), class probabilities, or value."""
+        out = {}
+        for t, kind in self.tasks.items():
+            if kind == "classification":
+                p = torch.softmax(torch.as_tensor(raw[t], dtype=torch.float64), dim=1).numpy()
+                out[t] = p[:, 1] if p.shape[1] == 2 else p
+            else:
+                mean, sd = self.target_scale[t]
+                out[t] = raw[t] * sd + mean
+        return out
+
+    @staticmethod
+    def _mix(w: float, linear: np.ndarray, model: np.ndarray) -> np.ndarray:
+        return w * linear + (1.0 - w) * model
+
+    def _blend_loss(self, t: str, raw: np.ndarray, y: np.ndarray) -> float:
+        """Validation loss of mixed outputs: cross-entropy of the renormalised mixture of
+        log-probabilities, or the squared error on the standardised scale."""
+        if self.tasks[t] == "classification":
+            logp = torch.log_softmax(torch.as_tensor(raw, dtype=torch.float64), dim=1).numpy()
+            return float(-logp[np.arange(len(y)), y].mean())
+        return float(np.mean((raw - y) ** 2))
+
+    def _choose_weight(self, t: str, lin: np.ndarray, mod: np.ndarray, y: np.ndarray) -> float:
+        grid = np.linspace(0.0, 1.0, self.config.blend_grid + 1)
+        losses = [self._blend_loss(t, self._mix(w, lin, mod), y) for w in grid]
+        return float(grid[int(np.argmin(losses))])
+
+    def _fit_blend(self, data: EHRData) -> dict[str, np.ndarray]:
+        """Choose each task's mixing weight ``w`` on the validation rows (the linear path is
+        still the training-row model here, so it has not seen them). Returns the validation
+        predictions with *cross-fitted* weights (each half of the validation rows scored with the
+        weight chosen on the other half), so the reported validation score, which chooses among
+        settings, is not flattered by the weight's own fit."""
+        from clinfuse.methods.ehrprompt.tables import stratified_split
+
+        frame = data.table.frame.iloc[data.valid]
+        mod, lin = self._raw_outputs(data, frame), self._linear_raw(data, frame)
+        n = len(data.valid)
+        first = next(iter(self.tasks))
+        codes = (
+            data.table.target_codes(first)[data.valid]
+            if self.tasks[first] == "classification"
+            else None
+        )
+        a, b = stratified_split(codes, None, 0.5, self.config.seed + 2, rows=np.arange(n))
+        raw = {}
+        for t, kind in self.tasks.items():
+            y = self._path_target(data, kind, t, data.valid)
+            if kind == "classification":
+                y = y.astype(np.int64)
+                keep = y >= 0
+            else:
+                keep = np.isfinite(y)
+            self.blend_weights[t] = self._choose_weight(t, lin[t][keep], mod[t][keep], y[keep])
+            mixed = np.empty_like(mod[t])
+            for fit_half, score_half in ((a, b), (b, a)):
+                k = fit_half[keep[fit_half]]
+                w = self._choose_weight(t, lin[t][k], mod[t][k], y[k])
+                mixed[score_half] = self._mix(w, lin[t][score_half], mod[t][score_half])
+            raw[t] = mixed
+        return self._finish(raw)
+
+    def _outputs(self, data: EHRData, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Per task: positive-class probability (binary), class probabilities, or the value."""
+        raw = self._raw_outputs(data, frame)
+        if self.config.linear_path == "blend":
+            lin = self._linear_raw(data, frame)
+            raw = {t: self._mix(self.blend_weights[t], lin[t], raw[t]) for t in raw}
+        return self._finish(raw)
 
     def _scores(
         self,
@@ -664,6 +805,9 @@ class EHRPrompt(Learner):
             self.deciles = {k: v.numpy() for k, v in state["deciles"].items()}
         self.value_edges = {k: v.numpy() for k, v in state.get("value_edges", {}).items()}
         self.n_tabular = int(state.get("n_tabular", 0))
+        self.blend_weights = {k: float(v) for k, v in state.get("blend_weights", {}).items()}
+        self._lora_state = state.get("encoder_lora")
+        self._lora, self._tuned = None, {}
         self.model = PromptTransformer(
             int(state["d_enc"]),
             len(self.columns),
@@ -735,6 +879,19 @@ class EHRPrompt(Learner):
             extra={k: float(v) for k, v in by.loc["ehrprompt"].items()},
             plots=sorted(run.plots.glob("*.png")),
         )
+
+
+class _WithLoRA(torch.nn.Module):
+    """The fusion model and the encoder's LoRA weights as one trained (and checkpointed) module;
+    the cell embeddings come in already tuned."""
+
+    def __init__(self, model: torch.nn.Module, lora: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.lora = lora
+
+    def forward(self, x: torch.Tensor, **kw: Any) -> dict[str, torch.Tensor]:
+        return self.model(x, **kw)
 
 
 def _synthetic(kind: str, seed: int) -> EHRTable:
