@@ -191,7 +191,7 @@ def test_identity_and_round_trip():
     fitted = BandCalibration(
         "scale", 0.9, (0.1, 0.2), (1.0, 2.0, 3.0), (0.1, 0.2, 0.3), 0.4, (0.5, 1.0, 2.0),
         (0.8, 1.0, 1.3), (40.0, 41.0, 40.0), 1.645,
-    )
+    )  # fmt: skip
     assert BandCalibration.from_dict(fitted.to_dict()) == fitted
     older = {k: v for k, v in fitted.to_dict().items() if k not in ("slope", "group_size", "z")}
     assert BandCalibration.from_dict(older).z == 0.0  # saved before the noise term: none
