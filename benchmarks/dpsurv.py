@@ -33,6 +33,8 @@ Usage::
     .venv/bin/python benchmarks/dpsurv.py                    # all cohorts (about 1 CPU-hour)
     .venv/bin/python benchmarks/dpsurv.py --datasets whas500 veteran
     .venv/bin/python benchmarks/dpsurv.py --quick            # veteran, 2 folds, temp folder
+    .venv/bin/python benchmarks/dpsurv.py --set km_noise=true --set recentre_slope=true \
+        --out benchmarks/results/dpsurv_kmnoise.json          # the calibration options
 
 Writes ``benchmarks/results/dpsurv.{json,md,png}``. Finished cohorts are cached in the temp
 folder, so a rerun with ``--resume`` only runs what is missing.
