@@ -22,7 +22,6 @@ from clinfuse.methods import load_all
 load_all()
 load_builders()
 
-TINY = TINY_FIT
 HEAVY = {"procon", "deepmedix"}
 """Methods whose tiny fit loads a language model (the slow suite runs them)."""
 
@@ -32,7 +31,7 @@ def _methods():
 
 
 def test_every_method_has_a_tiny_setting() -> None:
-    assert set(TINY) == set(METHODS.names())
+    assert set(TINY_FIT) == set(METHODS.names())
 
 
 def _same(a, b) -> None:
@@ -54,7 +53,7 @@ def _same(a, b) -> None:
 def test_a_saved_run_reloads_to_the_same_predictions(name: str, tmp_path) -> None:
     cls = METHODS.get(name)
     learner, run = clinfuse.run(
-        name, preset=cls.demo_preset, overrides=[*TINY[name], "progress=false"],
+        name, preset=cls.demo_preset, overrides=[*TINY_FIT[name], "progress=false"],
         out=tmp_path / name,
     )  # fmt: skip
     for part in ("config.json", "checkpoints/best.pt", "checkpoints/last.pt"):

@@ -71,3 +71,13 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch) -> None:
         atomic_write_text(p, "new")
     assert p.read_text() == "old"
     assert [x.name for x in tmp_path.iterdir()] == ["f.txt"]  # no temp file left
+
+
+def test_final_checkpoint_is_both_best_and_last(tmp_path) -> None:
+    rd = RunDir.create(tmp_path / "r", "m", {"a": 1}, seed=0)
+    state = {"w": torch.arange(4.0), "epoch": 3}
+    assert rd.save_final_checkpoint(state) == rd.checkpoint_path("best")
+    for kind in ("best", "last"):
+        loaded = rd.load_checkpoint(kind)
+        assert torch.equal(loaded["w"], state["w"]) and loaded["epoch"] == 3
+    assert not list(rd.checkpoints.glob("*.tmp*"))

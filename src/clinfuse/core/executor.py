@@ -78,15 +78,19 @@ def run_tasks(
         yield from _ray(fn, todo, args, on_error, workers, ray_address)
 
 
+def _outcome(get: Callable[[], Any], item: Any, on_error) -> Any:
+    """``get()``, or ``on_error(item, exc)`` when it raises and a handler is given."""
+    try:
+        return get()
+    except Exception as exc:
+        if on_error is None:
+            raise
+        return on_error(item, exc)
+
+
 def _serial(fn, todo, args, on_error) -> Iterator[Any]:
     for item in todo:
-        try:
-            out = fn(item, *args)
-        except Exception as exc:
-            if on_error is None:
-                raise
-            out = on_error(item, exc)
-        yield out
+        yield _outcome(lambda item=item: fn(item, *args), item, on_error)
 
 
 def _pool(pool, fn, todo, args, on_error) -> Iterator[Any]:
@@ -95,13 +99,7 @@ def _pool(pool, fn, todo, args, on_error) -> Iterator[Any]:
     futures = {pool.submit(fn, item, *args): item for item in todo}
     try:
         for fut in as_completed(futures):
-            try:
-                out = fut.result()
-            except Exception as exc:
-                if on_error is None:
-                    raise
-                out = on_error(futures[fut], exc)
-            yield out
+            yield _outcome(fut.result, futures[fut], on_error)
     finally:  # an error or an early stop: the tasks not yet started never start
         for fut in futures:
             fut.cancel()
@@ -118,17 +116,11 @@ def _ray(fn, todo, args, on_error, workers: int, address: str | None) -> Iterato
     pending: list[Any] = []
     try:
         remote = ray.remote(fn)
-        refs = {remote.remote(item, *args): i for i, item in enumerate(todo)}
+        refs = {remote.remote(item, *args): item for item in todo}
         pending = list(refs)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            try:
-                out = ray.get(done[0])
-            except Exception as exc:
-                if on_error is None:
-                    raise
-                out = on_error(todo[refs[done[0]]], exc)
-            yield out
+            yield _outcome(lambda ref=done[0]: ray.get(ref), refs[done[0]], on_error)
     finally:
         for ref in pending:
             ray.cancel(ref)

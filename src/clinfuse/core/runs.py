@@ -426,6 +426,17 @@ class RunDir:
     def save_checkpoint(self, kind: str, state: Mapping[str, Any]) -> Path:
         return atomic_torch_save(dict(state), self.checkpoint_path(kind))
 
+    def save_final_checkpoint(self, state: Mapping[str, Any]) -> Path:
+        """For a fit whose last state is also its chosen one (a refit, a finished selection):
+        ``state`` serialized once as ``last`` and copied to ``best``; the ``best`` path."""
+        import shutil
+
+        last = self.save_checkpoint("last", state)
+        best = self.checkpoint_path("best")
+        with atomic_path(best) as tmp:
+            shutil.copyfile(last, tmp)
+        return best
+
     def load_checkpoint(self, kind: str, map_location: Any = "cpu") -> dict:
         p = self.checkpoint_path(kind)
         if not p.exists():

@@ -14,6 +14,7 @@ entry or none, and two writers of one key leave one whole entry (the later one).
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import json
 import logging
@@ -39,7 +40,7 @@ CACHE_FORMAT = "clinfuse.llm.cache/1"
 T = TypeVar("T")
 
 
-class DiskCache:
+class DiskCache(abc.ABC):
     """What both disk caches share: the wrapped backend, a directory of 256 shards of one JSON
     entry per prompt hash, thread-safe hit/miss counters, and the read-through step
     (:meth:`_through`): a readable entry answers, else the backend does and its answer is
@@ -78,9 +79,9 @@ class DiskCache:
             raise DataError("entry is not for this prompt hash", found=path.name)
         return entry
 
+    @abc.abstractmethod
     def lookup(self, digest: str) -> Any:
-        """The cached answer of a prompt hash, or None."""
-        raise NotImplementedError
+        """The cached answer of a prompt hash, or None (missing or unreadable entry)."""
 
     def _through(self, digest: str, compute: Callable[[], T], store: Callable[[T], None]) -> T:
         hit = self.lookup(digest)

@@ -5,6 +5,7 @@ python -m clinfuse.report.systems      # prints the Markdown table
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import clinfuse
@@ -14,7 +15,7 @@ HEADER = "| name | paper | what it does | status | README |\n|---|---|---|---|--
 
 def _readme(cls: type) -> str:
     """The repository path of the README beside the module that defines ``cls``."""
-    module = Path(__import__(cls.__module__, fromlist=["_"]).__file__ or "")
+    module = Path(inspect.getfile(cls))
     rel = module.parent.relative_to(Path(clinfuse.__file__).parent)
     path = f"src/clinfuse/{rel.as_posix()}/README.md"
     return f"[{path}]({path})"

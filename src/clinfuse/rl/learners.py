@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from clinfuse.core.config import build_config, config_to_dict
-from clinfuse.core.errors import ConfigError, DataError, UnknownNameError
+from clinfuse.core.errors import ConfigError, DataError, UnknownNameError, suggest
 from clinfuse.core.loop import progress_enabled, resolve_device
 from clinfuse.core.runs import atomic_torch_save
 from clinfuse.rl.data import Trajectories
@@ -1006,12 +1006,11 @@ def make_learner(
           fix:      did you mean: cql, bcq?
     """
     if name not in LEARNERS:
-        close = difflib.get_close_matches(name, list(LEARNERS), n=3, cutoff=0.5)
         raise UnknownNameError(
             f"unknown rl learner {name!r}",
             expected=f"one of: {', '.join(sorted(LEARNERS))}",
             found=repr(name),
-            fix=f"did you mean: {', '.join(close)}?" if close else "see clinfuse.rl.LEARNERS",
+            fix=suggest(name, LEARNERS, "see clinfuse.rl.LEARNERS"),
         )
     spec = LEARNERS[name]
     values = {**spec.defaults, **config_overrides}

@@ -463,8 +463,8 @@ class DeepEN(Learner):
         best = sweep.loc[self.choose(sweep)]
         self.alpha = float(best["alpha"])
         self.model = learners[self.alpha]
-        for kind in ("best", "last"):  # the learner's final state is the chosen alpha's network
-            run.save_checkpoint(kind, self.state_dict())
+        # best = last: the learner's final state is the chosen alpha's network
+        run.save_final_checkpoint(self.state_dict())
         pd.DataFrame(history).to_csv(run.path / "training.csv", index=False)
         sweep.to_csv(run.path / "alpha_sweep.csv", index=False)
         metrics = {

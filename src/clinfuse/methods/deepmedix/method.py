@@ -273,8 +273,8 @@ class DeepMedix(Learner):
         run.write_metrics(metrics)
         run.write_predictions(pred)
         self._write_samples(pred, run.path / "samples.jsonl")
-        for kind in ("best", "last"):  # the policy after the last stage is the one kept
-            run.save_checkpoint(kind, self.state_dict())
+        # best = last: the policy after the last stage is the one kept
+        run.save_final_checkpoint(self.state_dict())
         self.plot(run)
         log.info(
             "deepmedix %s: reward %.3f, format %.2f, params changed %.2f in %.0f s",

@@ -582,8 +582,8 @@ class DPsurv(Learner):
         )
         self._calibrate(reps, time, event, self.n_prototypes, max(1, int(best["best_epoch"])))
         t_fit = _time.perf_counter() - t0
-        for kind in ("best", "last"):  # the refit on the whole training fold is the final model
-            run.save_checkpoint(kind, self.state_dict())
+        # best = last: the refit on the whole training fold is the final model
+        run.save_final_checkpoint(self.state_dict())
         pd.DataFrame(sweep).to_csv(run.path / "k_selection.csv", index=False)
 
         # baselines and the test report

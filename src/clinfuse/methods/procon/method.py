@@ -510,8 +510,8 @@ class ProCon(Learner):
             run.log_epoch({"epoch": rec["step"], **rec})
         run.write_metrics(metrics)
         run.write_predictions(self._predictions)
-        for kind in ("best", "last"):  # the model after the last step is the one kept
-            run.save_checkpoint(kind, self.state_dict())
+        # best = last: the model after the last step is the one kept
+        run.save_final_checkpoint(self.state_dict())
         self.plot(run)
 
     def _projection_frame(self, data: SafetySplits) -> pd.DataFrame:
